@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Sets up a development/CI machine from nothing but Python, pip and apt:
+# system packages (the CNCF registry, wrk), a virtualenv in .venv, edgepub with its dev extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v docker-registry >/dev/null 2>&1 || need_apt+=(docker-registry)
+command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
+if ((${#need_apt[@]})); then
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    echo "==> installing ${need_apt[*]} (apt)"
+    $sudo_cmd apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    echo "==> creating .venv"
+    python3 -m venv .venv
+fi
+echo "==> installing edgepub into .venv"
+.venv/bin/python -m pip install -q --upgrade pip setuptools >/dev/null
+# strict editable mode: a link tree that mypy and pytest both resolve as the `edgepub` package
+.venv/bin/python -m pip install -q -e '.[dev]' --config-settings editable_mode=strict
+echo "==> ready: $(.venv/bin/edgepub --version 2>/dev/null || echo edgepub)"

@@ -1,0 +1,1 @@
+"""Pieces every edgepub process shares: wire schemas, names, settings, logging, the bus."""

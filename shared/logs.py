@@ -1,0 +1,89 @@
+"""structlog set-up: JSON in production, console on a TTY, secrets never in a line.
+
+Redaction works two ways: values under secret-looking keys are masked, and any value
+registered with ``register_secret`` is masked wherever it appears inside another string
+(an error message quoting a URL with a password, say).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+MASK = "***"
+_SECRET_KEY_PARTS = (
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "authorization",
+    "credential",
+    "edge_bundle",
+    "edgebundle",
+    "api_key",
+)
+_secrets: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Mask this exact value wherever it appears in a log line."""
+    if value and len(value) >= 4:
+        _secrets.add(value)
+
+
+def _is_secret_key(key: str) -> bool:
+    low = key.lower()
+    return any(part in low for part in _SECRET_KEY_PARTS)
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        for secret in _secrets:
+            if secret in value:
+                value = value.replace(secret, MASK)
+        return value
+    if isinstance(value, dict):
+        return {k: MASK if _is_secret_key(str(k)) else _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_scrub(v) for v in value)
+    return value
+
+
+def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: mask secret keys and registered secret values."""
+    for key in list(event_dict):
+        if _is_secret_key(key):
+            event_dict[key] = MASK
+        else:
+            event_dict[key] = _scrub(event_dict[key])
+    return event_dict
+
+
+def configure(*, fmt: str = "auto", level: str = "info", stream: Any = None) -> None:
+    out = stream or sys.stderr
+    use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+    )
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        redact,
+        renderer,
+    ]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=True,
+    )

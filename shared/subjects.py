@@ -1,0 +1,99 @@
+"""Every subject, stream, bucket and header name edgepub uses: one place, one name each.
+
+Requests from SDK/CLI users carry the caller's NATS user in the subject
+(``edgepub.req.<user>.<verb>``). The broker only lets a user publish under its own
+token, so a service can trust it as ``created_by`` without trusting message content.
+"""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "edgepub"
+
+# --- request/reply (SDK/CLI -> publish service) -----------------------------------------
+REQUEST_ROOT = f"{PREFIX}.req"
+REQUEST_QUEUE = "publish-service"
+
+VERB_MODEL_REGISTER = "model.register"
+VERB_MODEL_GET = "model.get"
+VERB_PIPELINE_BUILD = "pipeline.build"
+VERB_PUBLISH_CREATE = "publish.create"
+VERB_PUBLISH_GET = "publish.get"
+VERB_PUBLISH_LIST = "publish.list"
+VERBS = (
+    VERB_MODEL_REGISTER,
+    VERB_MODEL_GET,
+    VERB_PIPELINE_BUILD,
+    VERB_PUBLISH_CREATE,
+    VERB_PUBLISH_GET,
+    VERB_PUBLISH_LIST,
+)
+
+
+def request(user: str, verb: str) -> str:
+    """The subject a user sends ``verb`` requests on."""
+    return f"{REQUEST_ROOT}.{token(user)}.{verb}"
+
+
+def request_wildcard() -> str:
+    return f"{REQUEST_ROOT}.*.>"
+
+
+def parse_request(subject: str) -> tuple[str, str]:
+    """``edgepub.req.<user>.<verb...>`` -> (user, verb)."""
+    parts = subject.split(".")
+    if len(parts) < 4 or ".".join(parts[:2]) != REQUEST_ROOT:
+        raise ValueError(f"not an edgepub request subject: {subject!r}")
+    return parts[2], ".".join(parts[3:])
+
+
+# --- work stream: events between services -------------------------------------------------
+WORK_STREAM = "EDGEPUB_WORK"
+WORK_SUBJECTS = f"{PREFIX}.work.>"
+PUBLISH_REQUESTED = f"{PREFIX}.work.publish.requested"
+PUBLISH_PUSH_STARTED = f"{PREFIX}.work.publish.push_started"
+PUBLISH_PUSHED = f"{PREFIX}.work.publish.pushed"
+PUBLISH_PUSH_FAILED = f"{PREFIX}.work.publish.push_failed"
+PUBLISH_OUTCOMES = f"{PREFIX}.work.publish.push_*"
+PUBLISH_PUSHED_OR_FAILED = (PUBLISH_PUSH_STARTED, PUBLISH_PUSHED, PUBLISH_PUSH_FAILED)
+
+# --- events stream: state changes users watch ---------------------------------------------
+EVENTS_STREAM = "EDGEPUB_EVENTS"
+EVENTS_SUBJECTS = f"{PREFIX}.events.>"
+
+
+def publish_events(publish_id: int) -> str:
+    """Every state a publish passes through is published here (full record each time)."""
+    return f"{PREFIX}.events.publish.{publish_id}"
+
+
+# --- durable consumers ----------------------------------------------------------------------
+CONSUMER_REGISTRY_PUSH = "registry-push"
+CONSUMER_PUBLISH_OUTCOMES = "publish-outcomes"
+
+# --- KV buckets and the object store -------------------------------------------------------
+KV_MODELS = "edgepub_models"
+KV_PIPELINES = "edgepub_pipelines"
+KV_PIPELINE_VERSIONS = "edgepub_pipeline_versions"
+KV_PUBLISHES = "edgepub_publishes"
+KV_REQUESTS = "edgepub_requests"
+KV_COUNTERS = "edgepub_counters"
+OBJECT_STORE_MODELS = "edgepub_model_files"
+
+# --- headers -------------------------------------------------------------------------------
+HEADER_MSG_ID = "Nats-Msg-Id"
+HEADER_ERROR_CODE = "Edgepub-Error"
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+def token(value: str) -> str:
+    """Refuse anything that would change a subject's shape (dots, wildcards, spaces)."""
+    if not _TOKEN.match(value):
+        raise ValueError(f"{value!r} cannot be a subject token: use letters, digits, '-', '_'")
+    return value
+
+
+def model_key(name: str, version: str) -> str:
+    return f"{token(name)}.{token(version)}"
