@@ -38,7 +38,11 @@ async def connect(
     """Connect, or raise ServiceUnavailableError naming the URL and the cause."""
     register_secret(settings.password)
 
+    holder: list[NATS] = []
+
     async def on_disconnect() -> None:
+        if holder and (holder[0].is_closed or holder[0].is_draining):
+            return  # our own close, not a lost broker
         log.warning("nats_disconnected", client=name)
 
     async def on_reconnect() -> None:
@@ -64,7 +68,9 @@ async def connect(
     last: Exception | None = None
     for attempt in range(max(1, first_attempts)):
         try:
-            return await nats.connect(**opts)
+            nc = await nats.connect(**opts)
+            holder.append(nc)
+            return nc
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             last = exc
             if attempt + 1 < first_attempts:

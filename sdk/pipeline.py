@@ -1,0 +1,137 @@
+"""``Pipeline``: steps held by the SDK until ``publish()`` saves them as a version."""
+
+from __future__ import annotations
+
+import html
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from edgepub.shared import subjects
+from edgepub.shared.errors import EmptyPipelineError, InvalidRequestError, PublishFailedError
+from edgepub.shared.schemas import (
+    ModelRef,
+    PipelineRecord,
+    PublishCreateRequest,
+    PublishListRequest,
+    PublishRecord,
+)
+from edgepub.shared.schemas import (
+    PublishList as PublishListReply,
+)
+
+from .deployment_config import default_engine_config
+from .model import Model
+from .progress import PublishProgress
+from .publish import PipelinePublish, PublishList
+
+if TYPE_CHECKING:
+    from .client import Client
+
+PUBLISH_TIMEOUT_S = 600.0
+
+
+class Pipeline:
+    def __init__(self, client: Client, record: PipelineRecord) -> None:
+        self._client = client
+        self._record = record
+        self._steps: list[Model] = []
+
+    @property
+    def name(self) -> str:
+        return self._record.name
+
+    @property
+    def id(self) -> int:
+        return self._record.id
+
+    def steps(self) -> list[Model]:
+        return list(self._steps)
+
+    def add_model_step(self, model: Model) -> Pipeline:
+        if not isinstance(model, Model):
+            raise InvalidRequestError(
+                "add_model_step takes the Model that upload_model returned, "
+                f"not {type(model).__name__}"
+            )
+        self._steps.append(model)
+        return self
+
+    def clear(self) -> Pipeline:
+        self._steps.clear()
+        return self
+
+    def publish(
+        self,
+        deployment_config: dict[str, Any] | None = None,
+        replaces: Sequence[PipelinePublish | int] | None = None,
+        *,
+        timeout: float = PUBLISH_TIMEOUT_S,
+        progress: bool = True,
+    ) -> PipelinePublish:
+        """Save the steps as a pipeline version (a new one only if they changed), publish it,
+        show progress while pending, and return the publish once ``Published``.
+        Raises PublishFailedError when it ends in ``Error``."""
+        if not self._steps:
+            raise EmptyPipelineError(
+                f"pipeline {self.name!r} has no steps; add_model_step(model) before publish()"
+            )
+        request = PublishCreateRequest(
+            request_id=str(uuid.uuid4()),
+            pipeline_name=self.name,
+            steps=tuple(ModelRef(name=m.name, version=m.version) for m in self._steps),
+            engine_config=dict(deployment_config or default_engine_config()),
+            replaces=tuple(_publish_ids(replaces or ())),
+        )
+        record = self._client._run(
+            self._client._session.call(
+                subjects.VERB_PUBLISH_CREATE, request, PublishRecord, retry_for=30.0
+            )
+        )
+        shown = PublishProgress(timeout, enabled=progress)
+        shown.start()
+        final = self._client._run(
+            self._client._session.watch_publish(record.id, timeout, shown.update, shown.tick)
+        )
+        if final.status == "Error":
+            raise PublishFailedError(
+                f"publish {final.id} of pipeline {self.name!r} failed: {final.error}"
+            )
+        return PipelinePublish(final)
+
+    def publishes(self) -> PublishList:
+        reply = self._client._call(
+            subjects.VERB_PUBLISH_LIST,
+            PublishListRequest(pipeline_name=self.name),
+            PublishListReply,
+        )
+        return PublishList(PipelinePublish(r) for r in reply.publishes)
+
+    def __repr__(self) -> str:
+        steps = ", ".join(m.name for m in self._steps) or "(none)"
+        return f"Pipeline(name={self.name!r}, id={self.id}, steps=[{steps}])"
+
+    def _repr_html_(self) -> str:
+        rows = [
+            ("name", self.name),
+            ("created", str(self._record.created_at)),
+            ("steps", ", ".join(m.name for m in self._steps)),
+        ]
+        body = "".join(
+            f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows
+        )
+        return f"<table>{body}</table>"
+
+
+def _publish_ids(replaces: Iterable[PipelinePublish | int]) -> list[int]:
+    ids = []
+    for item in replaces:
+        if isinstance(item, PipelinePublish):
+            ids.append(item.id)
+        elif isinstance(item, int):
+            ids.append(item)
+        else:
+            raise InvalidRequestError(
+                f"replaces takes publishes or publish ids, not {type(item).__name__}"
+            )
+    return ids

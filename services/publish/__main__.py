@@ -1,0 +1,64 @@
+"""The publish service: answers SDK/CLI requests and follows pushes to a final state.
+
+Run: ``python -m edgepub.services.publish`` (env: EDGEPUB_NATS_URL/USER/PASSWORD).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from edgepub.shared import rpc, service, subjects
+from edgepub.shared.runner import Consumer, ConsumerSpec
+from edgepub.shared.schemas import (
+    ModelGetRequest,
+    ModelRegisterRequest,
+    PipelineBuildRequest,
+    PublishCreateRequest,
+    PublishGetRequest,
+    PublishListRequest,
+    push_outcome_decoder,
+)
+from edgepub.shared.settings import Env
+
+from .handlers import PublishService
+from .state import State
+
+
+def routes(svc: PublishService) -> dict[str, rpc.Route]:
+    return {
+        subjects.VERB_MODEL_REGISTER: rpc.Route(ModelRegisterRequest, svc.register_model),
+        subjects.VERB_MODEL_GET: rpc.Route(ModelGetRequest, svc.get_model),
+        subjects.VERB_PIPELINE_BUILD: rpc.Route(PipelineBuildRequest, svc.build_pipeline),
+        subjects.VERB_PUBLISH_CREATE: rpc.Route(PublishCreateRequest, svc.create_publish),
+        subjects.VERB_PUBLISH_GET: rpc.Route(PublishGetRequest, svc.get_publish),
+        subjects.VERB_PUBLISH_LIST: rpc.Route(PublishListRequest, svc.list_publishes),
+    }
+
+
+async def body(nc: NATS, js: JetStreamContext, stop: asyncio.Event) -> None:
+    svc = PublishService(js=js, state=await State.open(js))
+    outcomes = Consumer(
+        js,
+        ConsumerSpec(
+            stream=subjects.WORK_STREAM,
+            durable=subjects.CONSUMER_PUBLISH_OUTCOMES,
+            filter_subjects=subjects.PUBLISH_PUSHED_OR_FAILED,
+            ack_wait_s=Env().number("EDGEPUB_ACK_WAIT_S", 30.0),
+        ),
+        push_outcome_decoder.decode,
+        svc.on_outcome,
+    )
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(rpc.serve(nc, routes(svc), stop))
+        tg.create_task(outcomes.run(stop))
+
+
+def main() -> None:
+    service.run("publish", body)
+
+
+if __name__ == "__main__":
+    main()

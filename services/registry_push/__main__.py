@@ -1,0 +1,72 @@
+"""``python -m edgepub.services.registry_push``: push published pipelines to the registry."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from edgepub.shared import schemas, subjects
+from edgepub.shared.errors import ConfigError, RegistryError
+from edgepub.shared.oci import RegistryClient
+from edgepub.shared.runner import Consumer, ConsumerSpec
+from edgepub.shared.service import Body, run
+
+from .config import PushSettings
+from .handlers import PushHandler
+from .models import ModelCache
+
+NAME = "registry-push"
+log = structlog.get_logger("edgepub.registry_push")
+
+
+async def report_registry(client: RegistryClient) -> None:
+    """Say at start whether the registry answers; a push retries or fails on its own."""
+    try:
+        await asyncio.to_thread(client.check)
+    except RegistryError as exc:
+        log.warning("registry_check_failed", code=exc.code, error=exc.message)
+    else:
+        log.info("registry_ok", registry=client.settings.registry)
+
+
+def body_for(settings: PushSettings) -> Body:
+    async def body(nc: NATS, js: JetStreamContext, stop: asyncio.Event) -> None:
+        client = RegistryClient(settings.registry, timeout_s=settings.request_timeout_s)
+        try:
+            cache = ModelCache(js, Path(settings.cache_dir))
+            cache.sweep()
+            await report_registry(client)
+            consumer = Consumer(
+                js,
+                ConsumerSpec(
+                    stream=subjects.WORK_STREAM,
+                    durable=subjects.CONSUMER_REGISTRY_PUSH,
+                    filter_subjects=(subjects.PUBLISH_REQUESTED,),
+                    ack_wait_s=settings.ack_wait_s,
+                ),
+                schemas.decoder(schemas.PublishRequested).decode,
+                PushHandler(js, client, cache, settings),
+            )
+            await consumer.run(stop)
+        finally:
+            client.close()
+
+    return body
+
+
+def main() -> None:
+    try:
+        settings = PushSettings.from_env()
+    except ConfigError as exc:
+        print(f"{NAME}: {exc.message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    run(NAME, body_for(settings))
+
+
+if __name__ == "__main__":
+    main()

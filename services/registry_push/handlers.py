@@ -1,0 +1,254 @@
+"""registry-push's handler: one PublishRequested in, PushStarted then Pushed or PushFailed out.
+
+Outcomes (the runner acks by them):
+
+- pushed: ``Pushed`` is published, then the message is acked;
+- registry unreachable (refused, timed out, 5xx): ``Retry`` with backoff until
+  ``requested_at + EDGEPUB_REGISTRY_DEADLINE_S``, then ``PushFailed(registry_unavailable)``;
+- anything a retry cannot fix (credentials refused, model missing or damaged, bad name,
+  empty pipeline): ``PushFailed`` at once, with the error's code and a reason a person can
+  act on;
+- NATS trouble: raised, so the runner naks and the message comes back.
+
+Speed: the chart is pushed while the models are; a model the registry already holds is
+not fetched at all; one it lacks is streamed from the object store into the upload.
+Every push is idempotent (content-addressed blobs, deterministic manifests), so a message
+redelivered after a crash mid-push simply pushes again and ends the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+import structlog
+from nats.js import JetStreamContext
+
+from edgepub.shared import artifact, schemas, subjects
+from edgepub.shared.errors import EdgepubError, RegistryUnavailableError, ServiceUnavailableError
+from edgepub.shared.oci import BlobPushed, RegistryClient, RegistryUnreachableError
+from edgepub.shared.runner import Delivery, Retry, backoff
+from edgepub.shared.schemas import HelmInfo, PublishRequested, Pushed, PushFailed, PushStarted
+
+from . import push
+from .config import PushSettings
+from .definition import ModelLayer, PublishPlan, plan
+from .models import ModelCache
+
+log = structlog.get_logger("edgepub.registry_push")
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+def retry_delay(attempt: int, now: float, deadline: float, cap: float) -> float:
+    """Exponential backoff, never sleeping past the deadline (the last try lands on it)."""
+    return max(0.05, min(backoff(attempt, base=0.5, cap=cap), deadline - now))
+
+
+def unreachable_reason(exc: RegistryUnavailableError, registry: str, waited_s: float) -> str:
+    cause = exc.cause if isinstance(exc, RegistryUnreachableError) else exc.message
+    return (
+        f"registry {registry} unreachable for {waited_s:.0f} s: {cause}; check that it is "
+        f"running and that EDGEPUB_REGISTRY={registry} is right"
+    )
+
+
+def decisive(errors: BaseExceptionGroup[BaseException]) -> BaseException:
+    """Of errors raised side by side, the one to act on: a permanent one beats an
+    outage (fail now rather than retry), anything beats a cancellation."""
+    flat: list[BaseException] = []
+    for exc in errors.exceptions:
+        flat.extend(decisive_all(exc))
+    for exc in flat:
+        if isinstance(exc, EdgepubError) and not isinstance(exc, RegistryUnavailableError):
+            return exc
+    return next((e for e in flat if not isinstance(e, asyncio.CancelledError)), flat[0])
+
+
+def decisive_all(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [e for sub in exc.exceptions for e in decisive_all(sub)]
+    return [exc]
+
+
+async def both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Run two awaitables at once; the first failure cancels the other."""
+    try:
+        async with asyncio.TaskGroup() as tg:
+            ta = tg.create_task(_wrap(first))
+            tb = tg.create_task(_wrap(second))
+    except BaseExceptionGroup as group:
+        raise decisive(group) from None
+    return ta.result(), tb.result()
+
+
+async def _wrap(aw: Awaitable[A]) -> A:
+    return await aw
+
+
+class PushHandler:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        client: RegistryClient,
+        cache: ModelCache,
+        settings: PushSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._js = js
+        self._client = client
+        self._cache = cache
+        self._settings = settings
+        self._clock = clock
+        self._chart_dir = Path(settings.cache_dir) / "charts"
+
+    async def __call__(self, req: PublishRequested, delivery: Delivery) -> None:
+        pid = req.publish_id
+        blog = log.bind(publish_id=pid, pipeline=req.pipeline_version.pipeline_name)
+        attempt = delivery.num_delivered
+        started = PushStarted(publish_id=pid, attempt=attempt)
+        await self._emit(subjects.PUBLISH_PUSH_STARTED, started, f"{pid}-started-{attempt}")
+        blog.info("push_started", attempt=attempt, version=req.pipeline_version.name)
+        try:
+            pushed = await self._push(req, blog)
+        except RegistryUnavailableError as exc:
+            await self._unavailable(req, exc, attempt, blog)
+            return
+        except ServiceUnavailableError:
+            raise
+        except EdgepubError as exc:
+            await self._fail(req, exc.code, exc.message, blog)
+            return
+        await self._emit(subjects.PUBLISH_PUSHED, pushed, f"{pid}-pushed")
+        blog.info("push_done", pipeline_url=pushed.pipeline_url, chart_digest=pushed.chart_digest)
+
+    async def _push(self, req: PublishRequested, blog: Any) -> Pushed:
+        the_plan = plan(req, self._settings.registry)
+        pipeline_digest, chart_digest = await both(
+            self._push_pipeline(the_plan, blog), self._push_chart(the_plan, blog)
+        )
+        return self._pushed(the_plan, pipeline_digest, chart_digest)
+
+    async def _push_pipeline(self, the_plan: PublishPlan, blog: Any) -> str:
+        t0 = time.monotonic()
+        files = {
+            layer.model.sha256: await self._ensure_layer(the_plan, layer, blog)
+            for layer in the_plan.layers
+        }
+        digest = await asyncio.to_thread(
+            push.push_pipeline, self._client, the_plan, files, self._blob_logger(blog, "config")
+        )
+        blog.info(
+            "pipeline_pushed",
+            url=the_plan.pipeline_url,
+            digest=digest,
+            seconds=round(time.monotonic() - t0, 3),
+        )
+        return digest
+
+    async def _push_chart(self, the_plan: PublishPlan, blog: Any) -> str:
+        t0 = time.monotonic()
+        digest = await asyncio.to_thread(
+            push.push_chart, self._client, the_plan, self._chart_dir, self._blob_logger(blog)
+        )
+        blog.info(
+            "chart_pushed",
+            chart=the_plan.chart_url,
+            version=the_plan.chart_version,
+            digest=digest,
+            seconds=round(time.monotonic() - t0, 3),
+        )
+        return digest
+
+    async def _ensure_layer(self, the_plan: PublishPlan, layer: ModelLayer, blog: Any) -> Path:
+        """Make sure the registry holds the layer: already there, from the cache, or
+        streamed from the object store."""
+        t0 = time.monotonic()
+        repo, client, model = the_plan.pipeline_repository, self._client, layer.model
+        path = self._cache.path(model)
+        if await asyncio.to_thread(client.has_blob, repo, layer.digest):
+            source = "registry"
+        elif await self._cache.cached(model):
+            source = "cache"
+            await asyncio.to_thread(push.upload_file, client, repo, layer, path)
+        else:
+            source = "object_store"
+            await self._cache.stream(
+                model, lambda reader: client.upload_blob(repo, layer.digest, model.size, reader)
+            )
+        blog.info(
+            "layer_pushed",
+            model=model.name,
+            digest=layer.digest,
+            size=model.size,
+            seconds=round(time.monotonic() - t0, 3),
+            uploaded=source != "registry",
+            source=source,
+        )
+        return path
+
+    def _pushed(self, the_plan: PublishPlan, pipeline_digest: str, chart_digest: str) -> Pushed:
+        reg = self._settings.registry
+        return Pushed(
+            publish_id=the_plan.publish_id,
+            pipeline_url=the_plan.pipeline_url,
+            pipeline_digest=pipeline_digest,
+            engine_url=reg.engine_image,
+            helm=HelmInfo(
+                reference=artifact.chart_reference(reg.registry, reg.repository, chart_digest),
+                chart=the_plan.chart_url,
+                version=the_plan.chart_version,
+                values={},
+            ),
+            chart_digest=chart_digest,
+        )
+
+    @staticmethod
+    def _blob_logger(blog: Any, *kinds: str) -> Callable[[BlobPushed], None]:
+        def on_blob(blob: BlobPushed) -> None:  # called from a push thread
+            if kinds and blob.kind not in kinds:
+                return
+            blog.info(
+                f"{blob.kind}_pushed",
+                digest=blob.digest,
+                size=blob.size,
+                seconds=round(blob.seconds, 3),
+                uploaded=blob.uploaded,
+            )
+
+        return on_blob
+
+    async def _unavailable(
+        self, req: PublishRequested, exc: RegistryUnavailableError, attempt: int, blog: Any
+    ) -> None:
+        now = self._clock()
+        start = req.requested_at.timestamp()
+        deadline = start + self._settings.registry.deadline_s
+        if now < deadline:
+            delay = retry_delay(attempt, now, deadline, self._settings.retry_max_s)
+            blog.warning(
+                "push_retry",
+                attempt=attempt,
+                error=exc.message,
+                delay_s=round(delay, 3),
+                deadline_in_s=round(deadline - now, 1),
+            )
+            raise Retry(exc.message, delay=delay)
+        reason = unreachable_reason(exc, self._settings.registry.registry, now - start)
+        await self._fail(req, exc.code, reason, blog)
+
+    async def _fail(self, req: PublishRequested, code: str, reason: str, blog: Any) -> None:
+        pid = req.publish_id
+        failed = PushFailed(publish_id=pid, code=code, reason=reason)
+        await self._emit(subjects.PUBLISH_PUSH_FAILED, failed, f"{pid}-failed")
+        blog.error("push_failed", code=code, reason=reason)
+
+    async def _emit(self, subject: str, event: msgspec.Struct, msg_id: str) -> None:
+        await self._js.publish(
+            subject, schemas.encode(event), headers={subjects.HEADER_MSG_ID: msg_id}
+        )

@@ -1,0 +1,178 @@
+"""Model files: from the JetStream Object Store, into the registry and a local cache.
+
+The object's name is the model's sha256 hex. ``stream`` reads the object and hands each
+chunk at once to a consumer running in a thread (the registry upload), while the same
+bytes are hashed and written to the cache; so fetching and uploading overlap instead of
+adding up. A file enters the cache only whole and verified (temporary name, sha256 and
+size checked, then renamed); a cached file is reused after the same check.
+
+The object is read straight from its chunk subject with an ordered consumer (what
+``ObjectStore.get`` does inside): measured 0.33 s for 50 MB, against 1.28 s for
+``get(writeinto=...)``, which hops to an executor for every 128 KiB chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import structlog
+from nats.js import JetStreamContext
+from nats.js.errors import ObjectNotFoundError
+
+from edgepub.shared import subjects
+from edgepub.shared.errors import DigestMismatchError, NotFoundError
+from edgepub.shared.schemas import ModelVersion
+
+from .pipe import Pipe, PipeClosed, VerifyingReader
+
+log = structlog.get_logger("edgepub.registry_push.models")
+
+_CHUNK = 1 << 20
+STALE_PART_S = 3600.0
+CHUNK_WAIT_S = 10.0  # longest silence from the object store mid-object
+
+
+def describe(model: ModelVersion) -> str:
+    return (
+        f"model '{model.name}' version {model.version} ({model.file_name}, sha256 {model.sha256})"
+    )
+
+
+def file_matches(path: Path, model: ModelVersion) -> bool:
+    """True when ``path`` holds exactly the model's bytes (size, then sha256)."""
+    try:
+        if path.stat().st_size != model.size:
+            return False
+    except FileNotFoundError:
+        return False
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest() == model.sha256
+
+
+class ModelCache:
+    def __init__(self, js: JetStreamContext, root: Path) -> None:
+        self._js = js
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, model: ModelVersion) -> Path:
+        return self.root / model.sha256
+
+    async def cached(self, model: ModelVersion) -> Path | None:
+        path = self.path(model)
+        return path if await asyncio.to_thread(file_matches, path, model) else None
+
+    def sweep(self, older_than_s: float = STALE_PART_S) -> int:
+        """Remove temporary files a killed process left behind."""
+        removed = 0
+        cutoff = time.time() - older_than_s
+        for part in self.root.glob(".*.part"):
+            with contextlib.suppress(FileNotFoundError):
+                if part.stat().st_mtime < cutoff:
+                    part.unlink()
+                    removed += 1
+        return removed
+
+    async def fetch(self, model: ModelVersion) -> Path:
+        """The cached file holding ``model``, fetched if needed."""
+        return await self.cached(model) or await self.stream(model, VerifyingReader.drain)
+
+    async def stream(self, model: ModelVersion, consume: Callable[[VerifyingReader], None]) -> Path:
+        """Read ``model`` from the object store into ``consume`` (run in a thread) and the
+        cache at once. NotFoundError if the object store lacks it; DigestMismatchError if
+        its bytes are not the model's; otherwise ``consume``'s own errors."""
+        started = time.monotonic()
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{model.sha256}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as tee:
+                pipe = Pipe()
+                reader = VerifyingReader(
+                    pipe, tee, sha256=model.sha256, size=model.size, what=describe(model)
+                )
+                await overlap(pipe, self._produce(model, pipe), lambda: consume(reader))
+            if not reader.verified:
+                raise RuntimeError(f"{describe(model)}: the consumer stopped before the end")
+            os.replace(tmp, self.path(model))
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        log.info(
+            "model_streamed",
+            model=model.name,
+            sha256=model.sha256,
+            size=model.size,
+            seconds=round(time.monotonic() - started, 3),
+        )
+        return self.path(model)
+
+    async def _produce(self, model: ModelVersion, pipe: Pipe) -> None:
+        store = await self._js.object_store(subjects.OBJECT_STORE_MODELS)
+        try:
+            info = await store.get_info(model.sha256)
+        except ObjectNotFoundError:
+            raise NotFoundError(
+                f"{describe(model)} is not in the object store "
+                f"'{subjects.OBJECT_STORE_MODELS}'; upload it again with "
+                f"client.upload_model('{model.name}', path)"
+            ) from None
+        if info.is_link() or not info.nuid:
+            raise DigestMismatchError(f"{describe(model)}: the object store entry is not a file")
+        if not info.size:
+            return
+        chunks = f"$O.{subjects.OBJECT_STORE_MODELS}.C.{info.nuid}"
+        sub = await self._js.subscribe(chunks, ordered_consumer=True)
+        try:
+            received = 0
+            while received < info.size:
+                msg = await sub.next_msg(timeout=CHUNK_WAIT_S)
+                received += len(msg.data)
+                await pipe.put(msg.data)
+                if msg.metadata.num_pending == 0:
+                    break
+        finally:
+            await sub.unsubscribe()
+
+
+async def overlap(
+    pipe: Pipe, produce: Coroutine[Any, Any, None], consume: Callable[[], None]
+) -> None:
+    """Run the producer coroutine here and ``consume`` in a thread, until both end.
+
+    Whichever fails first, the other is told (the pipe is closed or abandoned) so that
+    neither waits forever; the first real error is raised.
+    """
+
+    def consume_then_abandon() -> None:
+        try:
+            consume()
+        finally:
+            pipe.abandon()
+
+    consumer = asyncio.ensure_future(asyncio.to_thread(consume_then_abandon))
+    try:
+        await produce
+    except PipeClosed:
+        pass  # the consumer stopped; its error says why
+    except BaseException as exc:
+        pipe.close(exc)
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(consumer)
+        raise
+    else:
+        pipe.close()
+    try:
+        await consumer
+    except PipeClosed as exc:
+        raise (exc.__cause__ or exc) from None

@@ -1,0 +1,76 @@
+"""Which service processes a stack runs, and the environment each one gets."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Mapping
+
+import msgspec
+
+
+class ServiceSpec(msgspec.Struct, frozen=True, kw_only=True):
+    name: str  # short name: ``python -m edgepub.services.<name>``
+    nats_user: str  # its own NATS user (see config.SERVICE_USERS)
+
+    @property
+    def module(self) -> str:
+        return f"edgepub.services.{self.name}"
+
+
+SERVICES = (
+    ServiceSpec(name="publish", nats_user="publish"),
+    ServiceSpec(name="registry_push", nats_user="registry-push"),
+    ServiceSpec(name="token", nats_user="token"),
+    ServiceSpec(name="log_collector", nats_user="log-collector"),
+)
+BY_NAME = {s.name: s for s in SERVICES}
+
+
+class RegistryEndpoint(msgspec.Struct, frozen=True, kw_only=True):
+    address: str  # host:port
+    repository: str = "edgepub"
+    username: str | None = None
+    password: str | None = None
+    insecure: bool = False
+
+
+def service_exists(name: str) -> bool:
+    """True when ``python -m edgepub.services.<name>`` would run something."""
+    try:
+        return importlib.util.find_spec(f"edgepub.services.{name}.__main__") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def available_services() -> list[ServiceSpec]:
+    return [s for s in SERVICES if service_exists(s.name)]
+
+
+def service_env(
+    base: Mapping[str, str],
+    *,
+    nats_url: str,
+    nats_user: str,
+    nats_password: str,
+    registry: RegistryEndpoint | None,
+) -> dict[str, str]:
+    """``base`` (other EDGEPUB_* settings pass through) with the stack's endpoints on top."""
+    env = dict(base)
+    env.update(
+        EDGEPUB_NATS_URL=nats_url,
+        EDGEPUB_NATS_USER=nats_user,
+        EDGEPUB_NATS_PASSWORD=nats_password,
+        EDGEPUB_LOG_FORMAT="json",
+        PYTHONUNBUFFERED="1",
+    )
+    for key in ("EDGEPUB_REGISTRY_USERNAME", "EDGEPUB_REGISTRY_PASSWORD"):
+        env.pop(key, None)
+    if registry is not None:
+        env["EDGEPUB_REGISTRY"] = registry.address
+        env["EDGEPUB_REGISTRY_REPOSITORY"] = registry.repository
+        env["EDGEPUB_REGISTRY_INSECURE"] = "true" if registry.insecure else "false"
+        if registry.username is not None:
+            env["EDGEPUB_REGISTRY_USERNAME"] = registry.username
+        if registry.password is not None:
+            env["EDGEPUB_REGISTRY_PASSWORD"] = registry.password
+    return env

@@ -1,0 +1,201 @@
+"""``edgepub up``: the embedded stack (NATS, registry, services) on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import structlog
+
+from edgepub.shared import logs
+from edgepub.shared.errors import ConfigError
+from edgepub.shared.settings import LogSettings
+
+from . import catalog, state
+from .binaries import find_nats_server, find_registry
+from .plan import StackPlan, UpOptions, build_plan
+from .supervisor import StackStartError, kill_leftovers, run_stack
+
+log = structlog.get_logger("edgepub.stack")
+
+
+def _parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    p = argparse.ArgumentParser(
+        prog="edgepub up",
+        description="Start NATS (JetStream), an OCI registry and the edgepub services, "
+        "supervised, until Ctrl-C.",
+    )
+    p.add_argument(
+        "--data-dir", help="state, config and logs (default $EDGEPUB_HOME or ~/.edgepub)"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--nats-port", type=int, default=4222, help="0 picks a free port")
+    p.add_argument("--registry-port", type=int, default=5000, help="0 picks a free port")
+    p.add_argument(
+        "--nats-url",
+        default=env("EDGEPUB_NATS_URL"),
+        help="use this NATS instead of starting one (default $EDGEPUB_NATS_URL)",
+    )
+    p.add_argument("--nats-user", default=env("EDGEPUB_NATS_USER"))
+    p.add_argument("--nats-password", default=env("EDGEPUB_NATS_PASSWORD"))
+    p.add_argument(
+        "--registry",
+        default=env("EDGEPUB_REGISTRY"),
+        metavar="HOST:PORT",
+        help="use this OCI registry instead of starting one (Harbor, zot, GHCR...)",
+    )
+    p.add_argument("--registry-username", default=env("EDGEPUB_REGISTRY_USERNAME"))
+    p.add_argument("--registry-password", default=env("EDGEPUB_REGISTRY_PASSWORD"))
+    p.add_argument("--registry-insecure", action="store_true", help="plain HTTP to --registry")
+    p.add_argument("--registry-repository", default=env("EDGEPUB_REGISTRY_REPOSITORY") or "edgepub")
+    p.add_argument("--no-services", action="store_true", help="start only NATS and the registry")
+    return p
+
+
+def resolve_port(host: str, port: int, what: str, flag: str) -> int:
+    """``port``, checked free; 0 means any free port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise ConfigError(f"cannot listen on {host}:{port} for {what}: {exc}") from exc
+            raise ConfigError(
+                f"port {port} on {host} is already in use, so {what} cannot listen there "
+                f"(is another `edgepub up` or a {what} running?); choose another with "
+                f"{flag} N, or {flag} 0 for a free one"
+            ) from None
+        return int(s.getsockname()[1])
+
+
+def _check_not_running(directory: Path) -> None:
+    try:
+        info = state.load_stack_info(directory)
+    except ConfigError:
+        return
+    raise ConfigError(
+        f"an edgepub stack is already running from {directory} (pid {info.pid}, NATS "
+        f"{info.nats_url}); stop it first or use another --data-dir"
+    )
+
+
+def options_from_args(args: argparse.Namespace, directory: Path) -> UpOptions:
+    if args.registry and ("/" in args.registry or "://" in args.registry):
+        raise ConfigError(
+            f"--registry {args.registry!r} must be host[:port] only; "
+            "put the path in --registry-repository"
+        )
+    embedded_nats = not args.nats_url
+    embedded_registry = not args.registry
+    return UpOptions(
+        data_dir=str(directory),
+        host=args.host,
+        nats_port=(
+            resolve_port(args.host, args.nats_port, "nats-server", "--nats-port")
+            if embedded_nats
+            else 0
+        ),
+        registry_port=(
+            resolve_port(args.host, args.registry_port, "the registry", "--registry-port")
+            if embedded_registry
+            else 0
+        ),
+        nats_url=args.nats_url or None,
+        nats_user=args.nats_user if not embedded_nats else None,
+        nats_password=args.nats_password if not embedded_nats else None,
+        registry=args.registry or None,
+        registry_username=args.registry_username if not embedded_registry else None,
+        registry_password=args.registry_password if not embedded_registry else None,
+        registry_insecure=bool(args.registry_insecure),
+        registry_repository=args.registry_repository.strip("/"),
+        services=not args.no_services,
+    )
+
+
+def make_plan(opts: UpOptions, directory: Path) -> StackPlan:
+    creds = state.load_or_create_credentials(directory)
+    for secret in (*creds.nats_users.values(), creds.registry_password, creds.registry_http_secret):
+        logs.register_secret(secret)
+    logs.register_secret(opts.nats_password)
+    logs.register_secret(opts.registry_password)
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEPUB_NATS_")}
+    return build_plan(
+        opts,
+        creds,
+        nats_binary=find_nats_server() if opts.nats_url is None else None,
+        registry_binary=find_registry() if opts.registry is None else None,
+        services=catalog.available_services(),
+        base_env=base_env,
+        python=sys.executable,
+        pid=os.getpid(),
+    )
+
+
+def write_files(plan: StackPlan) -> None:
+    for planned in plan.files:
+        path = Path(planned.path)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        state.write_private(path, planned.text.encode())
+
+
+def _announce(plan: StackPlan, stack_file: Path) -> None:
+    info = plan.info
+    lines = [
+        "edgepub is up",
+        f"  NATS      {info.nats_url}" + (f" (user {info.sdk_user})" if info.sdk_user else ""),
+        f"  registry  {info.registry}/{info.registry_repository}"
+        + (f" (user {info.registry_username})" if info.registry_username else ""),
+        f"  services  {', '.join(s.name for s in plan.services) or 'none'}",
+        f"  details   {stack_file} (credentials; mode 0600)",
+        "Ctrl-C stops everything.",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+async def _serve(plan: StackPlan, directory: Path) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await run_stack(plan, directory, stop, on_ready=lambda path: _announce(plan, path))
+
+
+def _leaf_errors(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaf_errors(sub)]
+    return [exc]
+
+
+def up_main(argv: list[str] | None = None) -> int:
+    """``edgepub up [options]``; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    cfg = LogSettings.from_env()
+    logs.configure(fmt=cfg.format, level=cfg.level)
+    directory = state.data_dir(args.data_dir)
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _check_not_running(directory)
+        plan = make_plan(options_from_args(args, directory), directory)
+        write_files(plan)
+        asyncio.run(_serve(plan, directory))
+    except KeyboardInterrupt:
+        return 130
+    except BaseException as exc:
+        leaves = _leaf_errors(exc)
+        known = [e for e in leaves if isinstance(e, ConfigError | StackStartError)]
+        if not known or len(known) != len(leaves):
+            raise
+        for err in known:
+            print(f"edgepub up: {err}", file=sys.stderr)
+        return 1
+    finally:
+        kill_leftovers()
+    return 0

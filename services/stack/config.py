@@ -1,0 +1,207 @@
+"""Config text for the embedded stack's servers, as pure functions over plain data.
+
+The stack supervisor and the test fixtures both render their nats-server and registry
+configs here, so what the tests run is what ``edgepub up`` runs.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+import bcrypt
+import msgspec
+
+from edgepub.shared import subjects
+
+SDK_USER = "admin"
+REGISTRY_USER = "edgepub"
+# One NATS user per service; the name is also the value of EDGEPUB_NATS_USER it gets.
+SERVICE_USERS = ("publish", "registry-push", "token", "log-collector")
+
+MAX_PAYLOAD = 8 * 1024 * 1024
+MAX_FILE_STORE = 10 * 1024**3
+# The registry checks bcrypt on EVERY request. Cost 12 measured ~190 ms per request, cost 5
+# ~2 ms. The password is a generated 32-byte random token, so no work factor makes guessing
+# it any harder in practice, while cost 12 would add about a second to every publish.
+HTPASSWD_COST = 5
+
+_ALL = (">",)
+
+
+class Permissions(msgspec.Struct, frozen=True, kw_only=True):
+    """What one NATS user may publish and subscribe to (nats-server subject patterns)."""
+
+    publish_allow: tuple[str, ...] = _ALL
+    publish_deny: tuple[str, ...] = ()
+    subscribe_allow: tuple[str, ...] = _ALL
+    subscribe_deny: tuple[str, ...] = ()
+    # Lets a user that only answers requests publish to the one reply subject it was sent.
+    allow_responses: bool = False
+
+
+class UserSpec(msgspec.Struct, frozen=True, kw_only=True):
+    password: str
+    permissions: Permissions = Permissions()
+
+
+class StackCredentials(msgspec.Struct, frozen=True, kw_only=True):
+    """Every secret the embedded stack starts with; persisted once, reused on later starts."""
+
+    nats_users: dict[str, str]  # user -> password (the services' users and the SDK user)
+    sdk_user: str = SDK_USER
+    registry_username: str = REGISTRY_USER
+    registry_password: str
+    registry_http_secret: str
+
+
+def sdk_permissions(user: str = SDK_USER) -> Permissions:
+    """An SDK/CLI user: requests under its own name only, JetStream API, model uploads."""
+    return Permissions(
+        publish_allow=(
+            f"{subjects.REQUEST_ROOT}.{subjects.token(user)}.>",
+            "$JS.API.>",
+            f"$O.{subjects.OBJECT_STORE_MODELS}.>",
+            "$JS.ACK.>",
+        ),
+        subscribe_allow=("_INBOX.>",),
+    )
+
+
+def service_permissions(_service: str) -> Permissions:
+    # Everything for now; narrowing each service to its own subjects is later work.
+    return Permissions()
+
+
+def generate_credentials(sdk_user: str = SDK_USER) -> StackCredentials:
+    users = [*SERVICE_USERS, subjects.token(sdk_user)]
+    return StackCredentials(
+        nats_users={u: secrets.token_urlsafe(32) for u in users},
+        sdk_user=sdk_user,
+        registry_password=secrets.token_urlsafe(32),
+        registry_http_secret=secrets.token_urlsafe(32),
+    )
+
+
+def nats_users(creds: StackCredentials) -> dict[str, UserSpec]:
+    """The NATS users of a stack: each service's, plus the SDK user's narrower one."""
+    out: dict[str, UserSpec] = {}
+    for user, password in creds.nats_users.items():
+        perms = sdk_permissions(user) if user == creds.sdk_user else service_permissions(user)
+        out[user] = UserSpec(password=password, permissions=perms)
+    return out
+
+
+def quote(value: str) -> str:
+    """A double-quoted string for nats-server's config, or ValueError if it cannot be one."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError(f"control character in config value {value!r}")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _subject_list(items: tuple[str, ...]) -> str:
+    return "[" + ", ".join(quote(s) for s in items) + "]"
+
+
+def _direction(name: str, allow: tuple[str, ...], deny: tuple[str, ...]) -> list[str]:
+    parts = [f"allow: {_subject_list(allow)}"]
+    if deny:
+        parts.append(f"deny: {_subject_list(deny)}")
+    return [f"      {name}: {{ {', '.join(parts)} }}"]
+
+
+def _user_block(user: str, spec: UserSpec) -> list[str]:
+    p = spec.permissions
+    lines = [
+        f"  {{ user: {quote(user)}, password: {quote(spec.password)}",
+        "    permissions: {",
+        *_direction("publish", p.publish_allow, p.publish_deny),
+        *_direction("subscribe", p.subscribe_allow, p.subscribe_deny),
+    ]
+    if p.allow_responses:
+        lines.append("      allow_responses: true")
+    lines += ["    }", "  }"]
+    return lines
+
+
+def nats_config(
+    *,
+    host: str,
+    port: int,
+    store_dir: str,
+    users: dict[str, UserSpec],
+    max_payload: int = MAX_PAYLOAD,
+    max_file_store: int = MAX_FILE_STORE,
+    http_port: int | None = None,
+    server_name: str = "edgepub",
+) -> str:
+    """nats-server config: JetStream on, authentication always on (no anonymous user)."""
+    if not users:
+        raise ValueError("a NATS config needs at least one user: the bus is never open")
+    lines = [
+        "# Generated by edgepub; edits are overwritten on the next start.",
+        f"server_name: {quote(server_name)}",
+        f"listen: {quote(f'{host}:{port}')}",
+        f"max_payload: {max_payload}",
+    ]
+    if http_port is not None:
+        lines.append(f"http: {quote(f'{host}:{http_port}')}")
+    lines += [
+        "jetstream {",
+        f"  store_dir: {quote(store_dir)}",
+        f"  max_file_store: {max_file_store}",
+        "}",
+        "authorization {",
+        "  users = [",
+    ]
+    for user, spec in sorted(users.items()):
+        lines += ["  " + line for line in _user_block(user, spec)]
+    lines += ["  ]", "}", ""]
+    return "\n".join(lines)
+
+
+def _yaml(value: str) -> str:
+    # A JSON string is a valid YAML double-quoted scalar.
+    return json.dumps(value)
+
+
+def registry_config(
+    *, host: str, port: int, root_dir: str, htpasswd_path: str, http_secret: str
+) -> str:
+    """Config for CNCF distribution 2.8 (Debian's docker-registry) with htpasswd auth."""
+    return "\n".join(
+        [
+            "# Generated by edgepub; edits are overwritten on the next start.",
+            "version: 0.1",
+            "log:",
+            "  level: warn",
+            "  accesslog:",
+            "    disabled: true",
+            "storage:",
+            "  filesystem:",
+            f"    rootdirectory: {_yaml(root_dir)}",
+            "  delete:",
+            "    enabled: true",
+            "http:",
+            f"  addr: {_yaml(f'{host}:{port}')}",
+            f"  secret: {_yaml(http_secret)}",
+            "auth:",
+            "  htpasswd:",
+            "    realm: edgepub",
+            f"    path: {_yaml(htpasswd_path)}",
+            "health:",
+            "  storagedriver:",
+            "    enabled: true",
+            "    interval: 10s",
+            "    threshold: 3",
+            "",
+        ]
+    )
+
+
+def htpasswd_line(user: str, password: str, cost: int = HTPASSWD_COST) -> str:
+    """One htpasswd line (bcrypt); see HTPASSWD_COST for why the cost is low."""
+    if ":" in user or "\n" in user:
+        raise ValueError(f"htpasswd user {user!r} cannot contain ':' or a newline")
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=cost)).decode()
+    return f"{user}:{hashed}\n"

@@ -1,0 +1,232 @@
+"""What ``edgepub up`` will run, decided from options and credentials without any I/O.
+
+The supervisor writes the plan's files, starts its children and publishes its
+``StackInfo``; every choice (which children, which ports, which environment) is made here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from enum import Enum
+from pathlib import Path
+
+import msgspec
+
+from . import config
+from .catalog import RegistryEndpoint, ServiceSpec, service_env
+from .state import StackInfo
+
+
+class Probe(Enum):
+    NONE = "none"
+    NATS = "nats"
+    REGISTRY = "registry"
+
+
+class UpOptions(msgspec.Struct, frozen=True, kw_only=True):
+    data_dir: str
+    host: str = "127.0.0.1"
+    nats_port: int = 4222  # resolved: never 0 once in a plan
+    registry_port: int = 5000
+    nats_url: str | None = None  # an external NATS instead of the embedded one
+    nats_user: str | None = None  # credentials on the external NATS
+    nats_password: str | None = None
+    registry: str | None = None  # an external OCI registry (host:port) instead
+    registry_username: str | None = None
+    registry_password: str | None = None
+    registry_insecure: bool = False
+    registry_repository: str = "edgepub"
+    services: bool = True
+
+
+class ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    argv: tuple[str, ...]
+    env: dict[str, str] | None = None  # None: inherit the supervisor's
+    log_path: str
+    probe: Probe = Probe.NONE
+
+
+class PlannedFile(msgspec.Struct, frozen=True, kw_only=True):
+    path: str
+    text: str  # every file holds secrets or points at them: all are written 0600
+
+
+class StackPlan(msgspec.Struct, frozen=True, kw_only=True):
+    files: tuple[PlannedFile, ...]
+    infra: tuple[ChildSpec, ...]  # started first, stopped last
+    services: tuple[ChildSpec, ...]
+    info: StackInfo
+    nats_probe_user: str | None
+    nats_probe_password: str | None
+
+
+def _layout(data_dir: str) -> dict[str, str]:
+    d = Path(data_dir)
+    return {
+        "nats_conf": str(d / "nats.conf"),
+        "nats_store": str(d / "nats"),
+        "registry_conf": str(d / "registry.yml"),
+        "htpasswd": str(d / "htpasswd"),
+        "registry_root": str(d / "registry"),
+        "logs": str(d / "logs"),
+    }
+
+
+def _embedded_registry(
+    opts: UpOptions, creds: config.StackCredentials, paths: Mapping[str, str], binary: str
+) -> tuple[list[PlannedFile], ChildSpec, RegistryEndpoint]:
+    files = [
+        PlannedFile(
+            path=paths["htpasswd"],
+            text=config.htpasswd_line(creds.registry_username, creds.registry_password),
+        ),
+        PlannedFile(
+            path=paths["registry_conf"],
+            text=config.registry_config(
+                host=opts.host,
+                port=opts.registry_port,
+                root_dir=paths["registry_root"],
+                htpasswd_path=paths["htpasswd"],
+                http_secret=creds.registry_http_secret,
+            ),
+        ),
+    ]
+    child = ChildSpec(
+        name="registry",
+        argv=(binary, "serve", paths["registry_conf"]),
+        log_path=f"{paths['logs']}/registry.log",
+        probe=Probe.REGISTRY,
+    )
+    endpoint = RegistryEndpoint(
+        address=f"{opts.host}:{opts.registry_port}",
+        repository=opts.registry_repository,
+        username=creds.registry_username,
+        password=creds.registry_password,
+        insecure=True,
+    )
+    return files, child, endpoint
+
+
+def _embedded_nats(
+    opts: UpOptions, creds: config.StackCredentials, paths: Mapping[str, str], binary: str
+) -> tuple[PlannedFile, ChildSpec]:
+    text = config.nats_config(
+        host=opts.host,
+        port=opts.nats_port,
+        store_dir=paths["nats_store"],
+        users=config.nats_users(creds),
+    )
+    child = ChildSpec(
+        name="nats-server",
+        argv=(binary, "-c", paths["nats_conf"]),
+        log_path=f"{paths['logs']}/nats-server.log",
+        probe=Probe.NATS,
+    )
+    return PlannedFile(path=paths["nats_conf"], text=text), child
+
+
+def _service_children(
+    opts: UpOptions,
+    creds: config.StackCredentials,
+    services: Sequence[ServiceSpec],
+    registry: RegistryEndpoint | None,
+    nats_url: str,
+    base_env: Mapping[str, str],
+    python: str,
+    logs_dir: str,
+) -> tuple[ChildSpec, ...]:
+    out = []
+    for spec in services:
+        if opts.nats_url is None:
+            user, password = spec.nats_user, creds.nats_users[spec.nats_user]
+        else:  # one user for every service on an external NATS
+            user, password = opts.nats_user or "", opts.nats_password or ""
+        env = service_env(
+            base_env, nats_url=nats_url, nats_user=user, nats_password=password, registry=registry
+        )
+        if opts.nats_url is not None and not opts.nats_user:
+            env.pop("EDGEPUB_NATS_USER", None)
+            env.pop("EDGEPUB_NATS_PASSWORD", None)
+        out.append(
+            ChildSpec(
+                name=spec.name,
+                argv=(python, "-m", spec.module),
+                env=env,
+                log_path=f"{logs_dir}/{spec.name}.log",
+            )
+        )
+    return tuple(out)
+
+
+def build_plan(
+    opts: UpOptions,
+    creds: config.StackCredentials,
+    *,
+    nats_binary: str | None,
+    registry_binary: str | None,
+    services: Sequence[ServiceSpec],
+    base_env: Mapping[str, str],
+    python: str,
+    pid: int,
+) -> StackPlan:
+    """The whole stack as data. Binaries are None only for the pieces pointed elsewhere."""
+    paths = _layout(opts.data_dir)
+    files: list[PlannedFile] = []
+    infra: list[ChildSpec] = []
+    if opts.nats_url is None:
+        assert nats_binary is not None
+        nats_file, nats_child = _embedded_nats(opts, creds, paths, nats_binary)
+        files.append(nats_file)
+        infra.append(nats_child)
+        nats_url = f"nats://{opts.host}:{opts.nats_port}"
+        sdk_user: str | None = creds.sdk_user
+        sdk_password: str | None = creds.nats_users[creds.sdk_user]
+        probe_user, probe_password = sdk_user, sdk_password
+    else:
+        nats_url = opts.nats_url
+        sdk_user, sdk_password = opts.nats_user, opts.nats_password
+        probe_user, probe_password = opts.nats_user, opts.nats_password
+    if opts.registry is None:
+        assert registry_binary is not None
+        reg_files, reg_child, registry = _embedded_registry(opts, creds, paths, registry_binary)
+        files += reg_files
+        infra.append(reg_child)
+    else:
+        registry = RegistryEndpoint(
+            address=opts.registry,
+            repository=opts.registry_repository,
+            username=opts.registry_username,
+            password=opts.registry_password,
+            insecure=opts.registry_insecure,
+        )
+    children = _service_children(
+        opts,
+        creds,
+        services if opts.services else (),
+        registry,
+        nats_url,
+        base_env,
+        python,
+        paths["logs"],
+    )
+    info = StackInfo(
+        nats_url=nats_url,
+        registry=registry.address,
+        registry_repository=registry.repository,
+        registry_username=registry.username,
+        registry_password=registry.password,
+        registry_insecure=registry.insecure,
+        sdk_user=sdk_user,
+        sdk_password=sdk_password,
+        data_dir=opts.data_dir,
+        pid=pid,
+    )
+    return StackPlan(
+        files=tuple(files),
+        infra=tuple(infra),
+        services=children,
+        info=info,
+        nats_probe_user=probe_user,
+        nats_probe_password=probe_password,
+    )

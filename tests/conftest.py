@@ -1,0 +1,78 @@
+"""Fixtures with real servers on free ports of 127.0.0.1, stopped even when a test fails.
+
+- ``nats_server``: nats-server + JetStream, auth on (``admin`` and one user per service).
+- ``registry``: Debian's docker-registry with htpasswd auth (user ``edgepub``).
+- ``ops``: the Ops services that exist, as real processes against both.
+Helpers live in ``tests/support`` (``from support.waiting import wait_for``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support.procs import cmdline, descendants
+from support.servers import NatsServer, RegistryServer
+from support.services import OpsServices
+
+OPS_SERVICES = ("publish", "registry_push")
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path / "nats")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[RegistryServer]:
+    server = RegistryServer(tmp_path / "registry")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def ops(nats_server: NatsServer, registry: RegistryServer, tmp_path: Path) -> Iterator[OpsServices]:
+    services = OpsServices(nats_server, registry, tmp_path / "service-logs")
+    try:
+        services.start_available(OPS_SERVICES)
+        yield services
+    finally:
+        for proc in services.procs.values():
+            proc.kill()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """No test may leave a process behind: kill leftovers and say which they were."""
+    if not Path("/proc").is_dir():
+        return
+    leftovers = [(pid, cmdline(pid)) for pid in descendants(os.getpid())]
+    leftovers = [(pid, cmd) for pid, cmd in leftovers if cmd not in ("", "?")]
+    for pid, _ in leftovers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if leftovers:
+        session.config.stash[_LEFTOVERS] = leftovers
+
+
+_LEFTOVERS = pytest.StashKey[list[tuple[int, str]]]()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    leftovers = terminalreporter.config.stash.get(_LEFTOVERS, [])
+    if leftovers:
+        terminalreporter.section("leftover processes (killed)", red=True)
+        for pid, cmd in leftovers:
+            terminalreporter.write_line(f"{pid}: {cmd}")

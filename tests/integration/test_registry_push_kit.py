@@ -1,0 +1,208 @@
+"""Helpers for the registry-push tests across real processes (no tests in here).
+
+The service runs as ``python -m edgepub.services.registry_push`` against a real nats-server
+and a real docker-registry; a test plays the publish service's part by hand: it puts model
+bytes in the object store, publishes a PublishRequested on the work stream and reads the
+outcome events back from the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from nats.aio.client import Client as NATS
+from nats.js.api import DeliverPolicy
+from onnx import TensorProto, helper, numpy_helper
+
+from edgepub.shared import artifact, bus, schemas, subjects
+from edgepub.shared.oci import RegistryClient
+from edgepub.shared.schemas import (
+    ModelVersion,
+    PipelineVersion,
+    PublishRequested,
+    Pushed,
+    PushFailed,
+    PushOutcome,
+    TensorSpec,
+)
+from support.servers import NatsServer, RegistryServer
+from support.services import OpsServices, ServiceProcess
+
+MB = 1024 * 1024
+
+
+def onnx_model(weights: int = 4, seed: int = 0) -> bytes:
+    """y = x @ W with W of shape (4, weights/4) float32: ``weights`` floats of random bytes."""
+    cols = max(1, weights // 4)
+    w = np.random.default_rng(seed).standard_normal((4, cols), dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "edgepub-test",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, cols])],
+        initializer=[numpy_helper.from_array(w, name="W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
+
+
+def model_version(name: str, data: bytes, file_name: str = "model.onnx") -> ModelVersion:
+    return ModelVersion(
+        name=name,
+        version=str(uuid.uuid4()),
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        file_name=file_name,
+        inputs=(TensorSpec(name="x", dtype="float32", shape=(None, 4)),),
+        outputs=(TensorSpec(name="y", dtype="float32", shape=(None, None)),),
+    )
+
+
+def publish_requested(
+    steps: Sequence[ModelVersion],
+    *,
+    pipeline: str = "edge-pipeline",
+    publish_id: int = 1,
+    version: str | None = None,
+    requested_at: datetime | None = None,
+) -> PublishRequested:
+    return PublishRequested(
+        publish_id=publish_id,
+        pipeline_version=PipelineVersion(
+            id=publish_id,
+            name=version or str(uuid.uuid4()),
+            pipeline_name=pipeline,
+            steps=tuple(steps),
+            steps_key="test",
+            created_at=datetime.now(UTC),
+        ),
+        engine_config={
+            "engine": {
+                "cpu": 0.5,
+                "replicas": 1,
+                "resources": {
+                    "limits": {"cpu": 0.5, "memory": "900Mi"},
+                    "requests": {"cpu": 0.5, "memory": "900Mi"},
+                },
+            }
+        },
+        requested_at=requested_at or datetime.now(UTC),
+        created_on_version="0.1.0",
+    )
+
+
+class Bus:
+    """The test's own NATS connection, as the ``publish`` service's user (the one that
+    publishes PublishRequested for real), on one event loop for the test."""
+
+    def __init__(self, nats: NatsServer) -> None:
+        self.nats = nats
+        self.loop = asyncio.new_event_loop()
+        self.nc: NATS = self.run(bus.connect(nats.settings("publish"), name="registry-push-test"))
+        self.js = self.nc.jetstream()
+        self.run(bus.ensure_all(self.js))
+
+    def run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    def close(self) -> None:
+        self.run(self.nc.close())
+        self.loop.close()
+
+    def put_model(self, name: str, data: bytes, file_name: str = "model.onnx") -> ModelVersion:
+        mv = model_version(name, data, file_name)
+        self.put_object(mv.sha256, data)
+        return mv
+
+    def put_object(self, object_name: str, data: bytes) -> None:
+        store = self.run(self.js.object_store(subjects.OBJECT_STORE_MODELS))
+        self.run(store.put(object_name, data))
+
+    def send(self, req: PublishRequested, msg_id: str | None = None) -> None:
+        headers = {subjects.HEADER_MSG_ID: msg_id} if msg_id else None
+        self.run(self.js.publish(subjects.PUBLISH_REQUESTED, schemas.encode(req), headers=headers))
+
+    def outcomes(self, publish_id: int) -> list[PushOutcome]:
+        """Every PushStarted/Pushed/PushFailed on the work stream for ``publish_id``."""
+        return [e for e in self.run(self._outcomes()) if e.publish_id == publish_id]
+
+    async def _outcomes(self) -> list[PushOutcome]:
+        out: list[PushOutcome] = []
+        info = await self.js.stream_info(subjects.WORK_STREAM)
+        if not info.state.messages:
+            return out
+        sub = await self.js.subscribe(
+            f"{subjects.PREFIX}.work.publish.*",
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+        )
+        try:
+            last = info.state.last_seq
+            while True:
+                msg = await sub.next_msg(timeout=2.0)
+                if msg.subject in subjects.PUBLISH_PUSHED_OR_FAILED:
+                    out.append(schemas.push_outcome_decoder.decode(msg.data))
+                if msg.metadata.sequence.stream >= last:
+                    return out
+        finally:
+            await sub.unsubscribe()
+
+    def wait_outcome(self, publish_id: int, timeout: float = 60.0) -> Pushed | PushFailed:
+        """The first Pushed or PushFailed for ``publish_id`` (polling the stream)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for event in self.outcomes(publish_id):
+                if isinstance(event, Pushed | PushFailed):
+                    return event
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"no Pushed/PushFailed for publish {publish_id} in {timeout}s")
+            time.sleep(0.1)
+
+
+class PushService:
+    """Starts registry-push (``start(**env)``; again to restart with other settings) and
+    kills it at the end of the test."""
+
+    def __init__(self, nats: NatsServer, registry: RegistryServer, tmp_path: Path) -> None:
+        self.services = OpsServices(nats, registry, tmp_path / "service-logs")
+        self.base_env = {"EDGEPUB_CACHE_DIR": str(tmp_path / "cache"), "EDGEPUB_ACK_WAIT_S": "2"}
+
+    def start(self, **env: str) -> ServiceProcess:
+        return self.services.start("registry_push", env={**self.base_env, **env})
+
+    def kill(self) -> None:
+        for proc in self.services.procs.values():
+            proc.kill()
+
+
+def read_back_pipeline(
+    client: RegistryClient, pushed: Pushed, models: Sequence[ModelVersion], tmp_path: Path
+) -> schemas.PipelineDefinition:
+    """Fetch manifest, config and every layer; assert the digests and titles."""
+    ref = artifact.parse_reference(pushed.pipeline_url)
+    manifest, digest = client.manifest(ref.repository, ref.reference)
+    assert digest == pushed.pipeline_digest
+    assert manifest["config"]["mediaType"] == artifact.PIPELINE_CONFIG_MEDIA_TYPE
+    assert manifest["artifactType"] == artifact.PIPELINE_ARTIFACT_TYPE
+    config = client.blob(ref.repository, manifest["config"]["digest"])
+    definition = schemas.definition_decoder.decode(config)
+    layers = {layer["digest"]: layer for layer in manifest["layers"]}
+    assert set(layers) == {m.digest for m in models}
+    for step in definition.steps:
+        layer = layers[f"sha256:{step.sha256}"]
+        assert layer["annotations"][artifact.ANNOTATION_TITLE] == step.file_name
+        assert layer["mediaType"] == artifact.ONNX_MODEL_MEDIA_TYPE
+        out = tmp_path / "pulled" / step.file_name
+        client.blob_to_file(ref.repository, layer["digest"], out)  # verifies the digest
+        assert out.stat().st_size == step.size
+    return definition

@@ -1,0 +1,215 @@
+"""Edge agent test kit: models made at test time, pipelines pushed exactly as registry-push
+pushes them, and the agent as a real ``edgepub-edge`` process on a free port."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import requests
+
+from edgepub.services.registry_push import definition as plan_mod
+from edgepub.services.registry_push.push import push_pipeline
+from edgepub.shared.oci import RegistryClient
+from edgepub.shared.schemas import ModelVersion, PipelineVersion, PublishRequested, TensorSpec
+
+from .procs import ChildProcess, free_port
+from .servers import HOST, RegistryServer
+from .services import clean_environ
+from .waiting import wait_for
+
+FEATURES = 18
+
+
+def make_model(path: Path, *, features: int = FEATURES, seed: int = 0, trees: int = 20) -> Path:
+    """A scikit-learn gradient-boosting regressor as ONNX: input ``tensor`` [?, features]
+    float32, output ``variable`` [?, 1]."""
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(400, features)).astype(np.float32)
+    y = x[:, 0] * 2.0 - x[:, 1] + rng.normal(scale=0.1, size=400)
+    model = GradientBoostingRegressor(n_estimators=trees, max_depth=3, random_state=seed)
+    model.fit(x, y)
+    onx = to_onnx(
+        model, initial_types=[("tensor", FloatTensorType([None, features]))], target_opset=17
+    )
+    path.write_bytes(onx.SerializeToString())
+    return path
+
+
+def make_scaler(path: Path, *, features: int = FEATURES) -> Path:
+    """A one-node ONNX model ``tensor`` -> ``scaled`` = tensor * 0.5: a first pipeline step."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    inp = helper.make_tensor_value_info("tensor", TensorProto.FLOAT, [None, features])
+    out = helper.make_tensor_value_info("scaled", TensorProto.FLOAT, [None, features])
+    half = helper.make_tensor("half", TensorProto.FLOAT, [1], [0.5])
+    node = helper.make_node("Mul", ["tensor", "half"], ["scaled"])
+    graph = helper.make_graph([node], "scale", [inp], [out], initializer=[half])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def model_version(
+    name: str, path: Path, inputs: tuple[TensorSpec, ...] = (), outputs: tuple[TensorSpec, ...] = ()
+) -> ModelVersion:
+    data = path.read_bytes()
+    return ModelVersion(
+        name=name,
+        version=str(uuid.uuid4()),
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        file_name=path.name,
+        inputs=inputs,
+        outputs=outputs,
+    )
+
+
+def publish(
+    registry: RegistryServer,
+    pipeline: str,
+    steps: list[tuple[ModelVersion, Path]],
+    version: str | None = None,
+) -> str:
+    """Push the pipeline artifact as registry-push would; returns its PIPELINE_URL."""
+    pv = PipelineVersion(
+        id=1,
+        name=version or str(uuid.uuid4()),
+        pipeline_name=pipeline,
+        steps=tuple(m for m, _ in steps),
+        steps_key="test",
+        created_at=datetime.now(UTC),
+    )
+    req = PublishRequested(
+        publish_id=1,
+        pipeline_version=pv,
+        engine_config={},
+        requested_at=datetime.now(UTC),
+        created_on_version="test",
+    )
+    settings = registry.settings()
+    plan = plan_mod.plan(req, settings)
+    client = RegistryClient(settings)
+    try:
+        push_pipeline(client, plan, {m.sha256: p for m, p in steps})
+    finally:
+        client.close()
+    return plan.pipeline_url
+
+
+def blob_data_path(registry: RegistryServer, sha256: str) -> Path:
+    """Where docker-registry keeps a blob's bytes (to tamper with them)."""
+    return (
+        registry.root_dir
+        / "docker"
+        / "registry"
+        / "v2"
+        / "blobs"
+        / "sha256"
+        / sha256[:2]
+        / sha256
+        / "data"
+    )
+
+
+def http() -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False  # never a proxy: everything is on loopback
+    return session
+
+
+class EdgeAgent:
+    """``edgepub-edge`` as a child process; its JSON log lines in ``log_path``."""
+
+    def __init__(self, work: Path, env: dict[str, str], *, port: int = 0) -> None:
+        self.port = port or free_port()
+        self.persist = work / "persist"
+        self.env = clean_environ()
+        for key in (
+            "PIPELINE_URL",
+            "OCI_REGISTRY",
+            "OCI_USERNAME",
+            "OCI_PASSWORD",
+            "EDGE_BUNDLE",
+            "CONFIG_CPUS",
+            "DEBUG",
+            "LOCAL_INFERENCE_STORAGE",
+            "PLATEAU_PAGE_SIZE",
+        ):
+            self.env.pop(key, None)
+        self.env.update(
+            EDGEPUB_PERSIST_DIR=str(self.persist),
+            EDGEPUB_HOST=HOST,
+            EDGEPUB_PORT=str(self.port),
+            EDGEPUB_LOG_FORMAT="json",
+        )
+        self.env.update(env)
+        self.child = ChildProcess(
+            [sys.executable, "-m", "edgepub.edge_agent"],
+            work / f"edge-{self.port}.log",
+            env=self.env,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def start(self) -> EdgeAgent:
+        self.child.spawn()
+        return self
+
+    def events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.child.log_text().splitlines():
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return out
+
+    def event_names(self) -> list[str]:
+        return [e.get("event", "") for e in self.events()]
+
+    def ready(self) -> bool:
+        try:
+            return http().get(f"{self.url}/v2/health/ready", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        def check() -> bool:
+            if not self.child.running():
+                raise AssertionError(
+                    f"edge agent exited ({self.child.returncode()}):\n{self.child.log_tail()}"
+                )
+            return self.ready()
+
+        wait_for(check, timeout, "the edge agent to be ready")
+
+    def wait_event(self, name: str, count: int = 1, timeout: float = 30.0) -> dict[str, Any]:
+        def found() -> dict[str, Any] | None:
+            matching = [e for e in self.events() if e.get("event") == name]
+            return matching[count - 1] if len(matching) >= count else None
+
+        result = wait_for(found, timeout, f"edge log event {name!r}")
+        return result
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        return self.child.terminate(timeout)
+
+    def kill(self) -> int | None:
+        return self.child.kill()

@@ -1,0 +1,164 @@
+"""edgepub service processes for tests: ``python -m edgepub.services.<name>`` for real,
+with the environment ``edgepub up`` gives it and its output captured in a file."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgepub.services.stack.catalog import BY_NAME, service_env, service_exists
+
+from .procs import ChildProcess
+from .servers import NatsServer, RegistryServer
+
+
+def clean_environ() -> dict[str, str]:
+    """This process's environment without any EDGEPUB_* a developer may have set."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("EDGEPUB_")}
+
+
+class ServiceProcess:
+    """One service process. ``log_path`` holds every line it wrote, across restarts."""
+
+    def __init__(
+        self,
+        name: str,
+        nats: NatsServer,
+        registry: RegistryServer | None,
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        spec = BY_NAME[name]
+        self.name = name
+        full_env = service_env(
+            clean_environ(),
+            nats_url=nats.url,
+            nats_user=spec.nats_user,
+            nats_password=nats.users[spec.nats_user],
+            registry=registry.endpoint() if registry is not None else None,
+        )
+        full_env.update(env or {})
+        self.env = full_env
+        self.child = ChildProcess(
+            [sys.executable, "-m", spec.module], log_dir / f"{name}.log", env=full_env
+        )
+
+    @property
+    def log_path(self) -> Path:
+        return self.child.log_path
+
+    @property
+    def pid(self) -> int | None:
+        return self.child.pid
+
+    def start(self, *, ready_event: str | None = "service_started", timeout: float = 30.0) -> None:
+        """Spawn; wait until it logs ``ready_event`` (one more than before) unless None."""
+        before = self.count_events(ready_event) if ready_event else 0
+        self.child.spawn()
+        if ready_event is None:
+            return
+        deadline = time.monotonic() + timeout
+        while self.count_events(ready_event) <= before:
+            if not self.child.running():
+                raise RuntimeError(
+                    f"service {self.name} exited with code {self.child.returncode()} "
+                    f"while starting:\n{self.child.log_tail()}"
+                )
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"service {self.name} did not log {ready_event!r} within {timeout}s:\n"
+                    + self.child.log_tail()
+                )
+            time.sleep(0.02)
+
+    def running(self) -> bool:
+        return self.child.running()
+
+    def kill(self) -> int | None:
+        """SIGKILL (a crash) and reap."""
+        return self.child.kill()
+
+    def terminate(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM; the exit code (SIGKILL after ``timeout``, giving -9)."""
+        return self.child.terminate(timeout)
+
+    def restart(self, **start_kwargs: Any) -> None:
+        self.terminate()
+        self.start(**start_kwargs)
+
+    def log_text(self) -> str:
+        return self.child.log_text()
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every JSON log line it wrote, parsed; other lines are skipped."""
+        out: list[dict[str, Any]] = []
+        for line in self.log_text().splitlines():
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    continue
+        return out
+
+    def count_events(self, event: str | None) -> int:
+        return sum(1 for e in self.events() if e.get("event") == event)
+
+
+class OpsServices:
+    """The Ops-side services against one NATS and one registry: ``ops.start("publish")``."""
+
+    def __init__(self, nats: NatsServer, registry: RegistryServer | None, log_dir: Path) -> None:
+        self.nats = nats
+        self.registry = registry
+        self.log_dir = log_dir
+        self.procs: dict[str, ServiceProcess] = {}
+
+    def __getitem__(self, name: str) -> ServiceProcess:
+        return self.procs[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.procs
+
+    def start(self, name: str, *, env: dict[str, str] | None = None, **kw: Any) -> ServiceProcess:
+        """Start (or restart with ``env``) service ``name``; skips the test if it isn't written."""
+        if not service_exists(name):
+            pytest.skip(
+                f"service {name!r} does not exist yet (no edgepub.services.{name}.__main__)"
+            )
+        old = self.procs.get(name)
+        if old is not None:
+            old.terminate()
+        proc = ServiceProcess(name, self.nats, self.registry, self.log_dir, env=env)
+        self.procs[name] = proc
+        proc.start(**kw)
+        return proc
+
+    def start_available(self, names: tuple[str, ...]) -> list[str]:
+        started = [n for n in names if service_exists(n)]
+        for name in started:
+            self.start(name)
+        return started
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            proc.terminate()
+
+    def all_logs(self) -> str:
+        """Everything every service printed, plus the servers' logs."""
+        parts = [p.log_text() for p in self.procs.values()]
+        parts.append(self.nats.child.log_text())
+        if self.registry is not None:
+            parts.append(self.registry.child.log_text())
+        return "\n".join(parts)
+
+    def assert_no_secret(self, *secrets: str | None) -> None:
+        text = self.all_logs()
+        for secret in secrets:
+            if secret:
+                assert secret not in text, "a secret appears in a log line"

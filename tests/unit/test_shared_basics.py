@@ -1,0 +1,90 @@
+"""Pure pieces of shared/: names, subjects, settings, redaction, errors, backoff."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import structlog
+from edgepub.shared import errors, logs, subjects
+from edgepub.shared.errors import ConfigError, InvalidNameError
+from edgepub.shared.names import check_name
+from edgepub.shared.runner import backoff
+from edgepub.shared.settings import Env, RegistrySettings
+from hypothesis import given
+from hypothesis import strategies as st
+
+
+@pytest.mark.parametrize("name", ["a", "house-price-rf", "p1", "x" * 63])
+def test_dns_safe_names_pass(name: str) -> None:
+    assert check_name("model", name) == name
+
+
+@pytest.mark.parametrize("name", ["", "-a", "a-", "A", "a_b", "a.b", "x" * 64, "a b", "a>"])
+def test_unsafe_names_are_refused_with_a_fix(name: str) -> None:
+    with pytest.raises(InvalidNameError, match="DNS-safe"):
+        check_name("pipeline", name)
+
+
+@given(st.text(min_size=1, max_size=20))
+def test_subject_tokens_never_change_a_subject_shape(value: str) -> None:
+    try:
+        tok = subjects.token(value)
+    except ValueError:
+        return
+    assert "." not in tok and "*" not in tok and ">" not in tok and " " not in tok
+
+
+def test_request_subjects_round_trip() -> None:
+    subject = subjects.request("admin", subjects.VERB_PUBLISH_CREATE)
+    assert subject == "edgepub.req.admin.publish.create"
+    assert subjects.parse_request(subject) == ("admin", "publish.create")
+    with pytest.raises(ValueError):
+        subjects.request("a.b", "x")
+
+
+def test_settings_errors_name_the_variable_and_value() -> None:
+    with pytest.raises(ConfigError, match="EDGEPUB_REGISTRY is not set"):
+        RegistrySettings.from_env(Env({}))
+    with pytest.raises(ConfigError, match=r"EDGEPUB_REGISTRY_DEADLINE_S='soon' is not a number"):
+        RegistrySettings.from_env(Env({"EDGEPUB_REGISTRY": "r:5000",
+                                       "EDGEPUB_REGISTRY_DEADLINE_S": "soon"}))
+    with pytest.raises(ConfigError, match="host\\[:port\\] only"):
+        RegistrySettings.from_env(Env({"EDGEPUB_REGISTRY": "https://r/x"}))
+    local = RegistrySettings.from_env(Env({"EDGEPUB_REGISTRY": "127.0.0.1:5000"}))
+    assert local.insecure and local.repository == "edgepub"
+    with pytest.raises(ConfigError, match="not a boolean"):
+        Env({"X": "maybe"}).flag("X", False)
+
+
+def test_redaction_masks_secret_keys_and_registered_values() -> None:
+    out = io.StringIO()
+    logs.configure(fmt="json", stream=out)
+    logs.register_secret("hunter2-very-secret")
+    log = structlog.get_logger()
+    log.info("login", password="hunter2-very-secret", user="edgepub")
+    log.info("failed", error="GET http://edgepub:hunter2-very-secret@r/v2/ refused")
+    log.info("nested", detail={"join_token": "abc", "ok": 1})
+    text = out.getvalue()
+    assert "hunter2-very-secret" not in text
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert lines[0]["password"] == logs.MASK and lines[0]["user"] == "edgepub"
+    assert logs.MASK in lines[1]["error"]
+    assert lines[2]["detail"] == {"join_token": logs.MASK, "ok": 1}
+    structlog.reset_defaults()
+
+
+def test_every_error_code_is_unique_and_round_trips() -> None:
+    codes = [c.code for c in errors._KNOWN]
+    assert len(codes) == len(set(codes))
+    for cls in errors._KNOWN:
+        again = errors.from_code(cls.code, "m")
+        assert type(again) is cls and str(again) == "m"
+    assert type(errors.from_code("from-the-future", "m")) is errors.EdgepubError
+
+
+@given(st.integers(min_value=1, max_value=100))
+def test_backoff_grows_and_is_capped(attempt: int) -> None:
+    assert 0.5 <= backoff(attempt) <= 30.0
+    assert backoff(attempt + 1) >= backoff(attempt)

@@ -1,0 +1,127 @@
+"""Config generation for the embedded stack: pure functions, no servers."""
+
+from __future__ import annotations
+
+import bcrypt
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edgepub.services.stack import config
+
+
+def test_generated_credentials_cover_every_user_and_differ() -> None:
+    creds = config.generate_credentials()
+    assert set(creds.nats_users) == {*config.SERVICE_USERS, "admin"}
+    secrets = [*creds.nats_users.values(), creds.registry_password, creds.registry_http_secret]
+    assert len(set(secrets)) == len(secrets)
+    assert all(len(s) >= 40 for s in secrets)
+    assert creds.registry_username == "edgepub"
+    assert config.generate_credentials().registry_password != creds.registry_password
+
+
+def test_sdk_user_may_publish_only_its_own_requests() -> None:
+    perms = config.sdk_permissions("alice")
+    assert "edgepub.req.alice.>" in perms.publish_allow
+    assert not any(p.startswith("edgepub.req.*") or p == ">" for p in perms.publish_allow)
+    assert perms.subscribe_allow == ("_INBOX.>",)
+    with pytest.raises(ValueError):
+        config.sdk_permissions("a.b")
+
+
+def test_nats_users_give_the_sdk_user_its_narrow_permissions() -> None:
+    creds = config.generate_credentials(sdk_user="alice")
+    users = config.nats_users(creds)
+    assert users["alice"].permissions == config.sdk_permissions("alice")
+    assert users["publish"].permissions.publish_allow == (">",)
+    assert users["publish"].password == creds.nats_users["publish"]
+
+
+def test_nats_config_has_listen_jetstream_and_every_user() -> None:
+    creds = config.generate_credentials()
+    text = config.nats_config(
+        host="127.0.0.1", port=4333, store_dir="/data/js", users=config.nats_users(creds)
+    )
+    assert 'listen: "127.0.0.1:4333"' in text
+    assert 'store_dir: "/data/js"' in text
+    assert f"max_payload: {config.MAX_PAYLOAD}" in text
+    assert "http:" not in text
+    for user, password in creds.nats_users.items():
+        assert f'user: "{user}", password: "{password}"' in text
+    assert "no_auth_user" not in text
+
+
+def test_nats_config_optional_monitoring_port() -> None:
+    users = {"a": config.UserSpec(password="pw")}
+    text = config.nats_config(host="127.0.0.1", port=1, store_dir="/s", users=users, http_port=8222)
+    assert 'http: "127.0.0.1:8222"' in text
+
+
+def test_nats_config_refuses_no_users() -> None:
+    with pytest.raises(ValueError, match="never open"):
+        config.nats_config(host="127.0.0.1", port=1, store_dir="/s", users={})
+
+
+def test_deny_and_allow_responses_are_rendered() -> None:
+    perms = config.Permissions(publish_deny=("x.>",), allow_responses=True)
+    text = config.nats_config(
+        host="h",
+        port=1,
+        store_dir="/s",
+        users={"u": config.UserSpec(password="p", permissions=perms)},
+    )
+    assert 'deny: ["x.>"]' in text and "allow_responses: true" in text
+
+
+def _unquote(quoted: str) -> str:
+    """nats-server's reading of a double-quoted string (only the escapes quote() emits)."""
+    assert quoted.startswith('"') and quoted.endswith('"')
+    out, chars = [], iter(quoted[1:-1])
+    for c in chars:
+        if c == '"':
+            raise AssertionError("unescaped quote ends the string early")
+        out.append(next(chars) if c == "\\" else c)
+    return "".join(out)
+
+
+@given(st.text(st.characters(min_codepoint=0x20, max_codepoint=0x2FF, exclude_characters="\x7f")))
+def test_quote_round_trips(value: str) -> None:
+    assert _unquote(config.quote(value)) == value
+
+
+def test_quote_refuses_control_characters() -> None:
+    with pytest.raises(ValueError):
+        config.quote("a\nb")
+
+
+def test_registry_config_fields() -> None:
+    text = config.registry_config(
+        host="127.0.0.1",
+        port=5111,
+        root_dir="/data/registry",
+        htpasswd_path="/data/htpasswd",
+        http_secret="s3cr3t",
+    )
+    assert text.startswith("# Generated")
+    assert "version: 0.1" in text
+    assert 'rootdirectory: "/data/registry"' in text
+    assert 'addr: "127.0.0.1:5111"' in text
+    assert 'secret: "s3cr3t"' in text
+    assert 'path: "/data/htpasswd"' in text
+    assert "realm: edgepub" in text
+    assert "delete:\n    enabled: true" in text
+    assert "level: warn" in text
+
+
+def test_htpasswd_line_verifies_with_bcrypt_at_cost_5() -> None:
+    line = config.htpasswd_line("edgepub", "pw-123")
+    user, hashed = line.rstrip("\n").split(":", 1)
+    assert user == "edgepub" and line.endswith("\n")
+    assert bcrypt.checkpw(b"pw-123", hashed.encode())
+    assert not bcrypt.checkpw(b"pw-124", hashed.encode())
+    assert hashed.split("$")[2] == "05"
+
+
+def test_htpasswd_refuses_a_colon_in_the_user() -> None:
+    with pytest.raises(ValueError):
+        config.htpasswd_line("a:b", "pw")
