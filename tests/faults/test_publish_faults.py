@@ -1,0 +1,199 @@
+"""Publishing on a bad day, end to end through the SDK: the registry gone and back, gone
+for good, refusing our password, the publish service or the broker restarted mid-publish.
+Each test asserts on what ends up in KV and in the registry."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgepub import Client, PublishFailedError
+from edgepub.samples import house_price_model
+from edgepub.shared import bus, subjects
+from edgepub.shared.artifact import parse_reference
+from edgepub.shared.oci import RegistryClient
+from edgepub.shared.schemas import PublishRecord, decode
+from support.servers import NatsServer, RegistryServer
+from support.services import OpsServices
+from support.waiting import wait_for
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return house_price_model(tmp_path_factory.mktemp("models") / "rf.onnx", n_estimators=5)
+
+
+@pytest.fixture
+def client(ops: OpsServices, nats_server: NatsServer) -> Iterator[Client]:
+    s = nats_server.settings()
+    with Client(s.url, s.user, s.password) as c:
+        yield c
+
+
+async def _records(nats: NatsServer) -> list[PublishRecord]:
+    nc = await bus.connect(nats.settings("publish"), name="test")
+    try:
+        kv = await nc.jetstream().key_value(subjects.KV_PUBLISHES)
+        try:
+            keys = await kv.keys()
+        except Exception:  # NoKeysError
+            return []
+        return [decode(PublishRecord, (await kv.get(k)).value or b"") for k in keys]
+    finally:
+        await nc.close()
+
+
+def kv_records(nats: NatsServer) -> list[PublishRecord]:
+    return asyncio.run(_records(nats))
+
+
+class Background:
+    """Run ``fn`` on a thread; ``result()`` re-raises what it raised."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self._out: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                self._out["value"] = fn()
+            except BaseException as exc:
+                self._out["error"] = exc
+
+        self._thread = threading.Thread(target=target, daemon=True)
+        self._thread.start()
+
+    def result(self, timeout: float) -> Any:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), f"still running after {timeout}s"
+        if "error" in self._out:
+            raise self._out["error"]
+        return self._out["value"]
+
+
+def assert_in_registry(registry: RegistryServer, pipeline_url: str, model_sha: str) -> None:
+    ref = parse_reference(pipeline_url)
+    reg = RegistryClient(registry.settings())
+    manifest, _ = reg.manifest(ref.repository, ref.tag or "")
+    assert [layer["digest"] for layer in manifest["layers"]] == [f"sha256:{model_sha}"]
+    reg.blob(ref.repository, f"sha256:{model_sha}")  # verifies the digest
+
+
+def test_registry_down_at_start_and_back_before_the_deadline(
+    client: Client,
+    model_file: Path,
+    registry: RegistryServer,
+    nats_server: NatsServer,
+    ops: OpsServices,
+) -> None:
+    model = client.upload_model("rf", model_file)
+    pipeline = client.build_pipeline("outage").add_model_step(model)
+    registry.stop()
+    pending = Background(lambda: pipeline.publish(progress=False))
+    wait_for(
+        lambda: ops["registry_push"].count_events("message_retry") >= 1,
+        60,
+        "registry-push retrying the unreachable registry",
+    )
+    registry.start()
+    publish = pending.result(120)
+    assert publish.status == "Published"
+    assert [(r.id, r.status) for r in kv_records(nats_server)] == [(publish.id, "Published")]
+    assert publish.pipeline_url is not None
+    assert_in_registry(registry, publish.pipeline_url, model.sha)
+
+
+def test_registry_down_past_the_deadline_ends_in_error(
+    model_file: Path,
+    registry: RegistryServer,
+    nats_server: NatsServer,
+    ops: OpsServices,
+) -> None:
+    ops.start("registry_push", env={"EDGEPUB_REGISTRY_DEADLINE_S": "3"})
+    s = nats_server.settings()
+    with Client(s.url, s.user, s.password) as client:
+        model = client.upload_model("rf", model_file)
+        pipeline = client.build_pipeline("gone").add_model_step(model)
+        registry.stop()
+        with pytest.raises(PublishFailedError, match=r"unreachable.*\[registry_unavailable\]"):
+            pipeline.publish(progress=False)
+    [record] = kv_records(nats_server)
+    assert record.status == "Error" and record.error and "unreachable" in record.error
+
+
+def test_wrong_registry_password_ends_in_error_and_is_never_logged(
+    model_file: Path,
+    registry: RegistryServer,
+    nats_server: NatsServer,
+    ops: OpsServices,
+) -> None:
+    wrong = "wrong-password-0123456789abcdef"
+    ops.start("registry_push", env={"EDGEPUB_REGISTRY_PASSWORD": wrong})
+    s = nats_server.settings()
+    with Client(s.url, s.user, s.password) as client:
+        model = client.upload_model("rf", model_file)
+        pipeline = client.build_pipeline("badpass").add_model_step(model)
+        with pytest.raises(PublishFailedError, match=r"(?i)credentials.*\[registry_auth\]"):
+            pipeline.publish(progress=False)
+    [record] = kv_records(nats_server)
+    assert record.status == "Error"
+    assert wrong not in (record.error or "")
+    ops.assert_no_secret(wrong, registry.password)
+
+
+def test_publish_service_down_when_the_request_is_sent(
+    model_file: Path,
+    registry: RegistryServer,
+    nats_server: NatsServer,
+    ops: OpsServices,
+) -> None:
+    """The SDK re-sends the same request until a publish service answers: one publish."""
+    s = nats_server.settings()
+    with Client(s.url, s.user, s.password) as client:
+        model = client.upload_model("rf", model_file)
+        pipeline = client.build_pipeline("restarted").add_model_step(model)
+        ops["publish"].kill()
+        pending = Background(lambda: pipeline.publish(progress=False))
+        ops.start("publish")
+        publish = pending.result(120)
+    assert publish.status == "Published"
+    assert [(r.id, r.status) for r in kv_records(nats_server)] == [(publish.id, "Published")]
+
+
+def test_broker_restart_mid_publish(
+    client: Client,
+    model_file: Path,
+    registry: RegistryServer,
+    nats_server: NatsServer,
+    ops: OpsServices,
+) -> None:
+    """nats-server restarted (same store) while the push waits on a stopped registry."""
+    model = client.upload_model("rf", model_file)
+    pipeline = client.build_pipeline("broker").add_model_step(model)
+    registry.stop()
+    pending = Background(lambda: pipeline.publish(progress=False))
+    wait_for(
+        lambda: ops["registry_push"].count_events("message_retry") >= 1,
+        60,
+        "registry-push retrying",
+    )
+    nats_server.stop()
+    nats_server.start()
+    registry.start()
+    publish = pending.result(180)
+    assert publish.status == "Published"
+    assert [(r.id, r.status) for r in kv_records(nats_server)] == [(publish.id, "Published")]
+    assert publish.pipeline_url is not None
+    assert_in_registry(registry, publish.pipeline_url, model.sha)
+
+
+def test_services_stop_cleanly_on_sigterm(ops: OpsServices) -> None:
+    for name in ("publish", "registry_push"):
+        assert ops[name].terminate() == 0, ops[name].log_text()[-2000:]
+        assert ops[name].count_events("service_stopped") == 1

@@ -1,0 +1,116 @@
+"""The `edgepub` command for shell users, as a real process against real services."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgepub.samples import house_price_model
+from support.servers import NatsServer
+from support.services import OpsServices, clean_environ
+
+pytestmark = pytest.mark.timeout(240)
+EDGEPUB = [sys.executable, "-c", "from edgepub.cli import main; main()"]
+
+
+def run(args: list[str], nats: NatsServer, **kw: object) -> subprocess.CompletedProcess[str]:
+    env = clean_environ()
+    s = nats.settings()
+    env.update(
+        EDGEPUB_NATS_URL=s.url,
+        EDGEPUB_NATS_USER=s.user or "",
+        EDGEPUB_NATS_PASSWORD=s.password or "",
+    )
+    return subprocess.run(
+        [*EDGEPUB, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_cli_upload_publish_list_show(
+    ops: OpsServices, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    model = house_price_model(tmp_path / "rf.onnx", n_estimators=3)
+    up = run(["model", "upload", "rf", str(model), "--json"], nats_server)
+    assert up.returncode == 0, up.stderr
+    version = json.loads(up.stdout)["version"]
+
+    pub = run(
+        [
+            "pipeline",
+            "publish",
+            "cli-demo",
+            "--model",
+            f"rf:{version}",
+            "--cpus",
+            "0.5",
+            "--memory",
+            "900Mi",
+            "--json",
+        ],
+        nats_server,
+    )
+    assert pub.returncode == 0, pub.stderr
+    record = json.loads(pub.stdout)
+    assert record["status"] == "Published"
+    assert record["engine_config"]["engine"]["resources"]["limits"] == {
+        "cpu": 0.5,
+        "memory": "900Mi",
+    }
+
+    listed = run(["pipeline", "publishes", "cli-demo", "--json"], nats_server)
+    assert [p["id"] for p in json.loads(listed.stdout)] == [record["id"]]
+    shown = run(["publish", "show", str(record["id"])], nats_server)
+    assert shown.returncode == 0 and "Published" in shown.stdout and "docker run" in shown.stdout
+
+    human = run(["pipeline", "publish", "cli-demo", "--model", "rf"], nats_server)
+    assert "Waiting for pipeline publish" in human.stdout and "Published." in human.stdout
+
+
+def test_cli_errors_name_the_problem(
+    ops: OpsServices, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x00not onnx")
+    out = run(["model", "upload", "bad", str(bad)], nats_server)
+    assert out.returncode == 2
+    assert "error [invalid_model]" in out.stderr and "bad.onnx" in out.stderr
+    out = run(["pipeline", "publish", "x", "--model", "ghost"], nats_server)
+    assert out.returncode == 2 and "error [not_found]" in out.stderr and "ghost" in out.stderr
+
+
+def test_cli_without_a_stack_says_how_to_start_one(tmp_path: Path) -> None:
+    env = clean_environ()
+    env["EDGEPUB_HOME"] = str(tmp_path / "nowhere")
+    out = subprocess.run(
+        [*EDGEPUB, "pipeline", "publishes", "x"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert "edgepub up" in out.stderr
+
+
+def test_readme_demo_runs_end_to_end(tmp_path: Path) -> None:
+    """The README's first command, minus the setup it shares with this test run."""
+    env = clean_environ()
+    out = subprocess.run(
+        [*EDGEPUB, "demo", "--data-dir", str(tmp_path / "demo")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+        cwd=os.getcwd(),
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "Published." in out.stdout
+    assert "verified" in out.stdout and "MISMATCH" not in out.stdout
+    assert "demo complete" in out.stdout
