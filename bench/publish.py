@@ -38,7 +38,9 @@ from edgepub.services.stack.state import load_stack_info
 
 def raw_push(info: object, model: Path, config: Path, *, header_up_front: bool) -> float:
     registry = oras.provider.Registry(
-        hostname=info.registry, insecure=info.registry_insecure, auth_backend="basic"  # type: ignore[attr-defined]
+        hostname=info.registry,
+        insecure=info.registry_insecure,
+        auth_backend="basic",  # type: ignore[attr-defined]
     )
     user, password = info.registry_username, info.registry_password  # type: ignore[attr-defined]
     registry.auth.set_basic_auth(user, password)

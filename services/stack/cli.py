@@ -44,7 +44,11 @@ def _parser() -> argparse.ArgumentParser:
         help="use this NATS instead of starting one (default $EDGEPUB_NATS_URL)",
     )
     p.add_argument("--nats-user", default=env("EDGEPUB_NATS_USER"))
-    p.add_argument("--nats-password", default=env("EDGEPUB_NATS_PASSWORD"))
+    p.add_argument(
+        "--nats-password",
+        default=env("EDGEPUB_NATS_PASSWORD"),
+        help="prefer $EDGEPUB_NATS_PASSWORD: arguments show in ps",
+    )
     p.add_argument(
         "--registry",
         default=env("EDGEPUB_REGISTRY"),
@@ -52,7 +56,11 @@ def _parser() -> argparse.ArgumentParser:
         help="use this OCI registry instead of starting one (Harbor, zot, GHCR...)",
     )
     p.add_argument("--registry-username", default=env("EDGEPUB_REGISTRY_USERNAME"))
-    p.add_argument("--registry-password", default=env("EDGEPUB_REGISTRY_PASSWORD"))
+    p.add_argument(
+        "--registry-password",
+        default=env("EDGEPUB_REGISTRY_PASSWORD"),
+        help="prefer $EDGEPUB_REGISTRY_PASSWORD: arguments show in ps",
+    )
     p.add_argument("--registry-insecure", action="store_true", help="plain HTTP to --registry")
     p.add_argument("--registry-repository", default=env("EDGEPUB_REGISTRY_REPOSITORY") or "edgepub")
     p.add_argument("--no-services", action="store_true", help="start only NATS and the registry")

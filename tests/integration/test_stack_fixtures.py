@@ -12,6 +12,7 @@ import pytest
 from edgepub.services.stack.binaries import find_nats_server
 from support.natsutil import publish_allowed
 from support.servers import NatsServer, RegistryServer, nats_handshake
+from support.services import OpsServices
 
 
 def test_generated_nats_config_passes_nats_server_check(nats_server: NatsServer) -> None:
@@ -80,13 +81,11 @@ def test_registry_needs_basic_auth_and_restarts(registry: RegistryServer) -> Non
     assert settings.password == "wrong" and registry.settings().password == registry.password
 
 
-def test_ops_fixture_starts_what_exists(ops: object) -> None:
-    from support.services import OpsServices
-
-    assert isinstance(ops, OpsServices)
+def test_ops_fixture_starts_what_exists(ops: OpsServices, registry: RegistryServer) -> None:
     for proc in ops.procs.values():
         assert proc.running()
-    ops.assert_no_secret(ops.nats.users["admin"], ops.registry and ops.registry.password)
+        assert proc.count_events("service_started") == 1
+    ops.assert_no_secret(*ops.nats.users.values(), registry.password)
 
 
 def test_nats_config_quoting_survives_awkward_passwords(tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ async def async_wait_for(
             result = predicate()
             value = await result if inspect.isawaitable(result) else result
             if value:
-                return value  # type: ignore[return-value]
+                return value
         except Exception as exc:
             last_exc = exc
         if time.monotonic() >= deadline:

@@ -7,13 +7,14 @@ import json
 
 import pytest
 import structlog
+from hypothesis import given
+from hypothesis import strategies as st
+
 from edgepub.shared import errors, logs, subjects
 from edgepub.shared.errors import ConfigError, InvalidNameError
 from edgepub.shared.names import check_name
 from edgepub.shared.runner import backoff
 from edgepub.shared.settings import Env, RegistrySettings
-from hypothesis import given
-from hypothesis import strategies as st
 
 
 @pytest.mark.parametrize("name", ["a", "house-price-rf", "p1", "x" * 63])
@@ -48,8 +49,9 @@ def test_settings_errors_name_the_variable_and_value() -> None:
     with pytest.raises(ConfigError, match="EDGEPUB_REGISTRY is not set"):
         RegistrySettings.from_env(Env({}))
     with pytest.raises(ConfigError, match=r"EDGEPUB_REGISTRY_DEADLINE_S='soon' is not a number"):
-        RegistrySettings.from_env(Env({"EDGEPUB_REGISTRY": "r:5000",
-                                       "EDGEPUB_REGISTRY_DEADLINE_S": "soon"}))
+        RegistrySettings.from_env(
+            Env({"EDGEPUB_REGISTRY": "r:5000", "EDGEPUB_REGISTRY_DEADLINE_S": "soon"})
+        )
     with pytest.raises(ConfigError, match="host\\[:port\\] only"):
         RegistrySettings.from_env(Env({"EDGEPUB_REGISTRY": "https://r/x"}))
     local = RegistrySettings.from_env(Env({"EDGEPUB_REGISTRY": "127.0.0.1:5000"}))

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from edgepub.services.publish.transitions import apply_outcome, steps_key
 from edgepub.shared.schemas import (
     HelmInfo,
@@ -14,16 +17,20 @@ from edgepub.shared.schemas import (
     PushOutcome,
     PushStarted,
 )
-from hypothesis import given
-from hypothesis import strategies as st
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 PENDING = PublishRecord(
-    id=1, pipeline_name="p", pipeline_version_id=1, pipeline_version_name="v",
+    id=1,
+    pipeline_name="p",
+    pipeline_version_id=1,
+    pipeline_version_name="v",
     status="PendingPublish",
 )
 PUSHED = Pushed(
-    publish_id=1, pipeline_url="r/p:v", pipeline_digest="sha256:a", engine_url="e",
+    publish_id=1,
+    pipeline_url="r/p:v",
+    pipeline_digest="sha256:a",
+    engine_url="e",
     helm=HelmInfo(reference="r/charts@sha256:b", chart="oci://r/charts/p", version="0.0.1-v"),
     chart_digest="sha256:b",
 )

@@ -1,0 +1,1 @@
+"""Helpers for tests: real servers, service processes, waiting with deadlines."""
