@@ -35,10 +35,16 @@ class Session:
         return self._nc
 
     async def call(
-        self, verb: str, request: msgspec.Struct, response_type: type[Resp], *, retry_for: float = 0
+        self,
+        verb: str,
+        request: msgspec.Struct,
+        response_type: type[Resp],
+        *,
+        retry_for: float = 15.0,
     ) -> Resp:
-        """Send a request; with ``retry_for`` > 0, re-send the SAME request while no service
-        answers (requests carry ids where re-sending must not act twice)."""
+        """Send a request, re-sending the SAME request while no service answers (a service
+        restarting, a stack just started). Safe because every request is idempotent: reads,
+        creates keyed by name or content, and publishes keyed by their request id."""
         nc = await self.nc()
         subject = subjects.request(self.user, verb)
         deadline = time.monotonic() + retry_for
@@ -54,7 +60,7 @@ class Session:
 
     async def put_model_bytes(self, path: Path, sha256: str) -> None:
         nc = await self.nc()
-        store = await nc.jetstream().object_store(subjects.OBJECT_STORE_MODELS)
+        store = await bus.ensure_object_store(nc.jetstream())
         try:
             info = await store.get_info(sha256)
             if not info.deleted:

@@ -127,6 +127,11 @@ def parse_reference(text: str) -> Reference:
     return Reference(registry=registry, repository=path, tag=tag, digest=digest)
 
 
+def is_sha256(digest: str) -> bool:
+    """``sha256:`` and 64 lowercase hex digits."""
+    return bool(_SHA256_RE.match(digest))
+
+
 def check_repository(repository: str) -> str:
     if not _REPOSITORY_RE.match(repository):
         raise InvalidNameError(

@@ -21,6 +21,7 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.object_store import ObjectStore
 
 from . import subjects
 from .errors import ServiceUnavailableError
@@ -125,10 +126,16 @@ async def ensure_buckets(js: JetStreamContext, *, replicas: int = 1) -> None:
             await js.key_value(bucket)
         except BucketNotFoundError:
             await js.create_key_value(KeyValueConfig(bucket=bucket, history=5, replicas=replicas))
+    await ensure_object_store(js, replicas=replicas)
+
+
+async def ensure_object_store(js: JetStreamContext, *, replicas: int = 1) -> ObjectStore:
+    """The model files bucket; the SDK calls this too, so an upload that races the services'
+    first start does not fail on a missing bucket."""
     try:
-        await js.object_store(subjects.OBJECT_STORE_MODELS)
+        return await js.object_store(subjects.OBJECT_STORE_MODELS)
     except (BucketNotFoundError, NotFoundError):
-        await js.create_object_store(
+        return await js.create_object_store(
             subjects.OBJECT_STORE_MODELS,
             config=ObjectStoreConfig(storage=StorageType.FILE, replicas=replicas),
         )

@@ -1,19 +1,11 @@
 """The one boundary around oras-py: push and pull OCI artifacts; every registry and
 ``requests`` error becomes an ``edgepub.shared.errors`` error here and nowhere else.
 
-Policy that differs from oras-py as shipped, on purpose (transport: ``oci_transport.py``):
-
-- One attempt per request, with a timeout. oras wraps ``do_request`` in a retry decorator
-  that sleeps 3, 4, 11, 29, 83 s on any error; the caller (registry-push) owns the retry
-  and deadline policy instead.
-- Basic credentials go on the session up front. oras sends each request bare, takes the
-  401 and sends it again; against htpasswd (bcrypt on every request) that doubles the
-  requests. ``login()`` is never called: it writes ``~/.docker/config.json``.
-- Manifests are built here (``artifact.build_manifest``): deterministic bytes, so a second
-  push of the same content has the same digest and, when the tag already points at it,
-  is not sent at all. Blobs are HEAD-checked before upload and streamed from disk.
-
-Blocking (``requests``): call it from async code through ``asyncio.to_thread``.
+Requests go through ``oci_transport.Transport`` (one attempt, a timeout, credentials up
+front; the caller owns retries and deadlines). Manifests are built here with
+``artifact.build_manifest``: deterministic bytes, so pushing the same content again gives
+the same digest and, when the tag already points at it, sends nothing. Blobs are
+HEAD-checked before upload and streamed. Blocking: from async code use ``to_thread``.
 """
 
 from __future__ import annotations
@@ -91,6 +83,10 @@ class RegistryUnreachableError(RegistryUnavailableError):
         self.cause = cause
 
 
+class _TagList(msgspec.Struct):
+    tags: list[str] | None = None
+
+
 class RegistryClient:
     """Push and pull artifacts of one registry (``settings.registry``)."""
 
@@ -125,10 +121,17 @@ class RegistryClient:
             elif "name or service not known" in text.lower() or "nodename" in text.lower():
                 cause = "unknown host"
             else:
-                cause = f"{type(exc).__name__}"
+                cause = f"{type(exc).__name__}: {text[:200]}"
             raise self._unreachable(f"{cause} ({what})") from exc
-        except requests.exceptions.RequestException as exc:
+        except (
+            requests.exceptions.ChunkedEncodingError,
+            requests.exceptions.ContentDecodingError,
+        ) as exc:  # the connection broke mid-answer
             raise self._unreachable(f"{type(exc).__name__} ({what})") from exc
+        except requests.exceptions.RequestException as exc:  # a bad URL: retrying won't help
+            raise RegistryError(
+                f"registry {self.settings.registry}: {type(exc).__name__}: {exc} ({what})"
+            ) from exc
 
     def _unreachable(self, cause: str) -> RegistryUnreachableError:
         return RegistryUnreachableError(self.settings.registry, cause)
@@ -196,11 +199,18 @@ class RegistryClient:
         )
         if resp.status_code == 404:
             return []
-        return sorted(msgspec.json.decode(resp.content).get("tags") or [])
+        try:
+            return sorted(msgspec.json.decode(resp.content, type=_TagList).tags or [])
+        except msgspec.DecodeError as exc:
+            raise RegistryError(f"list tags of {repository}: unreadable answer ({exc})") from None
 
     def manifest(self, repository: str, reference: str) -> tuple[dict[str, Any], str]:
         """(manifest, digest) for a tag or a digest; a digest reference is verified."""
         artifact.check_repository(repository)
+        if reference.startswith("sha256:"):
+            _require_sha256(reference)
+        else:
+            artifact.check_tag(reference)
         what = f"GET manifest {repository}:{reference}"
         resp = self._request(
             "GET",
@@ -217,9 +227,12 @@ class RegistryClient:
             raise DigestMismatchError(
                 f"manifest {self.settings.registry}/{repository}@{expected} has digest {digest}"
             )
-        manifest = msgspec.json.decode(body)
+        try:
+            manifest = msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            manifest = None
         if not isinstance(manifest, dict):
-            raise RegistryError(f"{what}: the registry answered something that is not JSON")
+            raise RegistryError(f"{what}: the registry answered something that is not a manifest")
         return manifest, digest
 
     def blob(self, repository: str, digest: str) -> bytes:
@@ -290,11 +303,7 @@ class RegistryClient:
         config_desc = artifact.Descriptor(
             media_type=config_media_type, digest=sha256_bytes(config), size=len(config)
         )
-        started = time.monotonic()
-        uploaded = not self.has_blob(repository, config_desc.digest)
-        if uploaded:
-            self.upload_blob(repository, config_desc.digest, config_desc.size, config)
-        _report(on_blob, config_desc, started, uploaded, "config")
+        self._ensure_blob(repository, config_desc, config, on_blob, "config")
         body = artifact.build_manifest(
             config_desc, descriptors, artifact_type=artifact_type, annotations=annotations
         )
@@ -318,30 +327,47 @@ class RegistryClient:
     def _push_layer(
         self, repository: str, layer: LayerSource, on_blob: Callable[[BlobPushed], None] | None
     ) -> artifact.Descriptor:
-        started = time.monotonic()
         path = Path(layer.path)
-        size = layer.size
-        if layer.digest is None or size is None:
-            try:
-                size = path.stat().st_size
-            except FileNotFoundError:
-                raise RegistryError(f"layer file {path} ({layer.title}) does not exist") from None
-        digest = layer.digest or sha256_file(path)
-        desc = artifact.Descriptor(
-            media_type=layer.media_type,
-            digest=digest,
-            size=size,
-            annotations={artifact.ANNOTATION_TITLE: layer.title},
-        )
-        uploaded = not self.has_blob(repository, digest)
-        if uploaded:
-            try:
-                with open(path, "rb") as f:
-                    self.upload_blob(repository, digest, size, f)
-            except FileNotFoundError:
-                raise RegistryError(f"layer file {path} ({layer.title}) does not exist") from None
-        _report(on_blob, desc, started, uploaded, "layer")
+        try:
+            size = layer.size if layer.digest and layer.size is not None else path.stat().st_size
+            desc = artifact.Descriptor(
+                media_type=layer.media_type,
+                digest=layer.digest or sha256_file(path),
+                size=size,
+                annotations={artifact.ANNOTATION_TITLE: layer.title},
+            )
+            self._ensure_blob(repository, desc, path, on_blob, "layer")
+        except FileNotFoundError:
+            raise RegistryError(f"layer file {path} ({layer.title}) does not exist") from None
         return desc
+
+    def _ensure_blob(
+        self,
+        repository: str,
+        desc: artifact.Descriptor,
+        source: bytes | Path,
+        on_blob: Callable[[BlobPushed], None] | None,
+        kind: str,
+    ) -> None:
+        """Upload the blob unless the registry has it; report either way."""
+        started = time.monotonic()
+        uploaded = not self.has_blob(repository, desc.digest)
+        if uploaded and isinstance(source, bytes):
+            self.upload_blob(repository, desc.digest, desc.size, source)
+        elif uploaded:
+            with open(source, "rb") as f:
+                self.upload_blob(repository, desc.digest, desc.size, f)
+        if on_blob is not None:
+            seconds = time.monotonic() - started
+            on_blob(
+                BlobPushed(
+                    digest=desc.digest,
+                    size=desc.size,
+                    seconds=seconds,
+                    uploaded=uploaded,
+                    kind=kind,
+                )
+            )
 
     def has_blob(self, repository: str, digest: str) -> bool:
         """HEAD the blob: True when the registry already holds it."""
@@ -379,22 +405,6 @@ class RegistryClient:
         )
 
 
-def _report(
-    on_blob: Callable[[BlobPushed], None] | None,
-    desc: artifact.Descriptor,
-    started: float,
-    uploaded: bool,
-    kind: str,
-) -> None:
-    if on_blob is not None:
-        seconds = time.monotonic() - started
-        on_blob(
-            BlobPushed(
-                digest=desc.digest, size=desc.size, seconds=seconds, uploaded=uploaded, kind=kind
-            )
-        )
-
-
 def _require_sha256(digest: str) -> None:
-    if not digest.startswith("sha256:") or len(digest) != 71:
+    if not artifact.is_sha256(digest):
         raise RegistryError(f"{digest!r} is not a sha256 digest (sha256:<64 hex>)")

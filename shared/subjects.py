@@ -55,7 +55,6 @@ PUBLISH_REQUESTED = f"{PREFIX}.work.publish.requested"
 PUBLISH_PUSH_STARTED = f"{PREFIX}.work.publish.push_started"
 PUBLISH_PUSHED = f"{PREFIX}.work.publish.pushed"
 PUBLISH_PUSH_FAILED = f"{PREFIX}.work.publish.push_failed"
-PUBLISH_OUTCOMES = f"{PREFIX}.work.publish.push_*"
 PUBLISH_PUSHED_OR_FAILED = (PUBLISH_PUSH_STARTED, PUBLISH_PUSHED, PUBLISH_PUSH_FAILED)
 
 # --- events stream: state changes users watch ---------------------------------------------

@@ -200,7 +200,7 @@ kind: Deployment
 metadata:
   name: {{ printf "%s-engine" .Release.Name | trunc 63 }}
   labels:
-    app.kubernetes.io/name: {{ .Chart.Name | quote }}
+    app.kubernetes.io/name: {{ .Chart.Name | trunc 63 | trimSuffix "-" | quote }}
     app.kubernetes.io/instance: {{ .Release.Name | quote }}
     app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
     app.kubernetes.io/component: engine
@@ -274,7 +274,7 @@ kind: Service
 metadata:
   name: engine-svc
   labels:
-    app.kubernetes.io/name: {{ .Chart.Name | quote }}
+    app.kubernetes.io/name: {{ .Chart.Name | trunc 63 | trimSuffix "-" | quote }}
     app.kubernetes.io/instance: {{ .Release.Name | quote }}
     app.kubernetes.io/component: engine
 spec:
@@ -295,7 +295,7 @@ kind: PersistentVolumeClaim
 metadata:
   name: {{ printf "%s-persist" .Release.Name | trunc 63 }}
   labels:
-    app.kubernetes.io/name: {{ .Chart.Name | quote }}
+    app.kubernetes.io/name: {{ .Chart.Name | trunc 63 | trimSuffix "-" | quote }}
     app.kubernetes.io/instance: {{ .Release.Name | quote }}
     app.kubernetes.io/component: engine
 spec:
@@ -315,7 +315,7 @@ kind: Secret
 metadata:
   name: {{ printf "%s-engine" .Release.Name | trunc 63 }}
   labels:
-    app.kubernetes.io/name: {{ .Chart.Name | quote }}
+    app.kubernetes.io/name: {{ .Chart.Name | trunc 63 | trimSuffix "-" | quote }}
     app.kubernetes.io/instance: {{ .Release.Name | quote }}
     app.kubernetes.io/component: engine
 type: Opaque

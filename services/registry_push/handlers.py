@@ -129,17 +129,34 @@ class PushHandler:
 
     async def _push(self, req: PublishRequested, blog: Any) -> Pushed:
         the_plan = plan(req, self._settings.registry)
+        # Where each model comes from, decided first: a missing model fails the publish
+        # before anything is pushed (the chart included).
+        sources = {
+            layer.model.sha256: await self._source(the_plan, layer) for layer in the_plan.layers
+        }
         pipeline_digest, chart_digest = await both(
-            self._push_pipeline(the_plan, blog), self._push_chart(the_plan, blog)
+            self._push_pipeline(the_plan, sources, blog), self._push_chart(the_plan, blog)
         )
         return self._pushed(the_plan, pipeline_digest, chart_digest)
 
-    async def _push_pipeline(self, the_plan: PublishPlan, blog: Any) -> str:
+    async def _source(self, the_plan: PublishPlan, layer: ModelLayer) -> str:
+        """ "registry" (it has the layer), "cache" (a verified local file) or
+        "object_store" (which is checked to hold it: NotFoundError otherwise)."""
+        repo = the_plan.pipeline_repository
+        if await asyncio.to_thread(self._client.has_blob, repo, layer.digest):
+            return "registry"
+        if await self._cache.cached(layer.model):
+            return "cache"
+        await self._cache.require(layer.model)
+        return "object_store"
+
+    async def _push_pipeline(
+        self, the_plan: PublishPlan, sources: dict[str, str], blog: Any
+    ) -> str:
         t0 = time.monotonic()
-        files = {
-            layer.model.sha256: await self._ensure_layer(the_plan, layer, blog)
-            for layer in the_plan.layers
-        }
+        for layer in the_plan.layers:
+            await self._upload_layer(the_plan, layer, sources[layer.model.sha256], blog)
+        files = {layer.model.sha256: self._cache.path(layer.model) for layer in the_plan.layers}
         digest = await asyncio.to_thread(
             push.push_pipeline, self._client, the_plan, files, self._blob_logger(blog, "config")
         )
@@ -165,19 +182,17 @@ class PushHandler:
         )
         return digest
 
-    async def _ensure_layer(self, the_plan: PublishPlan, layer: ModelLayer, blog: Any) -> Path:
-        """Make sure the registry holds the layer: already there, from the cache, or
-        streamed from the object store."""
+    async def _upload_layer(
+        self, the_plan: PublishPlan, layer: ModelLayer, source: str, blog: Any
+    ) -> None:
+        """Put the layer in the registry from ``source``; a model is streamed from the
+        object store into the upload (and the cache) as it arrives."""
         t0 = time.monotonic()
         repo, client, model = the_plan.pipeline_repository, self._client, layer.model
-        path = self._cache.path(model)
-        if await asyncio.to_thread(client.has_blob, repo, layer.digest):
-            source = "registry"
-        elif await self._cache.cached(model):
-            source = "cache"
+        if source == "cache":
+            path = self._cache.path(model)
             await asyncio.to_thread(push.upload_file, client, repo, layer, path)
-        else:
-            source = "object_store"
+        elif source == "object_store":
             await self._cache.stream(
                 model, lambda reader: client.upload_blob(repo, layer.digest, model.size, reader)
             )
@@ -190,7 +205,6 @@ class PushHandler:
             uploaded=source != "registry",
             source=source,
         )
-        return path
 
     def _pushed(self, the_plan: PublishPlan, pipeline_digest: str, chart_digest: str) -> Pushed:
         reg = self._settings.registry

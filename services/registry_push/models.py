@@ -25,6 +25,7 @@ from typing import Any
 
 import structlog
 from nats.js import JetStreamContext
+from nats.js.api import ObjectInfo
 from nats.js.errors import ObjectNotFoundError
 
 from edgepub.shared import subjects
@@ -84,10 +85,6 @@ class ModelCache:
                     removed += 1
         return removed
 
-    async def fetch(self, model: ModelVersion) -> Path:
-        """The cached file holding ``model``, fetched if needed."""
-        return await self.cached(model) or await self.stream(model, VerifyingReader.drain)
-
     async def stream(self, model: ModelVersion, consume: Callable[[VerifyingReader], None]) -> Path:
         """Read ``model`` from the object store into ``consume`` (run in a thread) and the
         cache at once. NotFoundError if the object store lacks it; DigestMismatchError if
@@ -117,7 +114,8 @@ class ModelCache:
         )
         return self.path(model)
 
-    async def _produce(self, model: ModelVersion, pipe: Pipe) -> None:
+    async def require(self, model: ModelVersion) -> ObjectInfo:
+        """The object store's entry for ``model``, or NotFoundError saying what to do."""
         store = await self._js.object_store(subjects.OBJECT_STORE_MODELS)
         try:
             info = await store.get_info(model.sha256)
@@ -129,6 +127,10 @@ class ModelCache:
             ) from None
         if info.is_link() or not info.nuid:
             raise DigestMismatchError(f"{describe(model)}: the object store entry is not a file")
+        return info
+
+    async def _produce(self, model: ModelVersion, pipe: Pipe) -> None:
+        info = await self.require(model)
         if not info.size:
             return
         chunks = f"$O.{subjects.OBJECT_STORE_MODELS}.C.{info.nuid}"

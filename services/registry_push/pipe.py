@@ -111,8 +111,3 @@ class VerifyingReader:
             )
         self.verified = True
         return _EOF
-
-    def drain(self) -> None:
-        """Read to the end (when nothing else consumes the bytes)."""
-        while self.read():
-            pass

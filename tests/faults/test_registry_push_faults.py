@@ -69,7 +69,7 @@ def test_registry_down_at_start_and_back_before_the_deadline(
 ) -> None:
     registry.stop()
     service = push_service.start(EDGEPUB_REGISTRY_DEADLINE_S="120")
-    assert service.count_events("registry_check_failed") == 1
+    wait_for(lambda: service.count_events("registry_check_failed") == 1, what="the start check")
     model = test_bus.put_model("m", onnx_model(256, seed=4))
     test_bus.send(publish_requested([model], publish_id=21))
     wait_for(lambda: service.count_events("push_retry") >= 1, timeout=30, what="a retry")

@@ -143,14 +143,21 @@ def test_the_same_request_twice_changes_nothing(
     assert pushed_events == [first]  # the second Pushed carried the same message id
 
 
-def test_model_missing_from_the_object_store(push_service: PushService, test_bus: Bus) -> None:
+def test_model_missing_from_the_object_store(
+    push_service: PushService, test_bus: Bus, reader: RegistryClient
+) -> None:
     push_service.start()
+    present = test_bus.put_model("present", onnx_model(4, seed=11))
     ghost = model_version("ghost", b"never uploaded")
-    test_bus.send(publish_requested([ghost], publish_id=3))
+    test_bus.send(publish_requested([present, ghost], publish_id=3))
     failed = test_bus.wait_outcome(3)
     assert isinstance(failed, PushFailed)
     assert failed.code == "not_found"
     assert "model 'ghost'" in failed.reason and "upload_model" in failed.reason
+    # Decided before anything was pushed: no chart, no pipeline, no model layer.
+    assert reader.tags("edgepub/charts/edge-pipeline") == []
+    assert reader.tags("edgepub/pipelines/edge-pipeline") == []
+    assert not reader.has_blob("edgepub/pipelines/edge-pipeline", present.digest)
 
 
 def test_empty_pipeline_fails_with_the_fix(push_service: PushService, test_bus: Bus) -> None:

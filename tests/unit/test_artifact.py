@@ -6,10 +6,11 @@ import hashlib
 
 import msgspec
 import pytest
-from edgepub.shared import artifact
-from edgepub.shared.errors import InvalidNameError
 from hypothesis import given
 from hypothesis import strategies as st
+
+from edgepub.shared import artifact
+from edgepub.shared.errors import InvalidNameError
 
 SHA = "sha256:" + "ab" * 32
 

@@ -7,6 +7,9 @@ import hashlib
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from edgepub.services.registry_push import definition
 from edgepub.services.registry_push.handlers import retry_delay, unreachable_reason
 from edgepub.shared import artifact, schemas
@@ -14,8 +17,6 @@ from edgepub.shared.errors import EmptyPipelineError, InvalidNameError, Registry
 from edgepub.shared.oci import RegistryUnreachableError
 from edgepub.shared.schemas import ModelVersion, PipelineVersion, PublishRequested, TensorSpec
 from edgepub.shared.settings import RegistrySettings
-from hypothesis import given
-from hypothesis import strategies as st
 
 VERSION = "6c3d9899-1335-456b-aaa0-52d03a017cc4"
 SETTINGS = RegistrySettings(registry="127.0.0.1:5000", repository="edgepub", engine_image="e:1")

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from edgepub.services.registry_push import chart as chart_mod
 
 VERSION = "6c3d9899-1335-456b-aaa0-52d03a017cc4"
@@ -169,6 +170,8 @@ def _call(cmd: str, piped: Any, ctx: dict[str, Any], has_piped: bool) -> Any:
         return args[0] % tuple(args[1:])
     if name == "trunc":
         return str(args[1])[: int(args[0])]
+    if name == "trimSuffix":
+        return str(args[1]).removesuffix(str(args[0]))
     if name == "toYaml":
         return yaml.safe_dump(args[0], default_flow_style=False).rstrip("\n")
     if name == "nindent":
@@ -309,6 +312,14 @@ def test_rendered_service_pvc_and_secret() -> None:
     assert "storageClassName" not in pvc["spec"]
     secret = docs["Secret"]
     assert secret["stringData"] == {"ociUsername": "u", "ociPassword": "p", "edgeBundle": ""}
+
+
+def test_long_pipeline_names_still_make_valid_labels() -> None:
+    name = "a" * 62 + "-b"
+    built = chart_mod.build(spec(pipeline=name))
+    text = render(built.files["templates/service.yaml"], context({}) | {"Chart": {"Name": name}})
+    label = yaml.safe_load(text)["metadata"]["labels"]["app.kubernetes.io/name"]
+    assert label == "a" * 62
 
 
 def test_rendered_pvc_with_a_storage_class() -> None:

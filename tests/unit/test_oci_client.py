@@ -12,6 +12,9 @@ from typing import Any
 
 import pytest
 import requests
+from requests.adapters import BaseAdapter
+from structlog.testing import capture_logs
+
 from edgepub.shared import artifact
 from edgepub.shared.errors import (
     DigestMismatchError,
@@ -21,8 +24,6 @@ from edgepub.shared.errors import (
 )
 from edgepub.shared.oci import LayerSource, RegistryClient, RegistryUnreachableError
 from edgepub.shared.settings import RegistrySettings
-from requests.adapters import BaseAdapter
-from structlog.testing import capture_logs
 
 PASSWORD = "s3cret-pa55word-xyz"
 SETTINGS = RegistrySettings(
@@ -221,6 +222,7 @@ def test_server_errors_are_unavailable(
         (requests.exceptions.ConnectTimeout("slow"), "no answer within 2 s"),
         (requests.exceptions.ReadTimeout("slow"), "no answer within 2 s"),
         (requests.exceptions.ChunkedEncodingError("cut"), "ChunkedEncodingError"),
+        (requests.exceptions.ConnectionError("reset by peer"), "ConnectionError: reset by peer"),
     ],
 )
 def test_network_errors_are_unavailable(
@@ -303,3 +305,47 @@ def test_the_password_never_reaches_a_log_line(fake: FakeRegistry) -> None:
 
         structlog.get_logger().error("boom", error=f"https://edgepub:{PASSWORD}@x failed")
     assert PASSWORD not in json.dumps(logs)
+
+
+class TokenServer:
+    """A registry that wants Bearer tokens (as GHCR and Harbor do), with its token realm."""
+
+    def __init__(self, fake: FakeRegistry, password: str = PASSWORD) -> None:
+        self.fake = fake
+        self.password = password
+        self.issued: list[str] = []
+        fake.override = self
+
+    def __call__(self, req: requests.PreparedRequest) -> requests.Response | None:
+        url = req.url or ""
+        auth = req.headers.get("Authorization") or ""
+        if "/token?" in url:
+            expected = requests.auth._basic_auth_str("edgepub", self.password)
+            if auth != expected:
+                return response(req, 401)
+            scope = url.split("scope=")[1] if "scope=" in url else ""
+            self.issued.append(scope)
+            return response(req, 200, json.dumps({"token": f"t-{len(self.issued)}"}).encode())
+        if not auth.startswith("Bearer t-"):
+            challenge = 'Bearer realm="http://127.0.0.1:5999/token",service="fake",scope="x"'
+            return response(req, 401, headers={"WWW-Authenticate": challenge})
+        return None  # authorised: the plain fake answers
+
+
+def test_token_registries_get_a_token_per_repository(
+    client: RegistryClient, fake: FakeRegistry, model_file: Path
+) -> None:
+    server = TokenServer(fake)
+    digest = push(client, model_file)
+    assert client.manifest("edgepub/pipelines/p1", "v1")[1] == digest
+    assert len(server.issued) == 1  # one token for the repository, reused by every request
+    client.check()
+    assert len(server.issued) == 2
+
+
+def test_token_registries_refusing_the_credentials(fake: FakeRegistry, model_file: Path) -> None:
+    TokenServer(fake, password="another")
+    client = RegistryClient(SETTINGS)
+    client.session.mount("http://", fake)
+    with pytest.raises(RegistryAuthError, match="refused the credentials"):
+        push(client, model_file)
