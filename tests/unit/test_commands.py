@@ -6,6 +6,9 @@ import shlex
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from edgepub.commands import (
     LINE_BREAK,
     EngineResources,
@@ -21,8 +24,6 @@ from edgepub.commands import (
 )
 from edgepub.deployment_config import DeploymentConfigBuilder
 from edgepub.shared.errors import InvalidRequestError
-from hypothesis import given
-from hypothesis import strategies as st
 
 PIPELINE = "127.0.0.1:5000/edgepub/pipelines/house:6c3d9899-1335-456b-aaa0-52d03a017cc4"
 ENGINE = "127.0.0.1:5000/edgepub/engine:0.1.0"

@@ -6,6 +6,9 @@ import math
 from fractions import Fraction
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from edgepub.deployment_config import (
     DeploymentConfig,
     DeploymentConfigBuilder,
@@ -15,8 +18,6 @@ from edgepub.deployment_config import (
     validate_engine_config,
 )
 from edgepub.shared.errors import EdgepubError, InvalidRequestError
-from hypothesis import given
-from hypothesis import strategies as st
 
 # Engine configs as the seed displays them.
 SEED_CONFIGS = [

@@ -8,6 +8,9 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from edgepub.commands import docker_run_command, helm_install_command
 from edgepub.display import (
     LIST_COLUMNS,
@@ -22,8 +25,6 @@ from edgepub.display import (
     publishes_text,
 )
 from edgepub.shared.schemas import HelmInfo, PublishRecord
-from hypothesis import given
-from hypothesis import strategies as st
 
 CREATED = datetime(2023, 8, 17, 14, 4, 44, 939862, tzinfo=UTC)
 SEED_CONFIG: dict[str, Any] = {
