@@ -4,7 +4,6 @@ Each test asserts on what ends up in KV and in the registry."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,10 +13,9 @@ import pytest
 
 from edgepub import Client, PublishFailedError
 from edgepub.samples import house_price_model
-from edgepub.shared import bus, subjects
 from edgepub.shared.artifact import parse_reference
 from edgepub.shared.oci import RegistryClient
-from edgepub.shared.schemas import PublishRecord, decode
+from support.kv import publish_records
 from support.servers import NatsServer, RegistryServer
 from support.services import OpsServices
 from support.waiting import wait_for
@@ -35,23 +33,6 @@ def client(ops: OpsServices, nats_server: NatsServer) -> Iterator[Client]:
     s = nats_server.settings()
     with Client(s.url, s.user, s.password) as c:
         yield c
-
-
-async def _records(nats: NatsServer) -> list[PublishRecord]:
-    nc = await bus.connect(nats.settings("publish"), name="test")
-    try:
-        kv = await nc.jetstream().key_value(subjects.KV_PUBLISHES)
-        try:
-            keys = await kv.keys()
-        except Exception:  # NoKeysError
-            return []
-        return [decode(PublishRecord, (await kv.get(k)).value or b"") for k in keys]
-    finally:
-        await nc.close()
-
-
-def kv_records(nats: NatsServer) -> list[PublishRecord]:
-    return asyncio.run(_records(nats))
 
 
 class Background:
@@ -104,7 +85,7 @@ def test_registry_down_at_start_and_back_before_the_deadline(
     registry.start()
     publish = pending.result(120)
     assert publish.status == "Published"
-    assert [(r.id, r.status) for r in kv_records(nats_server)] == [(publish.id, "Published")]
+    assert [(r.id, r.status) for r in publish_records(nats_server)] == [(publish.id, "Published")]
     assert publish.pipeline_url is not None
     assert_in_registry(registry, publish.pipeline_url, model.sha)
 
@@ -123,7 +104,7 @@ def test_registry_down_past_the_deadline_ends_in_error(
         registry.stop()
         with pytest.raises(PublishFailedError, match=r"unreachable.*\[registry_unavailable\]"):
             pipeline.publish(progress=False)
-    [record] = kv_records(nats_server)
+    [record] = publish_records(nats_server)
     assert record.status == "Error" and record.error and "unreachable" in record.error
 
 
@@ -141,7 +122,7 @@ def test_wrong_registry_password_ends_in_error_and_is_never_logged(
         pipeline = client.build_pipeline("badpass").add_model_step(model)
         with pytest.raises(PublishFailedError, match=r"(?i)credentials.*\[registry_auth\]"):
             pipeline.publish(progress=False)
-    [record] = kv_records(nats_server)
+    [record] = publish_records(nats_server)
     assert record.status == "Error"
     assert wrong not in (record.error or "")
     ops.assert_no_secret(wrong, registry.password)
@@ -163,7 +144,7 @@ def test_publish_service_down_when_the_request_is_sent(
         ops.start("publish")
         publish = pending.result(120)
     assert publish.status == "Published"
-    assert [(r.id, r.status) for r in kv_records(nats_server)] == [(publish.id, "Published")]
+    assert [(r.id, r.status) for r in publish_records(nats_server)] == [(publish.id, "Published")]
 
 
 def test_broker_restart_mid_publish(
@@ -188,7 +169,7 @@ def test_broker_restart_mid_publish(
     registry.start()
     publish = pending.result(180)
     assert publish.status == "Published"
-    assert [(r.id, r.status) for r in kv_records(nats_server)] == [(publish.id, "Published")]
+    assert [(r.id, r.status) for r in publish_records(nats_server)] == [(publish.id, "Published")]
     assert publish.pipeline_url is not None
     assert_in_registry(registry, publish.pipeline_url, model.sha)
 

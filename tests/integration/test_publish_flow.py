@@ -26,9 +26,9 @@ from edgepub.shared.schemas import (
     ModelRef,
     PublishCreateRequest,
     PublishRecord,
-    decode,
     definition_decoder,
 )
+from support.kv import publish_records
 from support.servers import NatsServer, RegistryServer
 from support.services import OpsServices
 
@@ -45,23 +45,6 @@ def client(ops: OpsServices, nats_server: NatsServer) -> Iterator[Client]:
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return house_price_model(tmp_path_factory.mktemp("models") / "rf.onnx", n_estimators=5)
-
-
-async def _kv_publishes(nats: NatsServer) -> list[PublishRecord]:
-    nc = await bus.connect(nats.settings("publish"), name="test")
-    try:
-        kv = await nc.jetstream().key_value(subjects.KV_PUBLISHES)
-        try:
-            keys = await kv.keys()
-        except Exception:  # NoKeysError
-            return []
-        return [decode(PublishRecord, (await kv.get(k)).value or b"") for k in keys]
-    finally:
-        await nc.close()
-
-
-def kv_publishes(nats: NatsServer) -> list[PublishRecord]:
-    return asyncio.run(_kv_publishes(nats))
 
 
 def test_seed_publish_example(
@@ -104,7 +87,7 @@ def test_seed_publish_example(
     assert reg.blob(ref.repository, f"sha256:{m2.sha}") == model_file.read_bytes()
 
     # KV holds exactly this publish, Published.
-    records = kv_publishes(nats_server)
+    records = publish_records(nats_server)
     assert [(r.id, r.status) for r in records] == [(publish.id, "Published")]
 
 
@@ -145,7 +128,7 @@ def test_same_request_sent_twice_creates_one_publish(
     assert len({r.id for r in replies}) == 1
     later = asyncio.run(send_concurrently())
     assert {r.id for r in later} == {replies[0].id}
-    assert len(kv_publishes(nats_server)) == 1
+    assert len(publish_records(nats_server)) == 1
 
 
 def test_bad_models_are_refused_with_the_file_and_reason(client: Client, tmp_path: Path) -> None:
@@ -200,7 +183,7 @@ def test_empty_and_unknown_pipelines(
                 )
             )
         )
-    assert kv_publishes(nats_server) == []
+    assert publish_records(nats_server) == []
 
 
 def test_a_user_cannot_speak_for_another(nats_server: NatsServer, ops: OpsServices) -> None:
