@@ -20,6 +20,8 @@ from support.procs import cmdline, descendants
 from support.servers import NatsServer, RegistryServer
 from support.services import OpsServices
 
+pytest_plugins = ["support.registry_push"]
+
 OPS_SERVICES = ("publish", "registry_push")
 
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from integration.test_registry_push_kit import (
+
+from edgepub.shared.oci import RegistryClient
+from edgepub.shared.schemas import Pushed, PushFailed, PushStarted
+from support.registry_push import (
     MB,
     Bus,
     PushService,
@@ -18,42 +20,10 @@ from integration.test_registry_push_kit import (
     publish_requested,
     read_back_pipeline,
 )
-
-from edgepub.shared.oci import RegistryClient
-from edgepub.shared.schemas import Pushed, PushFailed, PushStarted
 from support.servers import NatsServer, RegistryServer
 from support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def test_bus(nats_server: NatsServer) -> Iterator[Bus]:
-    b = Bus(nats_server)
-    try:
-        yield b
-    finally:
-        b.close()
-
-
-@pytest.fixture
-def push_service(
-    nats_server: NatsServer, registry: RegistryServer, tmp_path: Path
-) -> Iterator[PushService]:
-    service = PushService(nats_server, registry, tmp_path)
-    try:
-        yield service
-    finally:
-        service.kill()
-
-
-@pytest.fixture
-def reader(registry: RegistryServer) -> Iterator[RegistryClient]:
-    client = RegistryClient(registry.settings())
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 def started_attempts(test_bus: Bus, publish_id: int) -> list[int]:

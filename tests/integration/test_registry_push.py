@@ -4,11 +4,15 @@ Pushed out; read everything back from the registry and check every digest."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from integration.test_registry_push_kit import (
+
+from edgepub.services.registry_push import chart as chart_mod
+from edgepub.shared import artifact
+from edgepub.shared.oci import RegistryClient
+from edgepub.shared.schemas import Pushed, PushFailed, PushStarted
+from support.registry_push import (
     Bus,
     PushService,
     model_version,
@@ -16,44 +20,10 @@ from integration.test_registry_push_kit import (
     publish_requested,
     read_back_pipeline,
 )
-
-from edgepub.services.registry_push import chart as chart_mod
-from edgepub.shared import artifact
-from edgepub.shared.oci import RegistryClient
-from edgepub.shared.schemas import Pushed, PushFailed, PushStarted
-from support.servers import NatsServer, RegistryServer
+from support.servers import RegistryServer
 from support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def test_bus(nats_server: NatsServer) -> Iterator[Bus]:
-    b = Bus(nats_server)
-    try:
-        yield b
-    finally:
-        b.close()
-
-
-@pytest.fixture
-def push_service(
-    nats_server: NatsServer, registry: RegistryServer, tmp_path: Path
-) -> Iterator[PushService]:
-    service = PushService(nats_server, registry, tmp_path)
-    try:
-        yield service
-    finally:
-        service.kill()
-
-
-@pytest.fixture
-def reader(registry: RegistryServer) -> Iterator[RegistryClient]:
-    client = RegistryClient(registry.settings())
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 def test_publish_requested_ends_pushed_with_both_artifacts(

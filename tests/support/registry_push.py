@@ -12,13 +12,14 @@ import asyncio
 import hashlib
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
+import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import DeliverPolicy
 from onnx import TensorProto, helper, numpy_helper
@@ -206,3 +207,35 @@ def read_back_pipeline(
         client.blob_to_file(ref.repository, layer["digest"], out)  # verifies the digest
         assert out.stat().st_size == step.size
     return definition
+
+
+# --- fixtures (registered in tests/conftest.py via pytest_plugins) ---
+
+
+@pytest.fixture
+def test_bus(nats_server: NatsServer) -> Iterator[Bus]:
+    b = Bus(nats_server)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+@pytest.fixture
+def push_service(
+    nats_server: NatsServer, registry: RegistryServer, tmp_path: Path
+) -> Iterator[PushService]:
+    service = PushService(nats_server, registry, tmp_path)
+    try:
+        yield service
+    finally:
+        service.kill()
+
+
+@pytest.fixture
+def reader(registry: RegistryServer) -> Iterator[RegistryClient]:
+    client = RegistryClient(registry.settings())
+    try:
+        yield client
+    finally:
+        client.close()
