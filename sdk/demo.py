@@ -2,19 +2,27 @@
 
 Starts an embedded stack (unless one is running in the data dir), makes a sample model,
 uploads it, builds and publishes a pipeline with the seed's deployment config, shows the
-publish, then reads the artifact back from the registry and checks every digest.
+publish, reads the artifact back from the registry and checks every digest, then starts an
+edge agent on the publish and sends inferences in both JSON forms, showing the curl
+commands that do the same.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
+from edgepub.samples import N_FEATURES
+from edgepub.services.stack.state import StackInfo
 from edgepub.shared.artifact import parse_reference
 from edgepub.shared.oci import RegistryClient
 from edgepub.shared.schemas import definition_decoder
@@ -87,6 +95,84 @@ def verify_artifact(pipeline_url: str, registry: RegistrySettings) -> None:
             raise SystemExit("the registry returned a layer whose digest does not match")
 
 
+def start_agent(pipeline_url: str, info: StackInfo, home: Path, stack: ExitStack) -> str:
+    """Run ``edgepub-edge`` on the publish, with the Docker Run command's variables."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ)
+    env.update(
+        PIPELINE_URL=pipeline_url,
+        OCI_REGISTRY=info.registry,
+        OCI_USERNAME=info.registry_username or "",
+        OCI_PASSWORD=info.registry_password or "",
+        CONFIG_CPUS="1",
+        EDGEPUB_PERSIST_DIR=str(home / "persist"),
+        EDGEPUB_HOST="127.0.0.1",
+        EDGEPUB_PORT=str(port),
+        EDGEPUB_LOG_FORMAT="json",
+    )
+    log = (home / "edge-agent.log").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgepub.edge_agent"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+
+    def stop() -> None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+    stack.callback(stop)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/v2/health/ready", timeout=2) as resp:
+                if resp.status == 200:
+                    return base
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the edge agent did not become ready; see {home}/edge-agent.log")
+        time.sleep(0.2)
+
+
+def curl(url: str, content_type: str, body: object) -> None:
+    """Show the curl command, then send the same request and print the answer."""
+    data = json.dumps(body)
+    print(f"$ curl -s -X POST {url} \\\n    -H 'Content-Type: {content_type}' \\\n    -d '{data}'")
+    request = urllib.request.Request(
+        url, data=data.encode(), headers={"Content-Type": content_type}
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        answer = json.loads(resp.read())
+    for item in answer if isinstance(answer, list) else [answer]:
+        print(json.dumps(item))
+
+
+def infer_examples(base: str, pipeline: str, input_name: str, n_features: int) -> None:
+    row = [round(0.1 * i, 1) for i in range(n_features)]
+    _say("pandas-records JSON (the Wallaroo edge's format)")
+    curl(
+        f"{base}/pipelines/{pipeline}",
+        "application/json; format=pandas-records",
+        [{input_name: row}, {input_name: [-x for x in row]}],
+    )
+    _say("Open Inference Protocol v2 JSON (KServe / Triton clients)")
+    curl(
+        f"{base}/v2/models/{pipeline}/infer",
+        "application/json",
+        {
+            "inputs": [
+                {"name": input_name, "shape": [1, n_features], "datatype": "FP32", "data": row}
+            ],
+        },
+    )
+
+
 def run_demo(data_dir: str | None) -> int:
     from edgepub import Client, DeploymentConfigBuilder
     from edgepub.samples import house_price_model
@@ -130,5 +216,9 @@ def run_demo(data_dir: str | None) -> int:
                 insecure=info.registry_insecure,
             ),
         )
-        _say("demo complete; stopping the stack")
+        _say("starting an edge agent on the publish (its Docker Run variables, no Docker)")
+        base = start_agent(publish.pipeline_url, info, home, stack)
+        print(f"edge agent ready at {base} (log: {home}/edge-agent.log)")
+        infer_examples(base, pipeline.name, model.inputs[0].name, N_FEATURES)
+        _say("demo complete; stopping the edge agent and the stack")
     return 0

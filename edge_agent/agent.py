@@ -1,0 +1,284 @@
+"""The agent's life: serve the cached pipeline at once, pull (or refresh) in the background,
+answer HTTP until SIGTERM, let in-flight requests finish, hand the log off, exit 0."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import gc
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import msgspec
+import structlog
+
+from edgepub.shared.errors import (
+    ConfigError,
+    DigestMismatchError,
+    RegistryAuthError,
+    RegistryError,
+    RegistryUnavailableError,
+)
+from edgepub.shared.settings import RegistrySettings
+
+from . import backoff
+from .cache import CachedPipeline, PipelineCache
+from .config import AgentConfig
+from .inference import InferenceService
+from .inference_log import DiscardLog, LocalLog, LogHandoff, drain, pump
+from .metrics import EdgeMetrics
+from .puller import pull
+from .runtime import Pipeline, PipelineLoadError, load_pipeline
+from .web.app import EdgeApp
+from .web.server import make_server
+
+T = TypeVar("T")
+DRAIN_TIMEOUT_S = 5.0
+_CACHE_ERRORS = (
+    OSError,
+    msgspec.ValidationError,
+    msgspec.DecodeError,
+    DigestMismatchError,
+    PipelineLoadError,
+)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Listen before anything else, so a taken port stops the start with one line."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        why = "already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise ConfigError(
+            f"EDGEPUB_PORT={port}: cannot listen on {host}:{port} ({why}); expected a free port"
+        ) from None
+    sock.setblocking(False)
+    return sock
+
+
+def check_persist_dir(config: AgentConfig) -> None:
+    path = config.persist_dir
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(
+            f"EDGEPUB_PERSIST_DIR={str(path)!r}: cannot write there ({exc.strerror}); expected a "
+            "writable directory (mount a volume at /persist, or set EDGEPUB_PERSIST_DIR)"
+        ) from None
+
+
+async def in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run blocking ``fn`` in a daemon thread: a pull stuck on the network never holds up exit."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def work() -> None:
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = fn(*args)
+        except BaseException as exc:
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed while we worked
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=work, name=getattr(fn, "__name__", "work"), daemon=True).start()
+    return await future
+
+
+def _pipeline_of(config: AgentConfig) -> tuple[str, str]:
+    ref = config.reference
+    return ref.repository.rsplit("/", 1)[-1], ref.tag or ref.digest or ""
+
+
+def settle_heap() -> None:
+    """Move what start-up allocated (modules, sessions) out of the collector's way.
+
+    Objects frozen here are never scanned again, so the collections that requests trigger
+    only walk what requests allocate (the gc.freeze() advice for servers).
+    """
+    gc.collect()
+    gc.freeze()
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, local_log: LocalLog | None = None) -> None:
+        self.config = config
+        name, version = _pipeline_of(config)
+        self.log = structlog.get_logger("edgepub.edge").bind(
+            pipeline=name, pipeline_version=version
+        )
+        self.cache = PipelineCache(config.persist_dir / "pipelines")
+        self.metrics = EdgeMetrics()
+        self.handoff = LogHandoff(config.handoff_capacity)
+        self.local_log: LocalLog = local_log or DiscardLog()
+        partition = config.edge_name or socket.gethostname()
+        self.service = InferenceService(
+            self.handoff, self.metrics, partition, workers=config.intra_op_threads
+        )
+        self.metrics.gauge(
+            "edgepub_edge_pipeline_ready",
+            "1 when a pipeline is loaded.",
+            lambda: float(self.service.ready),
+        )
+        self.metrics.gauge(
+            "edgepub_edge_log_handoff_queued",
+            "Inference events waiting for the local log.",
+            lambda: float(len(self.handoff)),
+        )
+        self.metrics.gauge(
+            "edgepub_edge_log_handoff_dropped",
+            "Inference events dropped because the hand-off was full.",
+            lambda: float(self.handoff.dropped),
+        )
+
+    async def activate(self, cached: CachedPipeline) -> Pipeline:
+        """Verify the cached files, start a session per step, and serve them."""
+        self.log.info(
+            "starting_engine",
+            steps=len(cached.definition.steps),
+            intra_op_threads=self.config.intra_op_threads,
+        )
+
+        def load() -> Pipeline:
+            self.cache.verify(cached)
+            return load_pipeline(cached.definition, cached.models_dir, self.config.intra_op_threads)
+
+        pipeline = await in_thread(load)
+        self.service.pipeline = pipeline
+        self.log.info(
+            "engine_ready",
+            port=self.config.port,
+            digest=cached.source.manifest_digest,
+            models=[m.name for m in pipeline.models],
+        )
+        return pipeline
+
+    async def serve_cached(self) -> bool:
+        """Serve what the cache holds; True if it is PIPELINE_URL's pipeline itself."""
+        try:
+            cached = self.cache.current()
+            if cached is None:
+                return False
+            self.log.info(
+                "using_cached_pipeline",
+                pipeline_url=cached.source.pipeline_url,
+                digest=cached.source.manifest_digest,
+                pulled_at=cached.source.pulled_at,
+            )
+            await self.activate(cached)
+        except _CACHE_ERRORS as exc:
+            self.log.error("cached_pipeline_unusable", error=str(exc))
+            return False
+        return cached.source.pipeline_url == self.config.pipeline_url
+
+    def _client(self) -> Any:
+        from edgepub.shared.oci import RegistryClient
+
+        cfg = self.config
+        settings = RegistrySettings(
+            registry=cfg.reference.registry,
+            username=cfg.oci_username,
+            password=cfg.oci_password,
+            insecure=cfg.insecure,
+        )
+        return RegistryClient(settings, timeout_s=30.0)
+
+    def _pull(self) -> tuple[CachedPipeline, bool]:
+        client = self._client()
+        try:
+            return pull(
+                client, self.config.reference, self.config.pipeline_url, self.cache, self.log
+            )
+        finally:
+            client.close()
+
+    def _reason(self, exc: Exception) -> str:
+        if isinstance(exc, RegistryAuthError):
+            return (
+                f"the registry refused the credentials of OCI_USERNAME="
+                f"{self.config.oci_username!r}: check OCI_USERNAME and OCI_PASSWORD"
+            )
+        if isinstance(exc, RegistryUnavailableError):
+            return f"registry unreachable: {exc}"
+        if isinstance(exc, DigestMismatchError):
+            return f"pull refused, digest mismatch: {exc}"
+        return f"pull failed: {exc}"
+
+    async def keep_pulling(self, serving_url: bool) -> None:
+        """Pull until it works; with PIPELINE_URL already served from cache, try once."""
+        delays = backoff.delays()
+        attempt = 0
+        while True:
+            try:
+                cached, fetched = await in_thread(self._pull)
+                if fetched or not serving_url:
+                    await self.activate(cached)
+                return
+            except (RegistryError, DigestMismatchError, PipelineLoadError, OSError) as exc:
+                reason = self._reason(exc)
+            if serving_url:
+                self.log.warning("serving_cached_pipeline", reason=reason)
+                return
+            wait = next(delays)
+            attempt += 1
+            self.service.waiting_reason = reason
+            self.log.warning(
+                "waiting_for_registry", reason=reason, attempt=attempt, retry_in_s=round(wait, 2)
+            )
+            await asyncio.sleep(wait)
+
+    async def run(self, sock: socket.socket) -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        server = make_server(
+            EdgeApp(self.service, self.metrics, self.config.max_body_bytes), self.config
+        )
+
+        def on_signal(sig: signal.Signals) -> None:
+            if stop.is_set():
+                server.force_exit = True
+            self.log.info("stopping", signal=sig.name)
+            stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+        self.cache.prepare()
+        serving_url = await self.serve_cached()
+        settle_heap()
+        async with asyncio.TaskGroup() as tg:
+            serving = tg.create_task(server.serve(sockets=[sock]))
+            pumping = tg.create_task(pump(self.handoff, self.local_log))
+            pulling = tg.create_task(self.keep_pulling(serving_url))
+            stopping = tg.create_task(stop.wait())
+            await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            server.should_exit = True
+            await serving
+            for task in (pumping, pulling, stopping):
+                task.cancel()
+        async with asyncio.timeout(DRAIN_TIMEOUT_S):
+            moved = await drain(self.handoff, self.local_log)
+        self.service.close()
+        self.log.info("engine_stopped", drained_events=moved, dropped_events=self.handoff.dropped)
+        return 0

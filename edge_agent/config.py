@@ -1,0 +1,254 @@
+"""The edge agent's settings, read from the environment the seed documents.
+
+``parse_env`` is pure: a mapping in, an ``AgentConfig`` out, or a ``ConfigError`` whose one
+line names the variable, the value and what is expected. Secrets (``OCI_PASSWORD``, the
+bundle and its ``JOIN_TOKEN``) are never quoted.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+
+from edgepub.shared.artifact import Reference, parse_reference
+from edgepub.shared.errors import ConfigError, EdgepubError
+
+from .bundle import BundleError, EdgeBundle, decode_bundle
+from .storage import EXPECTED as SIZE_EXPECTED
+from .storage import SizeError, format_size, parse_size
+
+DEFAULT_PERSIST_DIR = "/persist"
+DEFAULT_PORT = 8080
+DEFAULT_MAX_BODY = 64 << 20
+DEFAULT_LOG_STORAGE = 1 << 30  # when neither LOCAL_INFERENCE_STORAGE nor PLATEAU_PAGE_SIZE
+DEFAULT_PAGE_SIZE = 1000
+DEFAULT_HANDOFF_CAPACITY = 10_000
+MIN_LOG_STORAGE = 1 << 20
+MAX_PAGE_SIZE = 1_000_000
+MAX_CPUS = 1024.0
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+_LOOPBACK = {"localhost", "127.0.0.1", "[::1]"}
+_REGISTRY = re.compile(r"^(?:(?P<scheme>https?)://)?(?P<host>[^/\s]+)(?P<path>/[^\s]*)?$")
+
+
+class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
+    pipeline_url: str
+    reference: Reference
+    insecure: bool  # plain HTTP to the registry
+    oci_username: str | None = None
+    oci_password: str | None = msgspec.field(default=None)
+    cpus: float = 1.0
+    debug: bool = False
+    bundle: EdgeBundle | None = None
+    log_storage_bytes: int = DEFAULT_LOG_STORAGE
+    page_size: int = DEFAULT_PAGE_SIZE
+    log_limits_given: bool = False
+    persist_dir: Path = Path(DEFAULT_PERSIST_DIR)
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    handoff_capacity: int = DEFAULT_HANDOFF_CAPACITY
+    log_format: str = "auto"
+
+    @property
+    def intra_op_threads(self) -> int:
+        """onnxruntime intra-op threads for ``CONFIG_CPUS`` (1.25 -> 1, 4 -> 4)."""
+        return max(1, math.floor(self.cpus))
+
+    @property
+    def edge_name(self) -> str | None:
+        return self.bundle.edge_name if self.bundle else None
+
+    def __repr__(self) -> str:  # never show the password or the bundle's token
+        return (
+            f"AgentConfig(pipeline_url={self.pipeline_url!r}, cpus={self.cpus}, "
+            f"persist_dir={str(self.persist_dir)!r}, port={self.port}, "
+            f"edge_name={self.edge_name!r})"
+        )
+
+
+def _bad(name: str, value: str | None, expected: str) -> ConfigError:
+    shown = "not set" if value is None else f"{value!r}"
+    return ConfigError(f"{name}={shown}: expected {expected}")
+
+
+def _get(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    return value.strip() if value is not None and value.strip() else None
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise _bad(name, raw, "true or false")
+
+
+def _whole(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise _bad(name, raw, f"a whole number from {low} to {high}")
+    return int(raw)
+
+
+def parse_cpus(raw: str | None) -> float:
+    if raw is None:
+        return 1.0
+    try:
+        cpus = float(raw)
+    except ValueError:
+        raise _bad("CONFIG_CPUS", raw, "a number of CPUs such as 1 or 2.5") from None
+    if not math.isfinite(cpus) or not 0 < cpus <= MAX_CPUS:
+        raise _bad("CONFIG_CPUS", raw, f"a number of CPUs above 0 and at most {MAX_CPUS:g}")
+    return cpus
+
+
+def parse_log_limits(storage: str | None, page: str | None) -> tuple[int, int, bool]:
+    """``LOCAL_INFERENCE_STORAGE`` and ``PLATEAU_PAGE_SIZE``: both or neither (the seed)."""
+    if storage is None and page is None:
+        return DEFAULT_LOG_STORAGE, DEFAULT_PAGE_SIZE, False
+    if page is None:
+        raise _bad(
+            "PLATEAU_PAGE_SIZE",
+            None,
+            "rows per upload page; it must be set together "
+            f"with LOCAL_INFERENCE_STORAGE={storage!r}",
+        )
+    if storage is None:
+        raise _bad(
+            "LOCAL_INFERENCE_STORAGE",
+            None,
+            f"a size such as 1Gi; it must be set together with PLATEAU_PAGE_SIZE={page!r}",
+        )
+    try:
+        size = parse_size(storage)
+    except SizeError:
+        raise _bad("LOCAL_INFERENCE_STORAGE", storage, SIZE_EXPECTED) from None
+    if size < MIN_LOG_STORAGE:
+        raise _bad(
+            "LOCAL_INFERENCE_STORAGE",
+            storage,
+            f"at least {format_size(MIN_LOG_STORAGE)} for the local inference log",
+        )
+    if not page.isdigit() or not 1 <= int(page) <= MAX_PAGE_SIZE:
+        raise _bad("PLATEAU_PAGE_SIZE", page, f"a whole number of rows from 1 to {MAX_PAGE_SIZE}")
+    return size, int(page), True
+
+
+def parse_bundle(raw: str | None) -> EdgeBundle | None:
+    if raw is None:
+        return None
+    try:
+        return decode_bundle(raw)
+    except BundleError as exc:
+        # The value itself is a credential: name it by length only.
+        raise ConfigError(
+            f"EDGE_BUNDLE=<{len(raw)} characters, hidden>: {exc}; expected the base64 bundle "
+            "from publish.add_edge(...)"
+        ) from None
+
+
+def parse_registry(oci_registry: str | None, pipeline_url: str, reference: Reference) -> bool:
+    """Whether to speak plain HTTP; refuses an ``OCI_REGISTRY`` that is not PIPELINE_URL's."""
+    host_of_url = reference.registry
+    if oci_registry is None:
+        return host_of_url.rsplit(":", 1)[0] in _LOOPBACK or host_of_url in _LOOPBACK
+    match = _REGISTRY.match(oci_registry)
+    if match is None:
+        raise _bad("OCI_REGISTRY", oci_registry, "[http://|https://]host[:port][/path]")
+    path = (match["path"] or "").strip("/")
+    if match["host"] != host_of_url or (path and not reference.repository.startswith(path)):
+        raise _bad(
+            "OCI_REGISTRY",
+            oci_registry,
+            f"the registry that PIPELINE_URL={pipeline_url!r} names ({host_of_url}); "
+            "credentials are only sent there",
+        )
+    if match["scheme"] is not None:
+        return match["scheme"] == "http"
+    host = host_of_url.rsplit(":", 1)[0]
+    return host in _LOOPBACK
+
+
+def _pipeline_url(env: Mapping[str, str], bundle: EdgeBundle | None) -> tuple[str, Reference]:
+    raw = _get(env, "PIPELINE_URL") or (bundle.pipeline_url if bundle else None)
+    if raw is None:
+        raise _bad(
+            "PIPELINE_URL",
+            None,
+            "the publish's pipeline URL, e.g. registry.example.com/edgepub/pipelines/p1:<version>",
+        )
+    try:
+        return raw, parse_reference(raw)
+    except EdgepubError:
+        raise _bad("PIPELINE_URL", raw, "host[:port]/path/pipelines/<name>:<version>") from None
+
+
+def _credentials(env: Mapping[str, str]) -> tuple[str | None, str | None]:
+    user, password = _get(env, "OCI_USERNAME"), env.get("OCI_PASSWORD") or None
+    if user is not None and password is None:
+        raise _bad("OCI_PASSWORD", None, f"the registry password for OCI_USERNAME={user!r}")
+    if user is None and password is not None:
+        raise _bad("OCI_USERNAME", None, "the registry user name that goes with OCI_PASSWORD")
+    return user, password
+
+
+def _log_format(env: Mapping[str, str]) -> str:
+    fmt = _get(env, "EDGEPUB_LOG_FORMAT") or "auto"
+    if fmt not in {"auto", "json", "console"}:
+        raise _bad("EDGEPUB_LOG_FORMAT", fmt, "json, console or auto")
+    return fmt
+
+
+def _max_body(env: Mapping[str, str]) -> int:
+    raw = _get(env, "EDGEPUB_MAX_BODY")
+    if raw is None:
+        return DEFAULT_MAX_BODY
+    try:
+        size = parse_size(raw)
+    except SizeError:
+        raise _bad("EDGEPUB_MAX_BODY", raw, SIZE_EXPECTED) from None
+    if size < 1024:
+        raise _bad("EDGEPUB_MAX_BODY", raw, "at least 1Ki")
+    return size
+
+
+def parse_env(env: Mapping[str, str]) -> AgentConfig:
+    """The whole configuration, or the first problem found as a ``ConfigError``."""
+    bundle = parse_bundle(_get(env, "EDGE_BUNDLE"))
+    pipeline_url, reference = _pipeline_url(env, bundle)
+    insecure = parse_registry(_get(env, "OCI_REGISTRY"), pipeline_url, reference)
+    user, password = _credentials(env)
+    storage, page, given = parse_log_limits(
+        _get(env, "LOCAL_INFERENCE_STORAGE"), _get(env, "PLATEAU_PAGE_SIZE")
+    )
+    return AgentConfig(
+        pipeline_url=pipeline_url,
+        reference=reference,
+        insecure=insecure,
+        oci_username=user,
+        oci_password=password,
+        cpus=parse_cpus(_get(env, "CONFIG_CPUS")),
+        debug=_flag(env, "DEBUG", False),
+        bundle=bundle,
+        log_storage_bytes=storage,
+        page_size=page,
+        log_limits_given=given,
+        persist_dir=Path(_get(env, "EDGEPUB_PERSIST_DIR") or DEFAULT_PERSIST_DIR),
+        host=_get(env, "EDGEPUB_HOST") or "0.0.0.0",
+        port=_whole(env, "EDGEPUB_PORT", DEFAULT_PORT, 1, 65535),
+        max_body_bytes=_max_body(env),
+        handoff_capacity=_whole(env, "EDGEPUB_LOG_QUEUE", DEFAULT_HANDOFF_CAPACITY, 1, 10_000_000),
+        log_format=_log_format(env),
+    )

@@ -1,0 +1,177 @@
+"""Inference log rows and the in-process hand-off that carries them off the hot path.
+
+Every inference request produces one ``InferenceEvent`` (columnar: n records at once, so
+the request path allocates one object, not n). ``rows_of`` splits it into the per-record
+``InferenceLogRow``s a local log stores. ``LogHandoff.offer`` never blocks and never
+waits on disk or network: when the queue is full the event is dropped and counted.
+A ``LocalLog`` (SQLite in a later issue) receives batches from ``pump``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import msgspec
+import numpy as np
+
+ROW_VERSION = 1
+
+
+class ModelUsed(msgspec.Struct, frozen=True, array_like=True):
+    """A step that served the inference: ``[name, version, sha256]``."""
+
+    name: str
+    version: str
+    sha256: str
+
+
+class InferenceEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """One request's inference: ``inputs``/``outputs`` map a tensor name to n records."""
+
+    time: int  # epoch milliseconds when the request arrived
+    pipeline: str
+    pipeline_version: str
+    records: int
+    inputs: Mapping[str, Any]  # name -> list or ndarray, first dimension = records
+    outputs: Mapping[str, Any]
+    elapsed_ns: Sequence[int]  # per step
+    model_versions: tuple[ModelUsed, ...]
+    partition: str
+
+
+class InferenceLogRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One record's inference, as the local log stores it and Ops receives it."""
+
+    v: int = ROW_VERSION
+    time: int
+    pipeline: str
+    pipeline_version: str
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+    elapsed_ns: tuple[int, ...]
+    model_versions: tuple[ModelUsed, ...]
+    partition: str
+
+
+def _item(value: Any, index: int) -> Any:
+    item = value[index]
+    return item.tolist() if isinstance(item, np.ndarray | np.generic) else item
+
+
+def rows_of(event: InferenceEvent) -> list[InferenceLogRow]:
+    """The per-record rows of one event, in record order."""
+    return [
+        InferenceLogRow(
+            time=event.time,
+            pipeline=event.pipeline,
+            pipeline_version=event.pipeline_version,
+            inputs={name: _item(col, i) for name, col in event.inputs.items()},
+            outputs={name: _item(col, i) for name, col in event.outputs.items()},
+            elapsed_ns=tuple(event.elapsed_ns),
+            model_versions=event.model_versions,
+            partition=event.partition,
+        )
+        for i in range(event.records)
+    ]
+
+
+def _enc_hook(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray | np.generic):
+        return obj.tolist()
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
+row_encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+row_decoder = msgspec.msgpack.Decoder(InferenceLogRow)
+
+
+class LocalLog(Protocol):
+    """Where events go after the hand-off (the SQLite log, in a later issue)."""
+
+    async def write(self, events: Sequence[InferenceEvent]) -> None: ...
+
+
+class DiscardLog:
+    """The local log while none is configured: counts what it was given."""
+
+    def __init__(self) -> None:
+        self.events = 0
+        self.rows = 0
+
+    async def write(self, events: Sequence[InferenceEvent]) -> None:
+        self.events += len(events)
+        self.rows += sum(e.records for e in events)
+
+
+class LogHandoff:
+    """A bounded FIFO between the request path (``offer``) and one consumer (``take``).
+
+    Used from the event loop's thread only. ``offer`` is O(1) and never awaits.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self.offered = 0
+        self.dropped = 0
+        self._items: collections.deque[InferenceEvent] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def offer(self, event: InferenceEvent) -> bool:
+        """Queue ``event``; when full, drop it, count it and return False."""
+        if len(self._items) >= self.capacity:
+            self.dropped += 1
+            return False
+        self._items.append(event)
+        self.offered += 1
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        return True
+
+    def take_nowait(self, max_items: int) -> list[InferenceEvent]:
+        items = self._items
+        count = min(max_items, len(items))
+        return [items.popleft() for _ in range(count)]
+
+    async def take(self, max_items: int) -> list[InferenceEvent]:
+        """Wait for at least one event; return up to ``max_items`` in order."""
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self.take_nowait(max_items)
+
+
+async def pump(
+    handoff: LogHandoff, log: LocalLog, batch: int = 512, linger_s: float = 0.02
+) -> None:
+    """Move events from the hand-off to the local log until cancelled.
+
+    After a partial batch it lingers briefly so that under load the log gets batches and
+    the request path does not pay a consumer wake-up per inference.
+    """
+    while True:
+        events = await handoff.take(batch)
+        await log.write(events)
+        if len(events) < batch and linger_s > 0:
+            await asyncio.sleep(linger_s)
+
+
+async def drain(handoff: LogHandoff, log: LocalLog, batch: int = 512) -> int:
+    """Hand what is still queued to the log (at shutdown); returns how many events."""
+    moved = 0
+    while len(handoff):
+        events = handoff.take_nowait(batch)
+        await log.write(events)
+        moved += len(events)
+    return moved

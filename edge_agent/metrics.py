@@ -1,0 +1,160 @@
+"""Prometheus metrics in the text exposition format, without a client library.
+
+Small on purpose: counters and histograms keyed by label tuples, updated from the event
+loop's thread; ``render`` writes the text ``/metrics`` serves.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Mapping, Sequence
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(names: Sequence[str], values: Sequence[str], extra: str = "") -> str:
+    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)]
+    if extra:
+        parts.append(extra)
+    return "{" + ",".join(parts) + "}" if parts else ""
+
+
+def _number(value: float) -> str:
+    if value == float("inf"):
+        return "+Inf"
+    return repr(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+class Counter:
+    def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
+        self.name, self.help, self.label_names = name, help_text, tuple(labels)
+        self.values: dict[tuple[str, ...], float] = {}
+
+    def inc(self, labels: tuple[str, ...] = (), by: float = 1.0) -> None:
+        self.values[labels] = self.values.get(labels, 0.0) + by
+
+    def get(self, labels: tuple[str, ...] = ()) -> float:
+        return self.values.get(labels, 0.0)
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
+        for key, value in sorted(self.values.items()):
+            lines.append(f"{self.name}{_labels(self.label_names, key)} {_number(value)}")
+        return lines
+
+
+class Gauge:
+    """Values read at scrape time: ``read`` gives one number, or one per label key."""
+
+    def __init__(
+        self,
+        name: str,
+        help_text: str,
+        read: Callable[[], float | Mapping[tuple[str, ...], float]],
+        labels: Sequence[str] = (),
+    ) -> None:
+        self.name, self.help, self.read, self.label_names = name, help_text, read, tuple(labels)
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} gauge"]
+        value = self.read()
+        values = value if isinstance(value, Mapping) else {(): value}
+        for key, number in sorted(values.items()):
+            lines.append(f"{self.name}{_labels(self.label_names, key)} {_number(number)}")
+        return lines
+
+
+class Histogram:
+    def __init__(
+        self,
+        name: str,
+        help_text: str,
+        labels: Sequence[str] = (),
+        buckets: Sequence[float] = LATENCY_BUCKETS,
+    ) -> None:
+        self.name, self.help, self.label_names = name, help_text, tuple(labels)
+        self.buckets = tuple(sorted(buckets))
+        # per label key: [count per bucket (non-cumulative) ..., +Inf count], sum
+        self.counts: dict[tuple[str, ...], list[int]] = {}
+        self.sums: dict[tuple[str, ...], float] = {}
+
+    def observe(self, value: float, labels: tuple[str, ...] = ()) -> None:
+        counts = self.counts.get(labels)
+        if counts is None:
+            counts = self.counts[labels] = [0] * (len(self.buckets) + 1)
+            self.sums[labels] = 0.0
+        counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.sums[labels] += value
+
+    def count(self, labels: tuple[str, ...] = ()) -> int:
+        return sum(self.counts.get(labels, ()))
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
+        for key in sorted(self.counts):
+            running = 0
+            for bound, count in zip((*self.buckets, float("inf")), self.counts[key], strict=True):
+                running += count
+                le = f'le="{_number(bound)}"'
+                lines.append(f"{self.name}_bucket{_labels(self.label_names, key, le)} {running}")
+            lines.append(f"{self.name}_sum{_labels(self.label_names, key)} {self.sums[key]!r}")
+            lines.append(f"{self.name}_count{_labels(self.label_names, key)} {running}")
+        return lines
+
+
+class EdgeMetrics:
+    """Everything the agent exports."""
+
+    def __init__(self) -> None:
+        self.requests = Counter(
+            "edgepub_edge_requests_total",
+            "HTTP requests served, by protocol and status code.",
+            ("protocol", "status"),
+        )
+        self.latency = Histogram(
+            "edgepub_edge_request_duration_seconds",
+            "Time from request start to response, by protocol.",
+            ("protocol",),
+        )
+        self.errors = Counter(
+            "edgepub_edge_request_errors_total",
+            "Requests answered with an error, by protocol and error code.",
+            ("protocol", "code"),
+        )
+        self.records = Counter(
+            "edgepub_edge_inference_records_total", "Records inferred (rows in, rows out)."
+        )
+        self.gauges: list[Gauge] = []
+        self._keys: dict[tuple[str, int], tuple[str, str]] = {}
+
+    def observe(self, protocol: str, status: int, seconds: float) -> None:
+        """One answered request: its count by status and its latency."""
+        key = self._keys.get((protocol, status))
+        if key is None:
+            key = self._keys[(protocol, status)] = (protocol, str(status))
+        self.requests.inc(key)
+        self.latency.observe(seconds, key[:1])
+
+    def gauge(
+        self,
+        name: str,
+        help_text: str,
+        read: Callable[[], float | Mapping[tuple[str, ...], float]],
+        labels: Sequence[str] = (),
+    ) -> None:
+        self.gauges.append(Gauge(name, help_text, read, labels))
+
+    def render(self) -> str:
+        lines: list[str] = []
+        for metric in (self.requests, self.errors, self.records):
+            lines.extend(metric.render())
+        lines.extend(self.latency.render())
+        for gauge in self.gauges:
+            lines.extend(gauge.render())
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,234 @@
+"""The edge's HTTP surface as one raw ASGI application.
+
+No framework: the routes are a dict and a few prefixes (``routes.py``), and each request
+costs one routing call, one body read and one response. Errors a client can fix are
+``RequestError``s answered with their status and ``{"error", "code", "field"}``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import structlog
+
+from ..errors import (
+    MethodNotAllowed,
+    PayloadTooLarge,
+    RequestError,
+    UnknownTarget,
+    UnsupportedMediaType,
+)
+from ..inference import InferenceService, now_ms
+from ..metrics import EdgeMetrics
+from ..protocols import arrow, oip, records
+from .exchange import ClientGone, Receive, Request, Scope, Send, error_body
+from .routes import route
+
+log = structlog.get_logger("edgepub.edge.http")
+Handler = Callable[[Request], Awaitable[int]]
+_ARROW = {arrow.FILE, arrow.STREAM}
+_JSON_TYPES = {"", "application/json", "text/json"}
+_PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
+_OCTETS = b"application/octet-stream"
+
+
+def _protocol(endpoint: str, media_type: str) -> str:
+    if endpoint in ("infer", "pipeline_infer"):
+        return "arrow" if media_type in _ARROW else "records"
+    return "oip" if endpoint.startswith("model") else "admin"
+
+
+def _arrow_reply(request: Request) -> str | None:
+    """Arrow flavour of the answer: what Accept asks for, else what the request was."""
+    accept = request.header(b"accept").lower()
+    for kind in (arrow.STREAM, arrow.FILE):
+        if kind in accept:
+            return kind
+    if "json" in accept:
+        return None
+    return request.media_type if request.media_type in _ARROW else None
+
+
+class EdgeApp:
+    def __init__(self, service: InferenceService, metrics: EdgeMetrics, max_body: int) -> None:
+        self.service = service
+        self.metrics = metrics
+        self.max_body = max_body
+        # inference requests inside the app right now, by protocol
+        self.in_flight: dict[tuple[str, ...], float] = {
+            (p,): 0.0 for p in ("records", "arrow", "oip")
+        }
+        metrics.gauge(
+            "edgepub_edge_inference_requests_in_flight",
+            "Inference requests being served, by protocol.",
+            lambda: self.in_flight,
+            ("protocol",),
+        )
+        self.handlers: dict[str, Handler] = {
+            "infer": self.pipeline_infer,
+            "pipeline_infer": self.pipeline_infer,
+            "list_pipelines": self.list_pipelines,
+            "list_models": self.list_models,
+            "metrics": self.metrics_text,
+            "server_metadata": self.server_metadata,
+            "live": self.live,
+            "ready": self.ready,
+            "model_metadata": self.model_metadata,
+            "model_ready": self.model_ready,
+            "model_infer": self.model_infer,
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        started = time.perf_counter()
+        found = route(scope["path"])
+        request = Request(scope, receive, send, found)
+        protocol = _protocol(found.endpoint, request.media_type) if found else "admin"
+        in_flight = found is not None and found.method == "POST" and found.method == request.method
+        try:
+            if found is None:
+                raise UnknownTarget(f"no endpoint at {request.path!r}", field="path")
+            if request.method != found.method:
+                raise MethodNotAllowed(
+                    f"{request.method} is not allowed on {request.path}; use {found.method}",
+                    field="method",
+                )
+            if in_flight:
+                self.in_flight[(protocol,)] += 1
+            status = await self.handlers[found.endpoint](request)
+        except RequestError as exc:
+            status = exc.status
+            self.metrics.errors.inc((protocol, exc.code))
+            # After a 413 the rest of the body is not worth reading: close instead.
+            extra = [(b"connection", b"close")] if isinstance(exc, PayloadTooLarge) else None
+            await request.respond(status, error_body(exc.message, exc.code, exc.field), extra=extra)
+        except ClientGone:
+            return
+        except Exception as exc:
+            status = 500
+            self.metrics.errors.inc((protocol, "internal"))
+            log.exception("request_failed", path=request.path)
+            await request.respond(500, error_body(f"internal error: {exc}", "internal", None))
+        finally:
+            if in_flight:
+                self.in_flight[(protocol,)] -= 1
+        self.metrics.observe(protocol, status, time.perf_counter() - started)
+
+    # --- pandas-records and Arrow -------------------------------------------------------
+
+    async def pipeline_infer(self, request: Request) -> int:
+        arrived = now_ms()
+        service = self.service
+        name = request.route.name if request.route else None
+        target = service.current() if name is None else service.pipeline_named(name)
+        kind = request.media_type
+        is_arrow = kind in _ARROW
+        if not is_arrow and kind not in _JSON_TYPES and not kind.endswith("+json"):
+            raise UnsupportedMediaType(
+                f"Content-Type {kind!r} is not supported; send 'application/json; "
+                f"format=pandas-records', {arrow.FILE!r} or {arrow.STREAM!r}",
+                field="Content-Type",
+            )
+        body = await request.body(self.max_body)
+        if is_arrow:
+            table = arrow.decode(body, stream=kind == arrow.STREAM)
+            feed, echoed = arrow.to_feed(table, target.inputs)
+            count = table.num_rows
+            logged: dict[str, Any] = feed
+        else:
+            codec = records.codec(target)
+            rows = codec.decode(body)
+            feed, raw = codec.to_feed(rows)
+            count, echoed, logged = len(rows), raw, raw
+        if service.small(feed):
+            outputs, elapsed = service.infer_now(target, feed, count, arrived, logged)
+        else:
+            outputs, elapsed = await service.infer(target, feed, count, arrived, logged)
+        metadata = records.Metadata(
+            target.last_model, target.version, elapsed, [], service.partition
+        )
+        reply = _arrow_reply(request) if is_arrow or b"accept" in request.headers else None
+        if reply is None:
+            if is_arrow:
+                echoed = {name: col.to_pylist() for name, col in echoed.items()}
+            out = records.encode(echoed, outputs, count, arrived, metadata)
+            await request.respond(200, out, records.CONTENT_TYPE)
+            return 200
+        if not is_arrow:
+            echoed = {name: arrow.column_of(values) for name, values in echoed.items()}
+        meta = msgspec.structs.asdict(metadata)
+        out = arrow.encode(echoed, outputs, count, arrived, meta, reply == arrow.STREAM)
+        await request.respond(200, out, reply.encode())
+        return 200
+
+    async def list_pipelines(self, request: Request) -> int:
+        pipeline = self.service.pipeline
+        items = [] if pipeline is None else [{"id": pipeline.name, "status": "Running"}]
+        await request.respond_json(200, {"pipelines": items})
+        return 200
+
+    async def list_models(self, request: Request) -> int:
+        pipeline = self.service.pipeline
+        models = [
+            {"name": m.name, "sha": m.sha256, "status": "Running", "version": m.version}
+            for m in (pipeline.models if pipeline is not None else ())
+        ]
+        await request.respond_json(200, {"models": models})
+        return 200
+
+    async def metrics_text(self, request: Request) -> int:
+        await request.respond(200, self.metrics.render().encode(), _PROMETHEUS)
+        return 200
+
+    # --- Open Inference Protocol ---------------------------------------------------------
+
+    async def server_metadata(self, request: Request) -> int:
+        await request.respond_json(200, oip.server_metadata())
+        return 200
+
+    async def live(self, request: Request) -> int:
+        await request.respond_json(200, {"live": True})
+        return 200
+
+    async def ready(self, request: Request) -> int:
+        ready = self.service.ready
+        body: dict[str, Any] = {"ready": ready}
+        if not ready:
+            body["reason"] = self.service.waiting_reason
+        status = 200 if ready else 503
+        await request.respond_json(status, body)
+        return status
+
+    def _model(self, request: Request) -> Any:
+        found = request.route
+        assert found is not None  # routed requests only
+        return self.service.model_named(found.name or "", found.version)
+
+    async def model_metadata(self, request: Request) -> int:
+        await request.respond_json(200, oip.model_metadata(self._model(request)))
+        return 200
+
+    async def model_ready(self, request: Request) -> int:
+        target = self._model(request)
+        await request.respond_json(200, {"name": target.name, "ready": True})
+        return 200
+
+    async def model_infer(self, request: Request) -> int:
+        arrived = now_ms()
+        target = self._model(request)
+        split = request.int_header(oip.HEADER_LENGTH, "Inference-Header-Content-Length")
+        body = await request.body(self.max_body)
+        parsed, binary = oip.decode(body, split)
+        feed, count = oip.to_feed(parsed, binary, target.inputs)
+        outputs, _ = await self.service.infer(target, feed, count, arrived)
+        out, header_length = oip.encode(target, parsed, outputs)
+        if header_length is None:
+            await request.respond(200, out)
+        else:
+            length = (oip.HEADER_LENGTH, b"%d" % header_length)
+            await request.respond(200, out, _OCTETS, extra=[length])
+        return 200
