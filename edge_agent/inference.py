@@ -7,6 +7,7 @@ thread hop); large ones run in a worker thread so the loop keeps answering healt
 from __future__ import annotations
 
 import asyncio
+import operator
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,7 @@ from .metrics import EdgeMetrics
 from .runtime import Pipeline
 
 OFFLOAD_ELEMENTS = 65_536
+_SIZE = operator.attrgetter("size")
 
 
 def now_ms() -> int:
@@ -79,10 +81,7 @@ class InferenceService:
         logged_inputs: Mapping[str, Any] | None = None,
     ) -> tuple[dict[str, Any], list[int]]:
         """Run ``feed`` (``records`` stacked records) and hand the log event off."""
-        elements = 0
-        for value in feed.values():
-            elements += value.size
-        if elements <= OFFLOAD_ELEMENTS:
+        if self.small(feed):
             return self.infer_now(target, feed, records, arrived_ms, logged_inputs)
         loop = asyncio.get_running_loop()
         outputs, elapsed = await loop.run_in_executor(self._pool, target.run, feed, records)
@@ -91,10 +90,7 @@ class InferenceService:
 
     def small(self, feed: Mapping[str, Any]) -> bool:
         """Whether ``feed`` is small enough to run on the event loop's thread."""
-        elements = 0
-        for value in feed.values():
-            elements += value.size
-        return elements <= OFFLOAD_ELEMENTS
+        return sum(map(_SIZE, feed.values())) <= OFFLOAD_ELEMENTS  # type: ignore[no-any-return]
 
     def infer_now(
         self,
@@ -121,7 +117,7 @@ class InferenceService:
         self.handoff.offer(
             InferenceEvent(
                 time=arrived_ms,
-                pipeline=target.definition.pipeline_name,
+                pipeline=target.name,
                 pipeline_version=target.version,
                 records=records,
                 inputs=inputs,
@@ -131,7 +127,8 @@ class InferenceService:
                 partition=self.partition,
             )
         )
-        self.metrics.records.inc(by=records)
+        counter = self.metrics.records.values
+        counter[()] = counter.get((), 0.0) + records
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

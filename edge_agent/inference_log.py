@@ -126,15 +126,20 @@ class LogHandoff:
 
     def offer(self, event: InferenceEvent) -> bool:
         """Queue ``event``; when full, drop it, count it and return False."""
-        if len(self._items) >= self.capacity:
+        items = self._items
+        if len(items) >= self.capacity:
             self.dropped += 1
             return False
-        self._items.append(event)
+        items.append(event)
         self.offered += 1
+        if self._waiter is not None:
+            self._wake()
+        return True
+
+    def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        return True
 
     def take_nowait(self, max_items: int) -> list[InferenceEvent]:
         items = self._items

@@ -6,7 +6,7 @@ loop's thread; ``render`` writes the text ``/metrics`` serves.
 
 from __future__ import annotations
 
-import bisect
+from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 
 LATENCY_BUCKETS = (
@@ -18,8 +18,8 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _labels(names: Sequence[str], values: Sequence[str], extra: str = "") -> str:
-    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)]
+def _labels(names: Sequence[str], values: Sequence[object], extra: str = "") -> str:
+    parts = [f'{n}="{_escape(str(v))}"' for n, v in zip(names, values, strict=True)]
     if extra:
         parts.append(extra)
     return "{" + ",".join(parts) + "}" if parts else ""
@@ -80,30 +80,33 @@ class Histogram:
     ) -> None:
         self.name, self.help, self.label_names = name, help_text, tuple(labels)
         self.buckets = tuple(sorted(buckets))
-        # per label key: [count per bucket (non-cumulative) ..., +Inf count], sum
-        self.counts: dict[tuple[str, ...], list[int]] = {}
-        self.sums: dict[tuple[str, ...], float] = {}
+        # per label key: [count per bucket (non-cumulative) ..., +Inf count, sum]
+        self.cells: dict[tuple[str, ...], list[float]] = {}
+
+    def cell(self, labels: tuple[str, ...]) -> list[float]:
+        found = self.cells.get(labels)
+        if found is None:
+            found = self.cells[labels] = [0] * (len(self.buckets) + 2)
+        return found
 
     def observe(self, value: float, labels: tuple[str, ...] = ()) -> None:
-        counts = self.counts.get(labels)
-        if counts is None:
-            counts = self.counts[labels] = [0] * (len(self.buckets) + 1)
-            self.sums[labels] = 0.0
-        counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.sums[labels] += value
+        cell = self.cell(labels)
+        cell[bisect_left(self.buckets, value)] += 1
+        cell[-1] += value
 
     def count(self, labels: tuple[str, ...] = ()) -> int:
-        return sum(self.counts.get(labels, ()))
+        return int(sum(self.cells.get(labels, [0])[:-1]))
 
     def render(self) -> list[str]:
         lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
-        for key in sorted(self.counts):
+        for key in sorted(self.cells):
             running = 0
-            for bound, count in zip((*self.buckets, float("inf")), self.counts[key], strict=True):
-                running += count
+            cell = self.cells[key]
+            for bound, count in zip((*self.buckets, float("inf")), cell[:-1], strict=True):
+                running += int(count)
                 le = f'le="{_number(bound)}"'
                 lines.append(f"{self.name}_bucket{_labels(self.label_names, key, le)} {running}")
-            lines.append(f"{self.name}_sum{_labels(self.label_names, key)} {self.sums[key]!r}")
+            lines.append(f"{self.name}_sum{_labels(self.label_names, key)} {float(cell[-1])!r}")
             lines.append(f"{self.name}_count{_labels(self.label_names, key)} {running}")
         return lines
 
@@ -131,15 +134,21 @@ class EdgeMetrics:
             "edgepub_edge_inference_records_total", "Records inferred (rows in, rows out)."
         )
         self.gauges: list[Gauge] = []
-        self._keys: dict[tuple[str, int], tuple[str, str]] = {}
+        self._latency: dict[str, list[float]] = {}
 
     def observe(self, protocol: str, status: int, seconds: float) -> None:
-        """One answered request: its count by status and its latency."""
-        key = self._keys.get((protocol, status))
-        if key is None:
-            key = self._keys[(protocol, status)] = (protocol, str(status))
-        self.requests.inc(key)
-        self.latency.observe(seconds, key[:1])
+        """One answered request: its count by protocol and status, and its latency.
+
+        On every request's path, so it touches the two metrics' storage directly.
+        """
+        key = (protocol, status)
+        values = self.requests.values
+        values[key] = values.get(key, 0.0) + 1.0  # type: ignore[index]
+        cell = self._latency.get(protocol)
+        if cell is None:
+            cell = self._latency[protocol] = self.latency.cell((protocol,))
+        cell[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        cell[-1] += seconds
 
     def gauge(
         self,

@@ -15,22 +15,6 @@ from edgepub.shared.schemas import Dim, TensorSpec
 
 from .errors import BadRequest
 
-# onnxruntime's type strings -> the numpy dtype names TensorSpec uses.
-_ORT_TYPES = {
-    "tensor(float)": "float32",
-    "tensor(double)": "float64",
-    "tensor(float16)": "float16",
-    "tensor(int8)": "int8",
-    "tensor(int16)": "int16",
-    "tensor(int32)": "int32",
-    "tensor(int64)": "int64",
-    "tensor(uint8)": "uint8",
-    "tensor(uint16)": "uint16",
-    "tensor(uint32)": "uint32",
-    "tensor(uint64)": "uint64",
-    "tensor(bool)": "bool",
-    "tensor(string)": "string",
-}
 # numpy dtype names <-> Open Inference Protocol datatypes.
 OIP_DATATYPES = {
     "bool": "BOOL",
@@ -52,22 +36,11 @@ DTYPES_BY_OIP = {v: k for k, v in OIP_DATATYPES.items()}
 _ACCEPTED_KINDS = {"f": "fiu", "i": "iu", "u": "iu", "b": "b", "O": "OUS"}
 
 
-def dtype_of_ort(type_string: str) -> str:
-    """``"tensor(float)"`` -> ``"float32"``; non-tensor types (maps, sequences) pass through."""
-    return _ORT_TYPES.get(type_string, type_string)
-
-
 def numpy_dtype(name: str) -> np.dtype[Any]:
     """The numpy dtype onnxruntime wants for a TensorSpec dtype (strings are objects)."""
     if name == "string":
         return np.dtype(object)
     return np.dtype(name)
-
-
-def spec_from_ort(node: Any) -> TensorSpec:
-    """A TensorSpec from an onnxruntime ``NodeArg``."""
-    shape = tuple(d if isinstance(d, int) and d >= 0 else (d or None) for d in node.shape or ())
-    return TensorSpec(name=node.name, dtype=dtype_of_ort(node.type), shape=shape)
 
 
 def shape_text(shape: Sequence[Dim]) -> str:

@@ -5,34 +5,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from edgepub.shared.dtypes import spec_from_ort
 from edgepub.shared.errors import InvalidModelError
 from edgepub.shared.schemas import TensorSpec
-
-# onnxruntime's type strings -> numpy dtype names
-_ORT_TYPES = {
-    "tensor(float)": "float32",
-    "tensor(double)": "float64",
-    "tensor(float16)": "float16",
-    "tensor(int8)": "int8",
-    "tensor(int16)": "int16",
-    "tensor(int32)": "int32",
-    "tensor(int64)": "int64",
-    "tensor(uint8)": "uint8",
-    "tensor(uint16)": "uint16",
-    "tensor(uint32)": "uint32",
-    "tensor(uint64)": "uint64",
-    "tensor(bool)": "bool",
-    "tensor(string)": "string",
-}
-
-
-def _spec(arg: object) -> TensorSpec:
-    name = str(getattr(arg, "name", ""))
-    ort_type = str(getattr(arg, "type", ""))
-    shape = tuple(
-        d if isinstance(d, int) or d is None else str(d) for d in getattr(arg, "shape", []) or []
-    )
-    return TensorSpec(name=name, dtype=_ORT_TYPES.get(ort_type, ort_type), shape=shape)
 
 
 def inspect_onnx(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
@@ -52,8 +27,8 @@ def inspect_onnx(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, 
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise InvalidModelError(f"{path}: not a loadable ONNX model: {reason}") from exc
     return (
-        tuple(_spec(i) for i in session.get_inputs()),
-        tuple(_spec(o) for o in session.get_outputs()),
+        tuple(spec_from_ort(i) for i in session.get_inputs()),
+        tuple(spec_from_ort(o) for o in session.get_outputs()),
     )
 
 

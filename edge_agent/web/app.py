@@ -25,7 +25,7 @@ from ..inference import InferenceService, now_ms
 from ..metrics import EdgeMetrics
 from ..protocols import arrow, oip, records
 from .exchange import ClientGone, Receive, Request, Scope, Send, error_body
-from .routes import route
+from .routes import Route, route
 
 log = structlog.get_logger("edgepub.edge.http")
 Handler = Callable[[Request], Awaitable[int]]
@@ -35,10 +35,16 @@ _PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
 _OCTETS = b"application/octet-stream"
 
 
-def _protocol(endpoint: str, media_type: str) -> str:
-    if endpoint in ("infer", "pipeline_infer"):
-        return "arrow" if media_type in _ARROW else "records"
-    return "oip" if endpoint.startswith("model") else "admin"
+_PIPELINE_ENDPOINTS = frozenset({"infer", "pipeline_infer"})
+_OIP_ENDPOINTS = frozenset({"model_metadata", "model_ready", "model_infer"})
+
+
+def _refusal(request: Request, found: Route | None) -> RequestError:
+    if found is None:
+        return UnknownTarget(f"no endpoint at {request.path!r}", field="path")
+    return MethodNotAllowed(
+        f"{request.method} is not allowed on {request.path}; use {found.method}", field="method"
+    )
 
 
 def _arrow_reply(request: Request) -> str | None:
@@ -58,13 +64,11 @@ class EdgeApp:
         self.metrics = metrics
         self.max_body = max_body
         # inference requests inside the app right now, by protocol
-        self.in_flight: dict[tuple[str, ...], float] = {
-            (p,): 0.0 for p in ("records", "arrow", "oip")
-        }
+        self.in_flight = dict.fromkeys(("records", "arrow", "oip", "admin"), 0)
         metrics.gauge(
             "edgepub_edge_inference_requests_in_flight",
             "Inference requests being served, by protocol.",
-            lambda: self.in_flight,
+            lambda: {(p,): float(n) for p, n in self.in_flight.items() if p != "admin"},
             ("protocol",),
         )
         self.handlers: dict[str, Handler] = {
@@ -87,19 +91,24 @@ class EdgeApp:
         started = time.perf_counter()
         found = route(scope["path"])
         request = Request(scope, receive, send, found)
-        protocol = _protocol(found.endpoint, request.media_type) if found else "admin"
-        in_flight = found is not None and found.method == "POST" and found.method == request.method
+        if found is None:
+            protocol = "admin"
+        elif found.endpoint in _PIPELINE_ENDPOINTS:
+            protocol = "arrow" if request.media_type in _ARROW else "records"
+        else:
+            protocol = "oip" if found.endpoint in _OIP_ENDPOINTS else "admin"
+        flight = self.in_flight
         try:
-            if found is None:
-                raise UnknownTarget(f"no endpoint at {request.path!r}", field="path")
-            if request.method != found.method:
-                raise MethodNotAllowed(
-                    f"{request.method} is not allowed on {request.path}; use {found.method}",
-                    field="method",
-                )
-            if in_flight:
-                self.in_flight[(protocol,)] += 1
-            status = await self.handlers[found.endpoint](request)
+            if found is None or request.method != found.method:
+                raise _refusal(request, found)
+            if found.method == "POST":
+                flight[protocol] += 1
+                try:
+                    status = await self.handlers[found.endpoint](request)
+                finally:
+                    flight[protocol] -= 1
+            else:
+                status = await self.handlers[found.endpoint](request)
         except RequestError as exc:
             status = exc.status
             self.metrics.errors.inc((protocol, exc.code))
@@ -113,9 +122,6 @@ class EdgeApp:
             self.metrics.errors.inc((protocol, "internal"))
             log.exception("request_failed", path=request.path)
             await request.respond(500, error_body(f"internal error: {exc}", "internal", None))
-        finally:
-            if in_flight:
-                self.in_flight[(protocol,)] -= 1
         self.metrics.observe(protocol, status, time.perf_counter() - started)
 
     # --- pandas-records and Arrow -------------------------------------------------------
@@ -123,7 +129,7 @@ class EdgeApp:
     async def pipeline_infer(self, request: Request) -> int:
         arrived = now_ms()
         service = self.service
-        name = request.route.name if request.route else None
+        name = request.route.name  # type: ignore[union-attr]
         target = service.current() if name is None else service.pipeline_named(name)
         kind = request.media_type
         is_arrow = kind in _ARROW
@@ -141,9 +147,9 @@ class EdgeApp:
             logged: dict[str, Any] = feed
         else:
             codec = records.codec(target)
-            rows = codec.decode(body)
-            feed, raw = codec.to_feed(rows)
-            count, echoed, logged = len(rows), raw, raw
+            feed, echoed = codec.to_feed(codec.decode(body))
+            logged = echoed
+            count = len(next(iter(echoed.values()))) if echoed else 0
         if service.small(feed):
             outputs, elapsed = service.infer_now(target, feed, count, arrived, logged)
         else:

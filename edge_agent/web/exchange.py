@@ -20,6 +20,17 @@ JSON = b"application/json"
 _encoder = msgspec.json.Encoder()
 
 
+_media_types: dict[bytes, str] = {}
+
+
+def _media_type(raw: bytes) -> str:
+    """``Content-Type`` without parameters, lower case (remembered: clients repeat it)."""
+    kind = raw.split(b";", 1)[0].strip().decode("latin-1").lower()
+    if len(_media_types) < 64:
+        _media_types[raw] = kind
+    return kind
+
+
 class ClientGone(Exception):
     """The client disconnected before its body arrived; nothing to answer."""
 
@@ -36,8 +47,8 @@ class Request:
         self.receive = receive
         self.send = send
         self.route = route
-        raw = self.headers.get(b"content-type", b"")
-        self.media_type = raw.split(b";", 1)[0].strip().decode("latin-1").lower()
+        raw = self.headers.get(b"content-type")
+        self.media_type: str = "" if raw is None else _media_types.get(raw) or _media_type(raw)
 
     def header(self, name: bytes) -> str:
         return self.headers.get(name, b"").decode("latin-1")
@@ -62,10 +73,19 @@ class Request:
                 "(EDGEPUB_MAX_BODY)",
                 field="body",
             )
+        message = await self.receive()
+        if (
+            declared is not None
+            and not message.get("more_body")
+            and message["type"] == "http.request"
+        ):
+            return message.get("body", b"")  # type: ignore[no-any-return]  # Content-Length held
+        return await self._more(message, limit)
+
+    async def _more(self, message: Message, limit: int) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while True:
-            message = await self.receive()
             if message["type"] == "http.disconnect":
                 raise ClientGone
             chunk = message.get("body", b"")
@@ -76,8 +96,8 @@ class Request:
                 )
             chunks.append(chunk)
             if not message.get("more_body", False):
-                break
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                return b"".join(chunks)
+            message = await self.receive()
 
     async def respond(
         self,

@@ -19,8 +19,9 @@ from edgepub.edge_agent.errors import BadRequest
 from edgepub.edge_agent.metrics import EdgeMetrics, Histogram
 from edgepub.edge_agent.protocols import arrow, oip, records
 from edgepub.edge_agent.runtime import PipelineLoadError, plan_chain
-from edgepub.edge_agent.tensors import check_shape, column, dtype_of_ort, shape_text
+from edgepub.edge_agent.tensors import check_shape, column, shape_text
 from edgepub.edge_agent.web.routes import Route, route
+from edgepub.shared.dtypes import dtype_of_ort
 from edgepub.shared.schemas import TensorSpec
 
 SPEC = TensorSpec(name="tensor", dtype="float32", shape=(None, 3))
