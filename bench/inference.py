@@ -8,8 +8,9 @@ server's CPU on 2 cores):
 
 - the agent (``python -m edgepub.edge_agent``) serving a cached pipeline, through
   ``POST /pipelines/<name>`` with pandas-records JSON (validation, metrics, log hand-off);
-- a baseline: uvicorn + httptools + uvloop, a raw ASGI app that decodes the same JSON and
-  calls onnxruntime, with no validation and no logging (``--serve-baseline``);
+- a baseline: uvicorn + httptools + uvloop, a raw ASGI app that decodes the same JSON,
+  calls onnxruntime and answers in the same pandas-records shape, with no validation,
+  no metrics and no inference log (``--serve-baseline``);
 - raw in-process onnxruntime for reference.
 
 The last line is one JSON object: agent_rps and baseline_rps (c16), ratio (target >= 0.8),
@@ -146,6 +147,7 @@ def serve_baseline(port: int, model: str) -> None:
     opts.intra_op_num_threads = 1
     session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     decode, encode = msgspec.json.Decoder().decode, msgspec.json.Encoder().encode
+    last_model = json.dumps({"model_name": "gbr", "model_sha": "0" * 64}, separators=(",", ":"))
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -158,17 +160,29 @@ def serve_baseline(port: int, model: str) -> None:
             more = message.get("more_body", False)
         if scope["method"] == "GET":
             out = b"{}"
-        else:
+        else:  # the same answer the agent gives (pandas-records), minus validation and log
             records = decode(body)
             x = np.asarray([r["tensor"] for r in records], dtype=np.float32)
+            started = time.perf_counter_ns()
             y = session.run(None, {"tensor": x})[0]
-            out = encode([{"out": {"variable": row}} for row in y.tolist()])
+            elapsed = time.perf_counter_ns() - started
+            now = time.time_ns() // 1_000_000
+            meta = {"last_model": last_model, "pipeline_version": VERSION, "elapsed": [elapsed],
+                    "dropped": [], "partition": "baseline"}  # fmt: skip
+            out = encode(
+                [
+                    {"time": now, "in": r, "out": {"variable": row}, "anomaly": {"count": 0},
+                     "check_failures": [], "metadata": meta}
+                    for r, row in zip(records, y.tolist(), strict=True)
+                ]
+            )  # fmt: skip
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(out))]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": out})
 
     uvicorn.run(app, host="127.0.0.1", port=port, http="httptools", loop="uvloop",
-                log_level="warning", access_log=False, lifespan="off")  # fmt: skip
+                log_level="warning", access_log=False, lifespan="off",
+                proxy_headers=False)  # as the agent runs it  # fmt: skip
 
 
 # --- driving the servers ---------------------------------------------------------------------

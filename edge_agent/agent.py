@@ -113,13 +113,16 @@ def _pipeline_of(config: AgentConfig) -> tuple[str, str]:
 
 
 def settle_heap() -> None:
-    """Move what start-up allocated (modules, sessions) out of the collector's way.
+    """Keep the cycle collector off the request path.
 
-    Objects frozen here are never scanned again, so the collections that requests trigger
-    only walk what requests allocate (the gc.freeze() advice for servers).
+    What start-up allocated (modules, sessions) is frozen, so collections never walk it
+    again; and young collections run every 7,000 allocations instead of 700 (a request
+    allocates a few dozen objects, none in cycles), the usual tuning for servers.
     """
     gc.collect()
     gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(7_000, older, oldest)
 
 
 class Agent:

@@ -114,19 +114,18 @@ class InferenceService:
         outputs: dict[str, Any],
         elapsed: list[int],
     ) -> None:
-        self.handoff.offer(
-            InferenceEvent(
-                time=arrived_ms,
-                pipeline=target.name,
-                pipeline_version=target.version,
-                records=records,
-                inputs=inputs,
-                outputs=outputs,
-                elapsed_ns=elapsed,
-                model_versions=target.models,
-                partition=self.partition,
-            )
+        event = InferenceEvent(
+            time=arrived_ms,
+            pipeline=target.pipeline_name,
+            pipeline_version=target.version,
+            records=records,
+            inputs=inputs,
+            outputs=outputs,
+            elapsed_ns=elapsed,
+            model_versions=target.models,
+            partition=self.partition,
         )
+        self.handoff.offer(event)
         counter = self.metrics.records.values
         counter[()] = counter.get((), 0.0) + records
 

@@ -20,7 +20,7 @@ import numpy as np
 ROW_VERSION = 1
 
 
-class ModelUsed(msgspec.Struct, frozen=True, array_like=True):
+class ModelUsed(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """A step that served the inference: ``[name, version, sha256]``."""
 
     name: str
@@ -28,8 +28,12 @@ class ModelUsed(msgspec.Struct, frozen=True, array_like=True):
     sha256: str
 
 
-class InferenceEvent(msgspec.Struct, frozen=True, kw_only=True):
-    """One request's inference: ``inputs``/``outputs`` map a tensor name to n records."""
+class InferenceEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One request's inference: ``inputs``/``outputs`` map a tensor name to n records.
+
+    Not tracked by the cycle collector (it holds no cycles): events wait in the hand-off,
+    and untracked they cost the collector nothing while they do.
+    """
 
     time: int  # epoch milliseconds when the request arrived
     pipeline: str

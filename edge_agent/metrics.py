@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -34,7 +35,7 @@ def _number(value: float) -> str:
 class Counter:
     def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
         self.name, self.help, self.label_names = name, help_text, tuple(labels)
-        self.values: dict[tuple[str, ...], float] = {}
+        self.values: dict[tuple[Any, ...], float] = {}
 
     def inc(self, labels: tuple[str, ...] = (), by: float = 1.0) -> None:
         self.values[labels] = self.values.get(labels, 0.0) + by
@@ -143,7 +144,7 @@ class EdgeMetrics:
         """
         key = (protocol, status)
         values = self.requests.values
-        values[key] = values.get(key, 0.0) + 1.0  # type: ignore[index]
+        values[key] = values.get(key, 0.0) + 1.0
         cell = self._latency.get(protocol)
         if cell is None:
             cell = self._latency[protocol] = self.latency.cell((protocol,))

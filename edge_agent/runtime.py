@@ -62,6 +62,7 @@ class Pipeline:
             raise PipelineLoadError(f"pipeline {definition.pipeline_name!r} has no steps")
         self.definition = definition
         self.name = name
+        self.pipeline_name = definition.pipeline_name
         self.version = definition.pipeline_version
         self.steps = tuple(steps)
         self.inputs = self.steps[0].inputs

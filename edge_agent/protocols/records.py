@@ -38,11 +38,11 @@ _PATH = re.compile(r"`\$\[(\d+)\](?:\.([^.\[`]+))?")
 _MISSING = re.compile(r"missing required field `([^`]+)`")
 
 
-class Anomaly(msgspec.Struct):
+class Anomaly(msgspec.Struct, gc=False):
     count: int = 0
 
 
-class Metadata(msgspec.Struct):
+class Metadata(msgspec.Struct, gc=False):
     last_model: str
     pipeline_version: str
     elapsed: list[int]
@@ -50,7 +50,7 @@ class Metadata(msgspec.Struct):
     partition: str
 
 
-class Record(msgspec.Struct, rename={"in_": "in"}):
+class Record(msgspec.Struct, rename={"in_": "in"}, gc=False):
     time: int
     in_: dict[str, Any]
     out: dict[str, Any]
@@ -91,7 +91,7 @@ class RecordsCodec:
         self.inputs = tuple(inputs)
         fields = [(f"f{i}", _value_type(spec)) for i, spec in enumerate(self.inputs)]
         rename = {f"f{i}": spec.name for i, spec in enumerate(self.inputs)}
-        record = msgspec.defstruct("Record", fields, rename=rename)
+        record = msgspec.defstruct("Record", fields, rename=rename, gc=False)
         self.decoder = msgspec.json.Decoder(list[record])  # type: ignore[valid-type]
         self.getters: list[tuple[TensorSpec, Callable[[Any], Any], Any, Any]] = [
             (spec, operator.attrgetter(f"f{i}"), numpy_dtype(spec.dtype), _fixed_rows(spec))
@@ -162,6 +162,10 @@ def codec(target: Pipeline) -> RecordsCodec:
     return found
 
 
+_ANOMALY = Anomaly()  # shared by every answer; never mutated
+_NO_FAILURES: list[Any] = []
+
+
 def _per_record(value: Any) -> list[Any]:
     if isinstance(value, np.ndarray):
         return value.tolist()  # type: ignore[no-any-return]
@@ -176,26 +180,24 @@ def encode(
     metadata: Metadata,
 ) -> bytes:
     """The response records (see the module docstring)."""
-    outs = {name: _per_record(value) for name, value in outputs.items()}
-    anomaly = Anomaly()
-    failures: list[Any] = []
-    if len(raw_inputs) == 1 and len(outs) == 1:  # the common case, without inner loops
+    if len(raw_inputs) == 1 and len(outputs) == 1:  # the common case, without inner loops
         ((in_name, in_values),) = raw_inputs.items()
-        ((out_name, out_values),) = outs.items()
+        ((out_name, out_value),) = outputs.items()
         result = [
-            Record(time_ms, {in_name: i}, {out_name: o}, anomaly, failures, metadata)
-            for i, o in zip(in_values, out_values, strict=True)
+            Record(time_ms, {in_name: i}, {out_name: o}, _ANOMALY, _NO_FAILURES, metadata)
+            for i, o in zip(in_values, _per_record(out_value), strict=True)
         ]
-    else:
-        result = [
-            Record(
-                time_ms,
-                {n: v[i] for n, v in raw_inputs.items()},
-                {n: v[i] for n, v in outs.items()},
-                anomaly,
-                failures,
-                metadata,
-            )
-            for i in range(records)
-        ]
+        return _encoder.encode(result)
+    outs = {name: _per_record(value) for name, value in outputs.items()}
+    result = [
+        Record(
+            time_ms,
+            {n: v[i] for n, v in raw_inputs.items()},
+            {n: v[i] for n, v in outs.items()},
+            _ANOMALY,
+            _NO_FAILURES,
+            metadata,
+        )
+        for i in range(records)
+    ]
     return _encoder.encode(result)

@@ -7,6 +7,7 @@ costs one routing call, one body read and one response. Errors a client can fix 
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,7 +22,7 @@ from ..errors import (
     UnknownTarget,
     UnsupportedMediaType,
 )
-from ..inference import InferenceService, now_ms
+from ..inference import OFFLOAD_ELEMENTS, InferenceService, now_ms
 from ..metrics import EdgeMetrics
 from ..protocols import arrow, oip, records
 from .exchange import ClientGone, Receive, Request, Scope, Send, error_body
@@ -35,6 +36,7 @@ _PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
 _OCTETS = b"application/octet-stream"
 
 
+_SIZE = operator.attrgetter("size")
 _PIPELINE_ENDPOINTS = frozenset({"infer", "pipeline_infer"})
 _OIP_ENDPOINTS = frozenset({"model_metadata", "model_ready", "model_infer"})
 
@@ -127,45 +129,65 @@ class EdgeApp:
     # --- pandas-records and Arrow -------------------------------------------------------
 
     async def pipeline_infer(self, request: Request) -> int:
+        """``POST /pipelines/<name>`` and ``POST /infer``: pandas-records JSON or Arrow."""
         arrived = now_ms()
         service = self.service
         name = request.route.name  # type: ignore[union-attr]
-        target = service.current() if name is None else service.pipeline_named(name)
+        target = service.pipeline
+        if target is None or (name is not None and name != target.name):
+            target = service.current() if name is None else service.pipeline_named(name)
         kind = request.media_type
-        is_arrow = kind in _ARROW
-        if not is_arrow and kind not in _JSON_TYPES and not kind.endswith("+json"):
+        if kind in _ARROW:
+            return await self._arrow_infer(request, target, arrived, kind)
+        if kind not in _JSON_TYPES and not kind.endswith("+json"):
             raise UnsupportedMediaType(
                 f"Content-Type {kind!r} is not supported; send 'application/json; "
                 f"format=pandas-records', {arrow.FILE!r} or {arrow.STREAM!r}",
                 field="Content-Type",
             )
-        body = await request.body(self.max_body)
-        if is_arrow:
-            table = arrow.decode(body, stream=kind == arrow.STREAM)
-            feed, echoed = arrow.to_feed(table, target.inputs)
-            count = table.num_rows
-            logged: dict[str, Any] = feed
+        codec = records.codec(target)
+        feed, echoed = codec.to_feed(codec.decode(await request.body(self.max_body)))
+        count = len(next(iter(echoed.values()))) if echoed else 0
+        if sum(map(_SIZE, feed.values())) <= OFFLOAD_ELEMENTS:
+            outputs, elapsed = service.infer_now(target, feed, count, arrived, echoed)
         else:
-            codec = records.codec(target)
-            feed, echoed = codec.to_feed(codec.decode(body))
-            logged = echoed
-            count = len(next(iter(echoed.values()))) if echoed else 0
-        if service.small(feed):
-            outputs, elapsed = service.infer_now(target, feed, count, arrived, logged)
-        else:
-            outputs, elapsed = await service.infer(target, feed, count, arrived, logged)
+            outputs, elapsed = await service.infer(target, feed, count, arrived, echoed)
         metadata = records.Metadata(
             target.last_model, target.version, elapsed, [], service.partition
         )
-        reply = _arrow_reply(request) if is_arrow or b"accept" in request.headers else None
-        if reply is None:
-            if is_arrow:
-                echoed = {name: col.to_pylist() for name, col in echoed.items()}
-            out = records.encode(echoed, outputs, count, arrived, metadata)
+        if b"accept" in request.headers and _arrow_reply(request) is not None:
+            columns = {n: arrow.column_of(v) for n, v in echoed.items()}
+            return await self._arrow_answer(request, columns, outputs, count, arrived, metadata)
+        out = records.encode(echoed, outputs, count, arrived, metadata)
+        await request.respond(200, out, records.CONTENT_TYPE)
+        return 200
+
+    async def _arrow_infer(self, request: Request, target: Any, arrived: int, kind: str) -> int:
+        service = self.service
+        table = arrow.decode(await request.body(self.max_body), stream=kind == arrow.STREAM)
+        feed, echoed = arrow.to_feed(table, target.inputs)
+        count = table.num_rows
+        outputs, elapsed = await service.infer(target, feed, count, arrived)
+        metadata = records.Metadata(
+            target.last_model, target.version, elapsed, [], service.partition
+        )
+        if _arrow_reply(request) is None:  # Accept asked for JSON
+            rows = {n: col.to_pylist() for n, col in echoed.items()}
+            out = records.encode(rows, outputs, count, arrived, metadata)
             await request.respond(200, out, records.CONTENT_TYPE)
             return 200
-        if not is_arrow:
-            echoed = {name: arrow.column_of(values) for name, values in echoed.items()}
+        return await self._arrow_answer(request, echoed, outputs, count, arrived, metadata)
+
+    async def _arrow_answer(
+        self,
+        request: Request,
+        echoed: dict[str, Any],
+        outputs: dict[str, Any],
+        count: int,
+        arrived: int,
+        metadata: records.Metadata,
+    ) -> int:
+        reply = _arrow_reply(request) or arrow.FILE
         meta = msgspec.structs.asdict(metadata)
         out = arrow.encode(echoed, outputs, count, arrived, meta, reply == arrow.STREAM)
         await request.respond(200, out, reply.encode())

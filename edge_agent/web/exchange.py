@@ -66,20 +66,20 @@ class Request:
 
     async def body(self, limit: int) -> bytes:
         """The whole body, refusing more than ``limit`` bytes before reading them."""
-        declared = self.int_header(b"content-length", "Content-Length")
-        if declared is not None and declared > limit:
-            raise PayloadTooLarge(
-                f"request body is {declared} bytes; this edge accepts at most {limit} "
-                "(EDGEPUB_MAX_BODY)",
-                field="body",
-            )
-        message = await self.receive()
-        if (
-            declared is not None
-            and not message.get("more_body")
-            and message["type"] == "http.request"
-        ):
-            return message.get("body", b"")  # type: ignore[no-any-return]  # Content-Length held
+        declared = self.headers.get(b"content-length")
+        if declared is not None:
+            size = self.int_header(b"content-length", "Content-Length") or 0
+            if size > limit:
+                raise PayloadTooLarge(
+                    f"request body is {size} bytes; this edge accepts at most {limit} "
+                    "(EDGEPUB_MAX_BODY)",
+                    field="body",
+                )
+            message = await self.receive()
+            if not message.get("more_body") and message["type"] == "http.request":
+                return message.get("body", b"")  # type: ignore[no-any-return]
+        else:
+            message = await self.receive()
         return await self._more(message, limit)
 
     async def _more(self, message: Message, limit: int) -> bytes:

@@ -39,6 +39,7 @@ def make_server(app: Any, config: AgentConfig) -> EdgeServer:
             log_config=None,
             log_level="warning",
             access_log=False,
+            proxy_headers=False,  # nothing here reads the client address
             server_header=False,
             timeout_keep_alive=30,
             timeout_graceful_shutdown=GRACEFUL_S,
