@@ -33,10 +33,28 @@ def _say(text: str) -> None:
     print(f"\n==> {text}", flush=True)
 
 
+def spawn(
+    argv: list[str], log_path: Path, stack: ExitStack, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a background process logging to ``log_path``; ``stack`` stops it (SIGTERM)."""
+    log = log_path.open("ab")
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def stop() -> None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+    stack.callback(stop)
+    return proc
+
+
 def start_stack(data_dir: Path, stack: ExitStack) -> None:
     """Start ``edgepub up`` on free ports in the background; stop it when ``stack`` closes."""
-    log = (data_dir / "stack.log").open("ab")
-    proc = subprocess.Popen(
+    proc = spawn(
         [
             sys.executable,
             "-m",
@@ -49,19 +67,9 @@ def start_stack(data_dir: Path, stack: ExitStack) -> None:
             "--registry-port",
             "0",
         ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
+        data_dir / "stack.log",
+        stack,
     )
-
-    def stop() -> None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-    stack.callback(stop)
     deadline = time.monotonic() + 60
     while not (data_dir / "stack.json").exists():
         if proc.poll() is not None:
@@ -112,20 +120,7 @@ def start_agent(pipeline_url: str, info: StackInfo, home: Path, stack: ExitStack
         EDGEPUB_PORT=str(port),
         EDGEPUB_LOG_FORMAT="json",
     )
-    log = (home / "edge-agent.log").open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edgepub.edge_agent"], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-
-    def stop() -> None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-    stack.callback(stop)
+    proc = spawn([sys.executable, "-m", "edgepub.edge_agent"], home / "edge-agent.log", stack, env)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:

@@ -113,4 +113,7 @@ def test_readme_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Published." in out.stdout
     assert "verified" in out.stdout and "MISMATCH" not in out.stdout
+    assert "edge agent ready" in out.stdout
+    assert '"out": {"variable": [' in out.stdout  # pandas-records answer
+    assert '"outputs": [{"name": "variable"' in out.stdout  # Open Inference Protocol answer
     assert "demo complete" in out.stdout
