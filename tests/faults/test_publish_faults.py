@@ -66,15 +66,20 @@ def assert_in_registry(registry: RegistryServer, pipeline_url: str, model_sha: s
     reg.blob(ref.repository, f"sha256:{model_sha}")  # verifies the digest
 
 
-def test_registry_down_at_start_and_back_before_the_deadline(
+def publish_through_outage(
     client: Client,
     model_file: Path,
     registry: RegistryServer,
     nats_server: NatsServer,
     ops: OpsServices,
+    name: str,
+    meanwhile: Callable[[], None] | None = None,
 ) -> None:
+    """Publish with the registry stopped; once registry-push is retrying, run
+    ``meanwhile``, bring the registry back, and check the publish ends whole: Published in
+    KV (once) and an intact artifact in the registry."""
     model = client.upload_model("rf", model_file)
-    pipeline = client.build_pipeline("outage").add_model_step(model)
+    pipeline = client.build_pipeline(name).add_model_step(model)
     registry.stop()
     pending = Background(lambda: pipeline.publish(progress=False))
     wait_for(
@@ -82,12 +87,24 @@ def test_registry_down_at_start_and_back_before_the_deadline(
         60,
         "registry-push retrying the unreachable registry",
     )
+    if meanwhile is not None:
+        meanwhile()
     registry.start()
-    publish = pending.result(120)
+    publish = pending.result(180)
     assert publish.status == "Published"
     assert [(r.id, r.status) for r in publish_records(nats_server)] == [(publish.id, "Published")]
     assert publish.pipeline_url is not None
     assert_in_registry(registry, publish.pipeline_url, model.sha)
+
+
+def test_registry_down_at_start_and_back_before_the_deadline(
+    client: Client,
+    model_file: Path,
+    registry: RegistryServer,
+    nats_server: NatsServer,
+    ops: OpsServices,
+) -> None:
+    publish_through_outage(client, model_file, registry, nats_server, ops, "outage")
 
 
 def test_registry_down_past_the_deadline_ends_in_error(
@@ -155,23 +172,14 @@ def test_broker_restart_mid_publish(
     ops: OpsServices,
 ) -> None:
     """nats-server restarted (same store) while the push waits on a stopped registry."""
-    model = client.upload_model("rf", model_file)
-    pipeline = client.build_pipeline("broker").add_model_step(model)
-    registry.stop()
-    pending = Background(lambda: pipeline.publish(progress=False))
-    wait_for(
-        lambda: ops["registry_push"].count_events("message_retry") >= 1,
-        60,
-        "registry-push retrying",
+
+    def restart_broker() -> None:
+        nats_server.stop()
+        nats_server.start()
+
+    publish_through_outage(
+        client, model_file, registry, nats_server, ops, "broker", meanwhile=restart_broker
     )
-    nats_server.stop()
-    nats_server.start()
-    registry.start()
-    publish = pending.result(180)
-    assert publish.status == "Published"
-    assert [(r.id, r.status) for r in publish_records(nats_server)] == [(publish.id, "Published")]
-    assert publish.pipeline_url is not None
-    assert_in_registry(registry, publish.pipeline_url, model.sha)
 
 
 def test_services_stop_cleanly_on_sigterm(ops: OpsServices) -> None:
