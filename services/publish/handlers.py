@@ -168,7 +168,7 @@ class PublishService:
         if owner is not None:
             existing = await self.state.publishes.get(str(owner))
             if existing is not None:
-                await self._announce(existing[0])  # idempotent: duplicates are dropped
+                await self._resume(existing[0])
                 return existing[0]
         if not req.steps:
             raise EmptyPipelineError(
@@ -209,6 +209,15 @@ class PublishService:
         await self._request_push(record, version)
         await self._announce(record)
         return record
+
+    async def _resume(self, record: PublishRecord) -> None:
+        """A re-sent request: finish what a crashed attempt may have left undone. The work
+        message id is the publish's, so a push requested twice is pushed once."""
+        if record.status == "PendingPublish":
+            version = await self.state.versions.get(str(record.pipeline_version_id))
+            if version is not None:
+                await self._request_push(record, version[0])
+        await self._announce(record)
 
     async def _resolve_step(self, name: str, version: str) -> ModelVersion:
         got = await self.state.models.get(subjects.model_key(name, version))

@@ -4,8 +4,11 @@ Each test asserts on what ends up in KV and in the registry."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +16,12 @@ import pytest
 
 from edgepub import Client, PublishFailedError
 from edgepub.samples import house_price_model
+from edgepub.services.publish.state import State
+from edgepub.services.publish.transitions import steps_key
+from edgepub.shared import bus, rpc, subjects
 from edgepub.shared.artifact import parse_reference
 from edgepub.shared.oci import RegistryClient
+from edgepub.shared.schemas import ModelRef, PipelineVersion, PublishCreateRequest, PublishRecord
 from support.kv import publish_records
 from support.servers import NatsServer, RegistryServer
 from support.services import OpsServices
@@ -186,3 +193,76 @@ def test_services_stop_cleanly_on_sigterm(ops: OpsServices) -> None:
     for name in ("publish", "registry_push"):
         assert ops[name].terminate() == 0, ops[name].log_text()[-2000:]
         assert ops[name].count_events("service_stopped") == 1
+
+
+def test_resent_request_finishes_a_publish_a_crash_left_pending(
+    client: Client,
+    model_file: Path,
+    registry: RegistryServer,
+    nats_server: NatsServer,
+    ops: OpsServices,
+) -> None:
+    """A publish service killed after writing the publish but before asking for the push
+    leaves it PendingPublish; the SDK's re-sent request (same id) must finish it."""
+    model = client.upload_model("rf", model_file)
+    client.build_pipeline("crashed")
+    request_id = str(uuid.uuid4())
+    steps = (model.record,)
+    now = datetime.now(UTC)
+
+    async def leave_crash_state() -> None:
+        nc = await bus.connect(nats_server.settings("publish"), name="test")
+        try:
+            state = await State.open(nc.jetstream())
+            version = PipelineVersion(
+                id=900,
+                name=str(uuid.uuid4()),
+                pipeline_name="crashed",
+                steps=steps,
+                steps_key=steps_key(steps),
+                created_at=now,
+            )
+            await state.versions.create("900", version)
+            assert await state.requests.claim(request_id, 77) == 77
+            await state.publishes.create(
+                "77",
+                PublishRecord(
+                    id=77,
+                    pipeline_name="crashed",
+                    pipeline_version_id=900,
+                    pipeline_version_name=version.name,
+                    status="PendingPublish",
+                    request_id=request_id,
+                    created_at=now,
+                    updated_at=now,
+                ),
+            )
+        finally:
+            await nc.close()
+
+    async def resend() -> PublishRecord:
+        nc = await bus.connect(nats_server.settings(), name="test")
+        try:
+            return await rpc.call(
+                nc,
+                subjects.request("admin", subjects.VERB_PUBLISH_CREATE),
+                PublishCreateRequest(
+                    request_id=request_id,
+                    pipeline_name="crashed",
+                    steps=(ModelRef(name=model.name, version=model.version),),
+                ),
+                PublishRecord,
+            )
+        finally:
+            await nc.close()
+
+    asyncio.run(leave_crash_state())
+    assert asyncio.run(resend()).id == 77
+    wait_for(
+        lambda: [(r.id, r.status) for r in publish_records(nats_server)] == [(77, "Published")],
+        60,
+        "the pending publish to finish",
+    )
+    [record] = publish_records(nats_server)
+    assert record.pipeline_url is not None
+    assert_in_registry(registry, record.pipeline_url, model.sha)
