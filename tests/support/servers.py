@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from edgepub.services.stack import config
 from edgepub.services.stack.binaries import find_nats_server, find_registry
@@ -53,11 +53,39 @@ def nats_handshake(port: int, user: str | None, password: str | None, host: str 
         return f.readline().decode(errors="replace").strip()
 
 
-class NatsServer:
+class ServerProcess:
+    """Start (waiting until ``ready``), stop, kill and restart one server process on the
+    same port and storage. Subclasses set ``child``, ``port``, ``what`` and ``ready``."""
+
+    child: ChildProcess
+    port: int
+    what: str
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 30.0) -> Self:
+        self.child.spawn()
+        wait_started(self.child, self.ready, timeout, f"{self.what} on port {self.port}")
+        return self
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        return self.child.terminate(timeout)
+
+    def kill(self) -> int | None:
+        return self.child.kill()
+
+    def running(self) -> bool:
+        return self.child.running()
+
+
+class NatsServer(ServerProcess):
     """nats-server with JetStream and the stack's generated users (``admin`` + one per service).
 
     ``stop``/``kill`` then ``start`` brings it back on the same port and store.
     """
+
+    what = "nats-server"
 
     def __init__(
         self, base_dir: Path, *, users: dict[str, config.UserSpec] | None = None, port: int = 0
@@ -97,20 +125,6 @@ class NatsServer:
         except OSError:
             return False
 
-    def start(self, timeout: float = 30.0) -> NatsServer:
-        self.child.spawn()
-        wait_started(self.child, self.ready, timeout, f"nats-server on port {self.port}")
-        return self
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        return self.child.terminate(timeout)
-
-    def kill(self) -> int | None:
-        return self.child.kill()
-
-    def running(self) -> bool:
-        return self.child.running()
-
 
 def registry_get(
     address: str, path: str, username: str | None = None, password: str | None = None
@@ -132,8 +146,10 @@ def registry_get(
         return err.code, err.read()
 
 
-class RegistryServer:
+class RegistryServer(ServerProcess):
     """Debian's docker-registry (distribution 2.8) with htpasswd auth, user ``edgepub``."""
+
+    what = "docker-registry"
 
     def __init__(
         self,
@@ -202,17 +218,3 @@ class RegistryServer:
         except OSError:
             return False
         return status in (200, 401)
-
-    def start(self, timeout: float = 30.0) -> RegistryServer:
-        self.child.spawn()
-        wait_started(self.child, self.ready, timeout, f"docker-registry on port {self.port}")
-        return self
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        return self.child.terminate(timeout)
-
-    def kill(self) -> int | None:
-        return self.child.kill()
-
-    def running(self) -> bool:
-        return self.child.running()
