@@ -4,22 +4,30 @@ into the object store, and watching a publish's events until it settles."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 import msgspec
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import DeliverPolicy
 
 from edgepub.shared import bus, rpc, subjects
 from edgepub.shared.errors import ServiceUnavailableError
-from edgepub.shared.schemas import TERMINAL_STATUSES, PublishRecord, decoder
+from edgepub.shared.schemas import (
+    TERMINAL_STATUSES,
+    PublishGetRequest,
+    PublishRecord,
+    decoder,
+)
 from edgepub.shared.settings import NatsSettings
 
 Resp = TypeVar("Resp")
+SILENCE_CHECK_S = 15  # seconds without an event before the record is read directly
 
 
 class Session:
@@ -77,29 +85,56 @@ class Session:
         on_update: Callable[[PublishRecord], None],
         on_tick: Callable[[], None],
     ) -> PublishRecord:
-        """Follow the publish's events (its whole history first) until a terminal status."""
-        nc = await self.nc()
-        js = nc.jetstream()
+        """Follow the publish's events (its whole history first) until a terminal status.
+        A subscription lost to a broker restart is made again; after a long silence the
+        record is read once directly, in case the events stopped reaching us."""
+        async with asyncio.timeout(timeout):
+            while True:
+                try:
+                    return await self._follow(publish_id, on_update, on_tick)
+                except (nats.errors.Error, TimeoutError):
+                    on_tick()  # the broker is restarting: subscribe again
+                    await asyncio.sleep(0.5)
+
+    async def _follow(
+        self,
+        publish_id: int,
+        on_update: Callable[[PublishRecord], None],
+        on_tick: Callable[[], None],
+    ) -> PublishRecord:
+        js = (await self.nc()).jetstream()
         sub = await js.subscribe(
             subjects.publish_events(publish_id),
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.ALL,
         )
         dec = decoder(PublishRecord)
+        quiet = 0
         try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    try:
-                        msg = await sub.next_msg(timeout=1.0)
-                    except (NatsTimeoutError, TimeoutError):
-                        on_tick()
-                        continue
-                    record = dec.decode(msg.data)
-                    on_update(record)
-                    if record.status in TERMINAL_STATUSES:
-                        return record
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=1.0)
+                except (NatsTimeoutError, TimeoutError):
+                    on_tick()
+                    quiet += 1
+                    if quiet % SILENCE_CHECK_S == 0:
+                        record = await self.call(
+                            subjects.VERB_PUBLISH_GET,
+                            PublishGetRequest(id=publish_id),
+                            PublishRecord,
+                        )
+                        if record.status in TERMINAL_STATUSES:
+                            on_update(record)
+                            return record
+                    continue
+                quiet = 0
+                record = dec.decode(msg.data)
+                on_update(record)
+                if record.status in TERMINAL_STATUSES:
+                    return record
         finally:
-            await sub.unsubscribe()
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def close(self) -> None:
         if self._nc is not None and not self._nc.is_closed:
