@@ -15,6 +15,8 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import DeliverPolicy
+from nats.js.errors import NotFoundError as JsNotFoundError
+from nats.js.errors import ObjectNotFoundError
 
 from edgepub.shared import bus, rpc, subjects
 from edgepub.shared.errors import ServiceUnavailableError
@@ -73,8 +75,8 @@ class Session:
             info = await store.get_info(sha256)
             if not info.deleted:
                 return  # content-addressed: these bytes are already there
-        except Exception:
-            pass
+        except (ObjectNotFoundError, JsNotFoundError):
+            pass  # not uploaded yet
         with path.open("rb") as f:
             await store.put(sha256, f)
 
