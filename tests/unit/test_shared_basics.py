@@ -22,7 +22,9 @@ def test_dns_safe_names_pass(name: str) -> None:
     assert check_name("model", name) == name
 
 
-@pytest.mark.parametrize("name", ["", "-a", "a-", "A", "a_b", "a.b", "x" * 64, "a b", "a>"])
+@pytest.mark.parametrize(
+    "name", ["", "-a", "a-", "A", "a_b", "a.b", "x" * 64, "a b", "a>", "a\n", "a\r\n", "\na"]
+)
 def test_unsafe_names_are_refused_with_a_fix(name: str) -> None:
     with pytest.raises(InvalidNameError, match="DNS-safe"):
         check_name("pipeline", name)
