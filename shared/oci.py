@@ -142,6 +142,14 @@ class RegistryClient:
             return
         reg, user = self.settings.registry, self.settings.username
         if code in (401, 403):
+            withheld = self._t.withheld_from
+            if user and withheld:
+                raise RegistryAuthError(
+                    f"registry {reg} sends logins to the token server {withheld}, which is not "
+                    f"{reg} itself (or not HTTPS), so edgepub did not send it the credentials "
+                    f"for user '{user}' (HTTP {code} on {what}); use a registry that issues its "
+                    "own tokens over HTTPS"
+                )
             if not user:
                 raise RegistryAuthError(
                     f"registry {reg} requires credentials (HTTP {code} on {what}); "

@@ -5,7 +5,13 @@ and 83 s (the caller owns retries and deadlines here), has no timeout, and sends
 request bare to collect a 401 before sending it again with credentials. Here: one attempt,
 a timeout, Basic credentials on the keep-alive session from the first request (htpasswd
 registries: distribution, zot), and a Bearer token per repository fetched with them when
-a registry asks for one (GHCR, Harbor, Docker Hub).
+a registry asks for one (GHCR, Harbor).
+
+Credentials go only to the registry's own host: every request to another host (an upload
+``Location`` elsewhere, a token realm elsewhere) is sent without them, and a token realm on
+the registry's host gets them only over HTTPS unless the registry was configured insecure.
+A registry whose token server lives on another host (Docker Hub's auth.docker.io) therefore
+gets an anonymous token request, and a refused push says why.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import msgspec
 import oras.auth.utils
@@ -22,6 +29,7 @@ import requests
 from .settings import RegistrySettings
 
 CHUNK = 1 << 20
+_DEFAULT_PORTS = {"https": 443, "http": 80}
 
 
 class SupportsRead(Protocol):
@@ -37,10 +45,16 @@ class Transport(oras.provider.Registry):  # type: ignore[misc]
         )
         self.timeouts = (min(5.0, timeout_s), timeout_s)
         self.tokens: dict[str, str] = {}  # repository -> bearer token (token registries)
+        own = urlsplit(f"//{settings.registry}")
+        self._host = own.hostname or ""
+        self._port = own.port or _DEFAULT_PORTS["http" if settings.insecure else "https"]
+        self.insecure = settings.insecure
+        # Never on the session: added per request, and only to the registry (``is_registry``).
+        self._basic: str | None = None
         if settings.username:
-            self.auth.set_basic_auth(settings.username, settings.password or "")
             basic = oras.auth.utils.get_basic_auth(settings.username, settings.password or "")
-            self.session.headers["Authorization"] = f"Basic {basic}"
+            self._basic = f"Basic {basic}"
+        self.withheld_from: str | None = None  # a token realm we did not send credentials to
         self.session.trust_env = False  # no proxies or .netrc between us and the registry
 
     def do_request(
@@ -52,13 +66,17 @@ class Transport(oras.provider.Registry):  # type: ignore[misc]
         json: Any = None,
         stream: bool = False,
     ) -> requests.Response:
-        """One request. Basic credentials ride on the session; a registry that answers
-        with a Bearer challenge (GHCR, Harbor...) gets a token for that repository, and the
-        request is sent once more if its body can be sent again."""
+        """One request. Basic credentials go with it (to the registry's host only); a
+        registry that answers with a Bearer challenge (GHCR, Harbor...) gets a token for that
+        repository, and the request is sent once more if its body can be sent again."""
         key = scope_key(url)
         sent = dict(headers or {})
         if key in self.tokens:
             sent["Authorization"] = f"Bearer {self.tokens[key]}"
+        elif self._basic is not None:
+            sent["Authorization"] = self._basic
+        if not self.is_registry(url):
+            sent.pop("Authorization", None)
         resp = self._send(method, url, data, sent, json, stream)
         challenge = resp.headers.get("WWW-Authenticate", "")
         if resp.status_code != 401 or not challenge.lower().startswith("bearer "):
@@ -90,15 +108,40 @@ class Transport(oras.provider.Registry):  # type: ignore[misc]
         )
         return resp
 
+    def is_registry(self, url: str, *, secure_only: bool = False) -> bool:
+        """True when ``url`` is on the registry's own host and port (and, with
+        ``secure_only``, over HTTPS unless the registry was configured insecure)."""
+        parts = urlsplit(url)
+        if parts.scheme not in _DEFAULT_PORTS or parts.username or parts.password:
+            return False
+        if secure_only and parts.scheme != "https" and not self.insecure:
+            return False
+        try:
+            port = parts.port or _DEFAULT_PORTS[parts.scheme]
+        except ValueError:
+            return False
+        return (parts.hostname or "") == self._host and port == self._port
+
     def _token(self, challenge: str) -> str | None:
-        """The token server's answer to a Bearer challenge, asked with our Basic
-        credentials (the session's); None if it refuses."""
+        """The token server's answer to a Bearer challenge; None if it refuses. Our Basic
+        credentials go with the question only to the registry's own host (HTTPS unless
+        insecure); any other realm is asked anonymously."""
         fields = oras.auth.utils.parse_auth_header(challenge)
         if not fields.realm or not fields.realm.startswith(("https://", "http://")):
             return None
         params = {k: v for k, v in (("service", fields.service), ("scope", fields.scope)) if v}
+        headers: dict[str, str] = {}
+        if self._basic is not None:
+            if self.is_registry(fields.realm, secure_only=True):
+                headers["Authorization"] = self._basic
+            else:
+                self.withheld_from = _without_userinfo(fields.realm)
         resp = self.session.get(
-            fields.realm, params=params, verify=self._tls_verify, timeout=self.timeouts
+            fields.realm,
+            params=params,
+            headers=headers,
+            verify=self._tls_verify,
+            timeout=self.timeouts,
         )
         if resp.status_code != 200:
             return None
@@ -108,6 +151,12 @@ class Transport(oras.provider.Registry):  # type: ignore[misc]
             return None
         token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None
         return token if isinstance(token, str) and token else None
+
+
+def _without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return f"{parts.scheme}://{netloc}{parts.path}"
 
 
 def scope_key(url: str) -> str:

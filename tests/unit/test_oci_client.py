@@ -310,16 +310,24 @@ def test_the_password_never_reaches_a_log_line(fake: FakeRegistry) -> None:
 class TokenServer:
     """A registry that wants Bearer tokens (as GHCR and Harbor do), with its token realm."""
 
-    def __init__(self, fake: FakeRegistry, password: str = PASSWORD) -> None:
+    def __init__(
+        self,
+        fake: FakeRegistry,
+        password: str = PASSWORD,
+        realm: str = "http://127.0.0.1:5999/token",
+    ) -> None:
         self.fake = fake
         self.password = password
+        self.realm = realm
         self.issued: list[str] = []
+        self.token_auth: list[str | None] = []  # the Authorization each token request carried
         fake.override = self
 
     def __call__(self, req: requests.PreparedRequest) -> requests.Response | None:
         url = req.url or ""
         auth = req.headers.get("Authorization") or ""
-        if "/token?" in url:
+        if url.startswith(self.realm):
+            self.token_auth.append(req.headers.get("Authorization"))
             expected = requests.auth._basic_auth_str("edgepub", self.password)
             if auth != expected:
                 return response(req, 401)
@@ -327,7 +335,7 @@ class TokenServer:
             self.issued.append(scope)
             return response(req, 200, json.dumps({"token": f"t-{len(self.issued)}"}).encode())
         if not auth.startswith("Bearer t-"):
-            challenge = 'Bearer realm="http://127.0.0.1:5999/token",service="fake",scope="x"'
+            challenge = f'Bearer realm="{self.realm}",service="fake",scope="x"'
             return response(req, 401, headers={"WWW-Authenticate": challenge})
         return None  # authorised: the plain fake answers
 
@@ -349,3 +357,72 @@ def test_token_registries_refusing_the_credentials(fake: FakeRegistry, model_fil
     client.session.mount("http://", fake)
     with pytest.raises(RegistryAuthError, match="refused the credentials"):
         push(client, model_file)
+
+
+# --- credentials go to the registry's own host only ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "realm",
+    [
+        "http://auth.example:5999/token",  # another host
+        "http://127.0.0.1:6000/token",  # the registry's host, another port
+        "http://edgepub:x@127.0.0.1:5999/token",  # credentials of its own in the URL
+    ],
+)
+def test_a_token_server_elsewhere_never_gets_the_credentials(
+    fake: FakeRegistry, model_file: Path, realm: str
+) -> None:
+    server = TokenServer(fake, realm=realm)
+    client = RegistryClient(SETTINGS)
+    client.session.mount("http://", fake)
+    with pytest.raises(RegistryAuthError, match="did not send it the credentials") as err:
+        push(client, model_file)
+    ours = requests.auth._basic_auth_str("edgepub", PASSWORD)
+    assert len(server.token_auth) == 1 and ours not in server.token_auth  # asked without them
+    assert realm.rsplit("@", 1)[-1].split("/", 1)[0] in str(err.value)
+    assert PASSWORD not in str(err.value) and "edgepub:x" not in str(err.value)
+
+
+def test_a_plain_http_token_realm_gets_no_credentials_unless_insecure(
+    fake: FakeRegistry, model_file: Path
+) -> None:
+    secure = RegistrySettings(registry="reg.example", username="edgepub", password=PASSWORD)
+    client = RegistryClient(secure)
+    client.session.mount("https://", fake)
+    client.session.mount("http://", fake)
+    server = TokenServer(fake, realm="http://reg.example/token")
+    with pytest.raises(RegistryAuthError, match="not HTTPS"):
+        push(client, model_file)
+    assert server.token_auth == [None]
+
+
+def test_an_https_token_realm_on_the_registry_host_gets_them(
+    fake: FakeRegistry, model_file: Path
+) -> None:
+    secure = RegistrySettings(registry="reg.example", username="edgepub", password=PASSWORD)
+    client = RegistryClient(secure)
+    client.session.mount("https://", fake)
+    server = TokenServer(fake, realm="https://reg.example:443/token")
+    push(client, model_file)
+    assert server.token_auth and all(a and a.startswith("Basic ") for a in server.token_auth)
+
+
+def test_an_upload_location_on_another_host_gets_no_credentials(
+    client: RegistryClient, fake: FakeRegistry, model_file: Path
+) -> None:
+    seen: dict[str, str | None] = {}
+
+    def elsewhere(req: requests.PreparedRequest) -> requests.Response | None:
+        url = req.url or ""
+        if req.method == "POST" and "/blobs/uploads/" in url:
+            return response(req, 202, headers={"Location": "http://storage.example/up/u1"})
+        if url.startswith("http://storage.example/"):
+            seen[url.split("?")[0]] = req.headers.get("Authorization")
+            return response(req, 401)
+        return None
+
+    fake.override = elsewhere
+    with pytest.raises(RegistryAuthError):
+        push(client, model_file)
+    assert seen == {"http://storage.example/up/u1": None}
