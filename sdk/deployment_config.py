@@ -11,6 +11,10 @@ resource quantities.
 As Wallaroo's client-side builder does, ``cpu`` and ``replicas`` appear at the engine level
 too (SDK-COMPAT 16); the seed's displayed configs lack them only because Wallaroo's server
 rewrites the config before showing it. Keys that were never set are left out.
+
+Every setter checks its value against the limits the publish service enforces
+(``edgepub.shared.engine_config``), so a config the builder builds is one the service takes;
+a hand-written dict is checked the same way by ``validate_engine_config`` and ``publish()``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,21 @@ from fractions import Fraction
 from numbers import Real
 from typing import Any
 
+import msgspec
+
+from edgepub.shared.engine_config import (
+    MAX_CPUS,
+    MAX_GPUS,
+    MAX_MEMORY_BYTES,
+    MAX_QUANTITY_LEN,
+    MAX_REPLICAS,
+    MEMORY_EXAMPLES,
+    MIN_CPUS,
+    EngineConfig,
+    Image,
+    Label,
+    quantity_bytes,
+)
 from edgepub.shared.errors import InvalidRequestError
 
 __all__ = [
@@ -39,16 +58,6 @@ __all__ = [
 DEFAULT_CPUS = 1.0
 DEFAULT_MEMORY = "512Mi"
 
-_MAX_QUANTITY_LEN = 64
-_MAX_BYTES = 2**63 - 1  # Kubernetes' own bound on a quantity
-_QUANTITY = re.compile(
-    r"^\+?(?P<number>\d+(?:\.\d*)?|\.\d+)"
-    r"(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[eE][+-]?\d{1,3}|[kMGTPE])?$"
-)
-_BINARY = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
-_DECIMAL = {"k": 1, "M": 2, "G": 3, "T": 4, "P": 5, "E": 6}
-_EXAMPLES = "e.g. '512Mi', '1Gi', '1.5Gi', '900M' or '1000000' (bytes)"
-
 
 class DeploymentConfig(dict[str, Any]):
     """The engine configuration of a publish; a plain dict to every caller that wants one."""
@@ -61,43 +70,35 @@ def parse_kube_quantity(quantity: str, *, what: str = "memory") -> int:
     The milli/micro/nano suffixes are refused: ``512m`` is half a byte to Kubernetes and always
     a slip for ``512Mi``.
     """
-    if not isinstance(quantity, str) or len(quantity) > _MAX_QUANTITY_LEN:
+    if not isinstance(quantity, str) or len(quantity) > MAX_QUANTITY_LEN:
         raise InvalidRequestError(
-            f"{what} {quantity!r} is not a Kubernetes quantity; use a string, {_EXAMPLES}"
+            f"{what} {quantity!r} is not a Kubernetes quantity; use a string, {MEMORY_EXAMPLES}"
         )
-    match = _QUANTITY.match(quantity)
-    if match is None:
+    value = quantity_bytes(quantity)
+    if value is None:
         raise InvalidRequestError(_quantity_hint(quantity, what))
-    number = Fraction(match["number"])
-    suffix = match["suffix"] or ""
-    if suffix in _BINARY:
-        number *= 1024 ** _BINARY[suffix]
-    elif suffix in _DECIMAL:
-        number *= 1000 ** _DECIMAL[suffix]
-    elif suffix:
-        number *= Fraction(10) ** int(suffix[1:])
-    value = math.ceil(number)
-    if value > _MAX_BYTES:
+    if value > MAX_MEMORY_BYTES:
         raise InvalidRequestError(f"{what} {quantity!r} is too large (over 2^63 bytes)")
     return value
 
 
 def _quantity_hint(quantity: str, what: str) -> str:
-    small = re.match(r"^\+?(\d+(?:\.\d*)?|\.\d+)([mun])$", quantity)
+    small = re.fullmatch(r"\+?(\d+(?:\.\d*)?|\.\d+)([mun])", quantity)
     if small is not None:
         number, unit = small.groups()
         return (
             f"{what} {quantity!r} means {number} {_SMALL_UNITS[unit]} of a byte in Kubernetes "
             f"units; use '{number}Mi' for mebibytes or '{number}M' for megabytes"
         )
-    return f"{what} {quantity!r} is not a Kubernetes quantity; {_EXAMPLES}"
+    return f"{what} {quantity!r} is not a Kubernetes quantity; {MEMORY_EXAMPLES}"
 
 
 _SMALL_UNITS = {"m": "thousandths", "u": "millionths", "n": "billionths"}
 
 
 def parse_cpu(value: object, *, what: str = "cpus") -> float:
-    """CPU cores from a number or a Kubernetes CPU quantity string (``"500m"``, ``"2"``)."""
+    """CPU cores from a number or a Kubernetes CPU quantity string (``"500m"``, ``"2"``),
+    from 0.001 (1m, the least Kubernetes expresses) to 1024 (the most an edge runs with)."""
     if isinstance(value, bool) or not isinstance(value, Real | str):
         raise InvalidRequestError(f"{what} {value!r} is not a number of CPU cores, e.g. 0.5 or 2")
     if isinstance(value, str):
@@ -115,25 +116,41 @@ def parse_cpu(value: object, *, what: str = "cpus") -> float:
             cores = math.inf
     if not math.isfinite(cores) or cores <= 0:
         raise InvalidRequestError(f"{what} must be a finite number of cores above 0, got {value!r}")
+    if not MIN_CPUS <= cores <= MAX_CPUS:
+        raise InvalidRequestError(
+            f"{what} must be from {MIN_CPUS:g} to {MAX_CPUS:g} cores (the most an edge runs "
+            f"with), got {value!r}"
+        )
     return cores
 
 
 def _check_memory(memory: str, what: str) -> str:
     if parse_kube_quantity(memory, what=what) <= 0:
-        raise InvalidRequestError(f"{what} must be more than 0 bytes, got {memory!r}; {_EXAMPLES}")
+        raise InvalidRequestError(
+            f"{what} must be more than 0 bytes, got {memory!r}; {MEMORY_EXAMPLES}"
+        )
     return memory
 
 
-def _check_count(value: object, what: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidRequestError(f"{what} must be a whole number >= {minimum}, got {value!r}")
+def _check_count(value: object, what: str, minimum: int, maximum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise InvalidRequestError(
+            f"{what} must be a whole number from {minimum} to {maximum}, got {value!r}"
+        )
     return value
+
+
+_LABEL_TYPES: dict[str, Any] = {"image": Image}
 
 
 def _check_label(value: object, what: str) -> str:
     text = str(getattr(value, "value", value))
     if not text or not text.strip():
         raise InvalidRequestError(f"{what} must be a non-empty name, got {value!r}")
+    try:
+        msgspec.convert(text, _LABEL_TYPES.get(what, Label))
+    except msgspec.ValidationError as exc:
+        raise InvalidRequestError(f"{what} {text!r:.80}: {exc}") from None
     return text
 
 
@@ -160,11 +177,11 @@ class DeploymentConfigBuilder:
         return self
 
     def replica_count(self, count: int) -> DeploymentConfigBuilder:
-        self._engine["replicas"] = _check_count(count, "replica_count", 1)
+        self._engine["replicas"] = _check_count(count, "replica_count", 1, MAX_REPLICAS)
         return self
 
     def gpus(self, gpu_count: int) -> DeploymentConfigBuilder:
-        self._engine["gpu"] = _check_count(gpu_count, "gpus", 0)
+        self._engine["gpu"] = _check_count(gpu_count, "gpus", 0, MAX_GPUS)
         self._engine_resources["nvidia.com/gpu"] = gpu_count
         return self
 
@@ -179,9 +196,9 @@ class DeploymentConfigBuilder:
     def image(self, image: str) -> DeploymentConfigBuilder:
         return self._label("image", image)
 
-    def lb_cpus(self, core_count: float) -> DeploymentConfigBuilder:
-        parse_cpu(core_count, what="lb_cpus")
-        self._lb_resources["cpu"] = core_count
+    def lb_cpus(self, core_count: float | str) -> DeploymentConfigBuilder:
+        cores = parse_cpu(core_count, what="lb_cpus")
+        self._lb_resources["cpu"] = cores if isinstance(core_count, str) else core_count
         return self
 
     def lb_memory(self, memory_spec: str) -> DeploymentConfigBuilder:
@@ -224,47 +241,10 @@ def default_engine_config() -> DeploymentConfig:
     return DeploymentConfigBuilder().cpus(DEFAULT_CPUS).memory(DEFAULT_MEMORY).build()
 
 
-def validate_engine_config(config: Mapping[str, Any]) -> None:
-    """Check a config given as a plain dict (a user's own, or one read back from a publish);
-    raise InvalidRequestError naming the first bad field by its path."""
+def validate_engine_config(config: Mapping[str, Any]) -> EngineConfig:
+    """Check a config given as a plain dict (a user's own, or one read back from a publish)
+    exactly as the publish service will; raise InvalidRequestError naming the first bad
+    field by its path (``deployment_config.engine.cpu``). Returns the checked config."""
     if not isinstance(config, Mapping):
         raise InvalidRequestError(f"deployment_config must be a dict, got {type(config).__name__}")
-    for section in ("engine", "enginelb"):
-        stanza = config.get(section)
-        stanza = {} if stanza is None else stanza
-        if not isinstance(stanza, Mapping):
-            raise InvalidRequestError(f"deployment_config.{section} must be a dict")
-        _validate_stanza(stanza, f"deployment_config.{section}")
-    engine: Mapping[str, Any] = config.get("engine") or {}
-    if "cpu" in engine:
-        parse_cpu(engine["cpu"], what="deployment_config.engine.cpu")
-    if "replicas" in engine:
-        _check_count(engine["replicas"], "deployment_config.engine.replicas", 1)
-    aux = config.get("engineAux")
-    aux = {} if aux is None else aux
-    if not isinstance(aux, Mapping):
-        raise InvalidRequestError("deployment_config.engineAux must be a dict")
-    images = aux.get("images")
-    images = {} if images is None else images  # Wallaroo's server sends None for "none"
-    if not isinstance(images, Mapping):
-        raise InvalidRequestError("deployment_config.engineAux.images must be a dict")
-    for name, image in images.items():
-        if not isinstance(image, Mapping):
-            raise InvalidRequestError(f"deployment_config.engineAux.images.{name} must be a dict")
-        _validate_stanza(image, f"deployment_config.engineAux.images.{name}")
-
-
-def _validate_stanza(stanza: Mapping[str, Any], path: str) -> None:
-    resources = stanza.get("resources")
-    resources = {} if resources is None else resources
-    if not isinstance(resources, Mapping):
-        raise InvalidRequestError(f"{path}.resources must be a dict")
-    for kind in ("limits", "requests"):
-        values = resources.get(kind)
-        values = {} if values is None else values
-        if not isinstance(values, Mapping):
-            raise InvalidRequestError(f"{path}.resources.{kind} must be a dict")
-        if "cpu" in values:
-            parse_cpu(values["cpu"], what=f"{path}.resources.{kind}.cpu")
-        if "memory" in values:
-            _check_memory(values["memory"], f"{path}.resources.{kind}.memory")
+    return EngineConfig.from_dict(config)

@@ -116,6 +116,13 @@ def _replaces(record: PublishRecord, replaced: Mapping[int, PublishRecord]) -> l
     return out
 
 
+def _sorted(value: object) -> object:
+    """Dicts with sorted keys, all the way down: how Wallaroo shows an engine config."""
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    return value
+
+
 def _unavailable(record: PublishRecord) -> str:
     if record.status == "Error":
         return "(none: the publish failed)"
@@ -145,7 +152,7 @@ def _run_commands(record: PublishRecord, edges: Mapping[str, str], podman: bool)
                 render(
                     pipeline_url=pipeline_url,
                     engine_url=record.engine_url,
-                    engine_config=record.engine_config,
+                    engine_config=record.engine_config.as_dict(),
                     edge_bundle=bundle,
                 ),
             )
@@ -206,7 +213,7 @@ def publish_fields(
         ("Helm Chart URL", "oci://" + helm.chart.removeprefix("oci://") if helm else ""),
         ("Helm Chart Reference", helm.reference if helm else ""),
         ("Helm Chart Version", helm.version if helm else ""),
-        ("Engine Config", repr(record.engine_config)),
+        ("Engine Config", repr(_sorted(record.engine_config.as_dict()))),
         ("User Images", repr(record.user_images)),
         ("Created By", record.created_by),
         ("Created At", format_datetime(record.created_at)),

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from edgepub.shared import subjects
+from edgepub.shared.engine_config import EngineConfig
 from edgepub.shared.errors import EmptyPipelineError, InvalidRequestError, PublishFailedError
 from edgepub.shared.schemas import (
     ModelRef,
@@ -80,7 +81,7 @@ class Pipeline:
             request_id=str(uuid.uuid4()),
             pipeline_name=self.name,
             steps=tuple(ModelRef(name=m.name, version=m.version) for m in self._steps),
-            engine_config=dict(deployment_config or default_engine_config()),
+            engine_config=EngineConfig.from_dict(deployment_config or default_engine_config()),
             replaces=tuple(_publish_ids(replaces or ())),
         )
         record = self._client._run(

@@ -63,7 +63,7 @@ class PipelinePublish:
 
     @property
     def engine_config(self) -> dict[str, Any]:
-        return dict(self._record.engine_config)
+        return self._record.engine_config.as_dict()
 
     @property
     def user_images(self) -> list[str]:

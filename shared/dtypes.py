@@ -1,13 +1,33 @@
 """Tensor element types: onnxruntime's type strings -> the numpy dtype names TensorSpec uses.
-The SDK reads a model's specs with it when uploading; the edge agent when loading."""
+The SDK reads a model's specs with it when uploading; the edge agent when loading; the
+publish service takes only these names in a registered model's specs."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from .schemas import TensorSpec
+if TYPE_CHECKING:
+    from .schemas import TensorSpec
 
-ORT_TYPES = {
+# Every element type the edge serves (edge_agent/tensors.py maps each to OIP and numpy).
+DType = Literal[
+    "float32",
+    "float64",
+    "float16",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "bool",
+    "string",
+]
+DTYPES: frozenset[str] = frozenset(get_args(DType))
+
+ORT_TYPES: dict[str, DType] = {
     "tensor(float)": "float32",
     "tensor(double)": "float64",
     "tensor(float16)": "float16",
@@ -31,5 +51,7 @@ def dtype_of_ort(type_string: str) -> str:
 
 def spec_from_ort(node: Any) -> TensorSpec:
     """A TensorSpec from an onnxruntime ``NodeArg`` (free dimensions: None or their name)."""
+    from .schemas import TensorSpec  # schemas imports this module's DType
+
     shape = tuple(d if isinstance(d, int) and d >= 0 else (d or None) for d in node.shape or ())
     return TensorSpec(name=node.name, dtype=dtype_of_ort(node.type), shape=shape)

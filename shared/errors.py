@@ -26,6 +26,13 @@ class InvalidModelError(EdgepubError, ValueError):
     code = "invalid_model"
 
 
+class ModelExternalDataError(InvalidModelError):
+    """The model keeps tensors in files beside it (ONNX external data): the one file
+    edgepub uploads is not the whole model."""
+
+    code = "model_external_data"
+
+
 class InvalidRequestError(EdgepubError, ValueError):
     code = "invalid_request"
 

@@ -8,9 +8,12 @@ artifact's config (read by edges and by people) is JSON.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
+
+from .dtypes import DType
+from .engine_config import EngineConfig
 
 
 def utcnow() -> datetime:
@@ -30,6 +33,55 @@ class TensorSpec(Base, frozen=True, kw_only=True):
     name: str
     dtype: str  # numpy dtype name: "float32", "int64", "string", ...
     shape: tuple[Dim, ...]  # None or a symbolic name for a free dimension
+
+
+# --- what a client may send (the services' boundary) -------------------------------------
+# Meta patterns are searched: anchored \A...\Z, never ^...$ ("$" matches before a "\n").
+
+MAX_MODEL_BYTES = 2**31 - 1  # protobuf's limit on one ONNX file (external data is refused)
+MAX_FILE_NAME = 255  # the usual file system limit on one name
+MAX_TENSORS = 1024  # inputs, and outputs, of one model
+MAX_RANK = 32
+MAX_DIM = 2**31 - 1
+MAX_TENSOR_NAME = 256
+MAX_STEPS = 100
+MAX_REPLACES = 100
+MAX_ID = 2**63 - 1
+_PRINTABLE = r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]"  # no control characters or line breaks
+
+Sha256Hex = Annotated[str, msgspec.Meta(pattern=r"\A[0-9a-f]{64}\Z")]
+Uuid = Annotated[
+    str,
+    msgspec.Meta(pattern=r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z"),
+]
+# A plain base name: no directory, no "..", no leading dot, no control characters; ".onnx".
+FileName = Annotated[
+    str,
+    msgspec.Meta(
+        max_length=MAX_FILE_NAME,
+        pattern=rf"\A(?!\.)(?!.*\.\.)(?:(?![/\\]){_PRINTABLE})+\.onnx\Z",
+    ),
+]
+ModelSize = Annotated[int, msgspec.Meta(gt=0, le=MAX_MODEL_BYTES)]
+Id = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)]
+TensorName = Annotated[str, msgspec.Meta(max_length=MAX_TENSOR_NAME, pattern=rf"\A{_PRINTABLE}+\Z")]
+CheckedDim = (
+    Annotated[int, msgspec.Meta(ge=0, le=MAX_DIM)]
+    | Annotated[str, msgspec.Meta(max_length=128, pattern=rf"\A{_PRINTABLE}+\Z")]
+    | None
+)
+
+
+class CheckedTensorSpec(TensorSpec, frozen=True, kw_only=True):
+    """A TensorSpec as a client declares it: bounded, and a dtype the edge serves. Stored
+    (and read back) as a plain TensorSpec, so records written before still decode."""
+
+    name: TensorName
+    dtype: DType
+    shape: Annotated[tuple[CheckedDim, ...], msgspec.Meta(max_length=MAX_RANK)]
+
+
+CheckedTensorSpecs = Annotated[tuple[CheckedTensorSpec, ...], msgspec.Meta(max_length=MAX_TENSORS)]
 
 
 class ModelVersion(Base, frozen=True, kw_only=True):
@@ -93,7 +145,7 @@ class PublishRecord(Base, frozen=True, kw_only=True):
     pipeline_url: str | None = None
     helm: HelmInfo | None = None
     docker_run_variables: dict[str, str] = msgspec.field(default_factory=dict)
-    engine_config: dict[str, Any] = msgspec.field(default_factory=dict)
+    engine_config: EngineConfig = msgspec.field(default_factory=EngineConfig)
     user_images: list[str] = msgspec.field(default_factory=list)
     created_by: str = ""
     created_at: datetime = msgspec.field(default_factory=utcnow)
@@ -113,21 +165,21 @@ class PublishRecord(Base, frozen=True, kw_only=True):
 
 class ModelRef(Base, frozen=True, kw_only=True):
     name: str
-    version: str
+    version: Uuid
 
 
 class ModelRegisterRequest(Base, frozen=True, kw_only=True):
     name: str
-    sha256: str
-    size: int
-    file_name: str
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
+    sha256: Sha256Hex
+    size: ModelSize
+    file_name: FileName
+    inputs: CheckedTensorSpecs
+    outputs: CheckedTensorSpecs
 
 
 class ModelGetRequest(Base, frozen=True, kw_only=True):
     name: str
-    version: str | None = None
+    version: Uuid | None = None
 
 
 class PipelineBuildRequest(Base, frozen=True, kw_only=True):
@@ -135,15 +187,15 @@ class PipelineBuildRequest(Base, frozen=True, kw_only=True):
 
 
 class PublishCreateRequest(Base, frozen=True, kw_only=True):
-    request_id: str  # re-sending the same id creates nothing twice
+    request_id: Uuid  # re-sending the same id creates nothing twice
     pipeline_name: str
-    steps: tuple[ModelRef, ...]
-    engine_config: dict[str, Any] = msgspec.field(default_factory=dict)
-    replaces: tuple[int, ...] = ()
+    steps: Annotated[tuple[ModelRef, ...], msgspec.Meta(max_length=MAX_STEPS)]
+    engine_config: EngineConfig = msgspec.field(default_factory=EngineConfig)
+    replaces: Annotated[tuple[Id, ...], msgspec.Meta(max_length=MAX_REPLACES)] = ()
 
 
 class PublishGetRequest(Base, frozen=True, kw_only=True):
-    id: int
+    id: Id
 
 
 class PublishListRequest(Base, frozen=True, kw_only=True):
@@ -166,7 +218,7 @@ class PublishRequested(Base, frozen=True, kw_only=True, tag="publish.requested")
     v: int = 1
     publish_id: int
     pipeline_version: PipelineVersion
-    engine_config: dict[str, Any]
+    engine_config: EngineConfig
     requested_at: datetime
     created_on_version: str
 
@@ -217,6 +269,8 @@ class PipelineDefinition(Base, frozen=True, kw_only=True):
     pipeline_version: str
     pipeline_version_id: int
     steps: tuple[ArtifactStep, ...]
+    # A plain dict (what the publish's config was), not EngineConfig: nothing on the edge
+    # acts on it, and an edge must read artifacts pushed before configs were typed.
     engine_config: dict[str, Any]
 
 

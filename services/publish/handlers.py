@@ -175,6 +175,8 @@ class PublishService:
                 f"pipeline {req.pipeline_name!r} has no steps; "
                 "add_model_step(model) before publish()"
             )
+        for step in req.steps:
+            check_name("model", step.name)
         steps = tuple([await self._resolve_step(s.name, s.version) for s in req.steps])
         for replaced in req.replaces:
             if await self.state.publishes.get(str(replaced)) is None:

@@ -17,12 +17,13 @@ from typing import Any
 
 import msgspec
 
+from edgepub.shared.engine_config import Engine, EngineConfig, Resources, cpu_cores
 from edgepub.shared.schemas import encode_json
 
 GIB = 1024**3
 DEFAULT_CPUS = 1.0
 DEFAULT_MEMORY = "1Gi"
-_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # fullmatch: "$" would take "key\n"
 
 
 class ChartInput(msgspec.Struct, frozen=True, kw_only=True):
@@ -32,7 +33,7 @@ class ChartInput(msgspec.Struct, frozen=True, kw_only=True):
     registry: str  # host[:port] the edge pulls from
     pipeline_url: str
     image: str  # the engine (edge agent) image
-    engine_config: dict[str, Any]
+    engine_config: EngineConfig  # decoded, so within the limits (shared/engine_config.py)
     models_size: int  # bytes of all model files: sizes the persistent volume
 
 
@@ -52,42 +53,40 @@ class Chart(msgspec.Struct, frozen=True, kw_only=True):
 # --- values ----------------------------------------------------------------------------
 
 
-def _number(value: Any, default: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        return default
-    return float(value)
-
-
-def _cpu(value: float) -> int | float:
+def _cpu(value: int | float | str) -> int | float | str:
+    # Whole numbers as whole numbers ("cpu: 2"); Kubernetes CPU strings ("500m") as given.
+    if isinstance(value, str):
+        return value
     return int(value) if value == int(value) else value
 
 
-def engine_resources(engine_config: Mapping[str, Any]) -> dict[str, Any]:
-    """``engine.resources`` for the values, from DeploymentConfigBuilder's engine_config
-    (``{"engine": {"cpu": n, "resources": {"limits": {...}, "requests": {...}}}}``)."""
-    engine = engine_config.get("engine") or {}
-    cpus = _number(engine.get("cpu"), DEFAULT_CPUS)
-    given = engine.get("resources") or {}
+def engine_resources(engine_config: EngineConfig) -> dict[str, Any]:
+    """``engine.resources`` for the values: each of limits and requests gets a cpu (its
+    own, else ``engine.cpu``, else 1) and a memory (its own, else 1Gi)."""
+    engine = engine_config.engine or Engine()
+    cpus: int | float | str = DEFAULT_CPUS if engine.cpu is None else engine.cpu
+    given = engine.resources
     out: dict[str, Any] = {}
     for kind in ("limits", "requests"):
-        part = given.get(kind) or {}
-        memory = part.get("memory")
+        part = (getattr(given, kind) if given else None) or Resources()
         out[kind] = {
-            "cpu": _cpu(_number(part.get("cpu"), cpus)),
-            "memory": memory if isinstance(memory, str) and memory else DEFAULT_MEMORY,
+            "cpu": _cpu(cpus if part.cpu is None else part.cpu),
+            "memory": part.memory or DEFAULT_MEMORY,
         }
     return out
 
 
-def config_cpus(engine_config: Mapping[str, Any]) -> int:
-    """CONFIG_CPUS: onnxruntime threads, a whole number of at least 1."""
-    engine = engine_config.get("engine") or {}
-    return max(1, math.ceil(_number(engine.get("cpu"), DEFAULT_CPUS)))
+def config_cpus(engine_config: EngineConfig) -> int:
+    """CONFIG_CPUS: onnxruntime threads, a whole number of at least 1 (and, the config
+    being decoded, at most the edge's 1024)."""
+    engine = engine_config.engine or Engine()
+    cpus = DEFAULT_CPUS if engine.cpu is None else cpu_cores(engine.cpu)
+    return max(1, math.ceil(cpus))
 
 
-def replicas(engine_config: Mapping[str, Any]) -> int:
-    engine = engine_config.get("engine") or {}
-    return max(1, int(_number(engine.get("replicas"), 1)))
+def replicas(engine_config: EngineConfig) -> int:
+    engine = engine_config.engine or Engine()
+    return engine.replicas or 1
 
 
 def persistence_size(models_size: int) -> str:
@@ -122,7 +121,7 @@ def to_yaml(data: Mapping[str, Any], indent: int = 0) -> str:
     lines: list[str] = []
     pad = " " * indent
     for key, value in data.items():
-        if not _KEY.match(key):
+        if not _KEY.fullmatch(key):
             raise ValueError(f"{key!r} cannot be a plain YAML key here")
         if isinstance(value, Mapping) and value:
             lines.append(f"{pad}{key}:")

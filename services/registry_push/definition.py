@@ -115,7 +115,7 @@ def definition(req: PublishRequested, layers: Sequence[ModelLayer]) -> PipelineD
             )
             for m in pv.steps
         ),
-        engine_config=req.engine_config,
+        engine_config=req.engine_config.as_dict(),
     )
 
 

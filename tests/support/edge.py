@@ -16,6 +16,7 @@ import requests
 
 from edgepub.services.registry_push import definition as plan_mod
 from edgepub.services.registry_push.push import push_pipeline
+from edgepub.shared.engine_config import EngineConfig
 from edgepub.shared.oci import RegistryClient
 from edgepub.shared.schemas import ModelVersion, PipelineVersion, PublishRequested, TensorSpec
 
@@ -96,7 +97,7 @@ def publish(
     req = PublishRequested(
         publish_id=1,
         pipeline_version=pv,
-        engine_config={},
+        engine_config=EngineConfig(),
         requested_at=datetime.now(UTC),
         created_on_version="test",
     )

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from edgepub.services.registry_push import definition
 from edgepub.services.registry_push.handlers import retry_delay, unreachable_reason
 from edgepub.shared import artifact, schemas
+from edgepub.shared.engine_config import Engine, EngineConfig
 from edgepub.shared.errors import EmptyPipelineError, InvalidNameError, RegistryUnavailableError
 from edgepub.shared.oci import RegistryUnreachableError
 from edgepub.shared.schemas import ModelVersion, PipelineVersion, PublishRequested, TensorSpec
@@ -45,7 +46,7 @@ def request(*steps: ModelVersion, pipeline: str = "edge-pipeline") -> PublishReq
             steps_key="k",
             created_at=datetime(2024, 1, 1, tzinfo=UTC),
         ),
-        engine_config={"engine": {"cpu": 2}},
+        engine_config=EngineConfig(engine=Engine(cpu=2)),
         requested_at=datetime(2024, 1, 1, tzinfo=UTC),
         created_on_version="0.1.0",
     )

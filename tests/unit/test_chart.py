@@ -15,10 +15,14 @@ import re
 import tarfile
 from typing import Any
 
+import msgspec
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgepub.services.registry_push import chart as chart_mod
+from edgepub.shared.engine_config import MAX_CPUS, EngineConfig
 
 VERSION = "6c3d9899-1335-456b-aaa0-52d03a017cc4"
 ENGINE_CONFIG = {
@@ -47,6 +51,8 @@ def spec(**overrides: Any) -> chart_mod.ChartInput:
         "models_size": 50 * 1024 * 1024,
     }
     values.update(overrides)
+    if isinstance(values["engine_config"], dict):
+        values["engine_config"] = EngineConfig.from_dict(values["engine_config"])
     return chart_mod.ChartInput(**values)
 
 
@@ -124,9 +130,58 @@ def test_values_from_an_empty_engine_config() -> None:
     assert values["configCpus"] == 1 and values["replicaCount"] == 1
 
 
-@pytest.mark.parametrize(("cpu", "expected"), [(0.25, 1), (1, 1), (2.5, 3), (4.0, 4), ("x", 1)])
+@pytest.mark.parametrize(
+    ("cpu", "expected"),
+    [(0.25, 1), (1, 1), (2.5, 3), (4.0, 4), ("500m", 1), ("3", 3), (1024, 1024)],
+)
 def test_config_cpus(cpu: Any, expected: int) -> None:
-    assert chart_mod.config_cpus({"engine": {"cpu": cpu}}) == expected
+    assert chart_mod.config_cpus(EngineConfig.from_dict({"engine": {"cpu": cpu}})) == expected
+
+
+def test_kubernetes_cpu_strings_stay_strings() -> None:
+    config = {"engine": {"resources": {"limits": {"cpu": "500m"}, "requests": {"cpu": 2}}}}
+    values = yaml.safe_load(chart_mod.build(spec(engine_config=config)).files["values.yaml"])
+    assert values["engine"]["resources"]["limits"]["cpu"] == "500m"
+    assert values["engine"]["resources"]["requests"]["cpu"] == 2
+
+
+_cpu = st.one_of(
+    st.integers(1, int(MAX_CPUS)),
+    st.floats(min_value=0.001, max_value=MAX_CPUS),
+    st.integers(1, 1_024_000).map(lambda m: f"{m}m"),
+)
+_memory = st.sampled_from(["1", "512Mi", "1.5Gi", "900M", "1e9", "7Ei"])
+_resources = st.fixed_dictionaries({}, optional={"cpu": _cpu, "memory": _memory})
+_configs = st.fixed_dictionaries(
+    {},
+    optional={
+        "engine": st.fixed_dictionaries(
+            {},
+            optional={
+                "cpu": _cpu,
+                "replicas": st.integers(1, 100),
+                "resources": st.fixed_dictionaries(
+                    {}, optional={"limits": _resources, "requests": _resources}
+                ),
+            },
+        ),
+        "enginelb": st.just({}),
+    },
+)
+
+
+@settings(max_examples=200)
+@given(_configs)
+def test_any_decoded_config_gives_values_an_edge_takes(config: dict[str, Any]) -> None:
+    """Whatever passes the service's decoding, the chart writer turns into values the edge
+    accepts (CONFIG_CPUS 1..1024) without raising."""
+    wire = msgspec.msgpack.encode(config)
+    decoded = msgspec.msgpack.decode(wire, type=EngineConfig)
+    values = yaml.safe_load(chart_mod.build(spec(engine_config=decoded)).files["values.yaml"])
+    assert 1 <= values["configCpus"] <= MAX_CPUS
+    assert 1 <= values["replicaCount"] <= 100
+    for kind in ("limits", "requests"):
+        assert set(values["engine"]["resources"][kind]) == {"cpu", "memory"}
 
 
 def test_persistence_size_grows_with_the_models() -> None:
@@ -139,6 +194,8 @@ def test_to_yaml_quotes_strings_that_look_like_other_things() -> None:
     assert yaml.safe_load(text) == {"a": "1.0", "b": "true", "c": "null", "d": {}, "e": "x: y #z"}
     with pytest.raises(ValueError):
         chart_mod.to_yaml({"bad key": 1})
+    with pytest.raises(ValueError):
+        chart_mod.to_yaml({"key\n": 1})
 
 
 # --- templates -------------------------------------------------------------------------------

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import re
 from fractions import Fraction
+from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -17,6 +20,7 @@ from edgepub.deployment_config import (
     parse_kube_quantity,
     validate_engine_config,
 )
+from edgepub.shared.engine_config import MAX_CPUS, EngineConfig
 from edgepub.shared.errors import EdgepubError, InvalidRequestError
 
 # Engine configs as the seed displays them.
@@ -166,10 +170,39 @@ def test_milli_memory_is_refused_with_the_likely_fix() -> None:
     assert "'512M'" in str(info.value)
 
 
-@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+@pytest.mark.parametrize("bad", [1025, 1e300, 10**6, "1025", "2000000m", 0.0001])
+def test_cpus_must_be_what_an_edge_runs_with(bad: object) -> None:
+    with pytest.raises(InvalidRequestError, match=r"cpus must be from 0\.001 to 1024 cores"):
+        DeploymentConfigBuilder().cpus(bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequestError, match="lb_cpus"):
+        DeploymentConfigBuilder().lb_cpus(bad)  # type: ignore[arg-type]
+
+
+def test_the_cpu_bound_is_the_edges() -> None:
+    from edgepub.edge_agent.config import MAX_CPUS as EDGE_MAX_CPUS
+
+    assert MAX_CPUS == EDGE_MAX_CPUS
+    DeploymentConfigBuilder().cpus(MAX_CPUS).build()
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2", 101, 10**9])
 def test_replica_count_must_be_at_least_one(bad: object) -> None:
     with pytest.raises(InvalidRequestError, match="replica_count"):
         DeploymentConfigBuilder().replica_count(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [-1, 65, True])
+def test_gpus_are_bounded(bad: object) -> None:
+    with pytest.raises(InvalidRequestError, match="gpus"):
+        DeploymentConfigBuilder().gpus(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("key", "bad"), [("arch", "x86\n"), ("accel", "a" * 65), ("image", "x" * 513)]
+)
+def test_labels_are_printable_and_bounded(key: str, bad: str) -> None:
+    with pytest.raises(InvalidRequestError, match=key):
+        getattr(DeploymentConfigBuilder(), key)(bad)
 
 
 def test_errors_are_catchable_as_plain_exceptions() -> None:
@@ -215,15 +248,92 @@ def test_valid_configs_pass(config: dict[str, object]) -> None:
         ({"engine": {"replicas": 0}}, "engine.replicas"),
         ({"engine": []}, "engine"),
         ({"engine": {"resources": 3}}, "engine.resources"),
-        ({"engineAux": {"images": {"m": {"resources": {"limits": {"memory": "x"}}}}}}, "images.m"),
+        (
+            {"engineAux": {"images": {"m": {"resources": {"limits": {"memory": "x"}}}}}},
+            "engineAux.images[...].resources.limits.memory",
+        ),
         ({"engineAux": {"images": ["x"]}}, "engineAux.images"),
         ({"engineAux": 1}, "engineAux"),
-        ({"enginelb": {"resources": {"limits": {"memory": "1q"}}}}, "enginelb"),
+        (
+            {"enginelb": {"resources": {"limits": {"memory": "1q"}}}},
+            "enginelb.resources.limits.memory",
+        ),
     ],
 )
 def test_invalid_configs_name_the_field(config: dict[str, object], path: str) -> None:
-    with pytest.raises(InvalidRequestError, match=path.replace(".", r"\.")):
+    with pytest.raises(InvalidRequestError, match=re.escape(f"`deployment_config.{path}`")):
         validate_engine_config(config)
+
+
+@pytest.mark.parametrize(
+    ("config", "path"),
+    [
+        ({"engine": {"cpu": math.inf}}, "engine.cpu"),
+        ({"engine": {"cpu": math.nan}}, "engine.cpu"),
+        ({"engine": {"cpu": 1e300}}, "engine.cpu"),
+        ({"engine": "x"}, "engine"),
+        ({"engine": {"resources": [1]}}, "engine.resources"),
+        (
+            {"engine": {"resources": {"limits": {"memory": "1Gi\n"}}}},
+            "engine.resources.limits.memory",
+        ),
+        ({"engine": {"resources": {"limits": {"memory": "0Mi"}}}}, "engine.resources.limits"),
+        ({"engine": {"resources": {"limits": {"cpu": "2000"}}}}, "engine.resources.limits"),
+        ({"engine": {"replicas": 101}}, "engine.replicas"),
+        ({"engine": {"gpu": 65}}, "engine.gpu"),
+        ({"engine": {"arch": "x86\n"}}, "engine.arch"),
+        ({"engineAux": {"images": {f"i{n}": {} for n in range(65)}}}, "engineAux.images"),
+    ],
+)
+def test_what_the_service_refuses_names_the_field(config: dict[str, Any], path: str) -> None:
+    with pytest.raises(InvalidRequestError, match=re.escape(f"`deployment_config.{path}`")):
+        validate_engine_config(config)
+
+
+_builders = st.fixed_dictionaries(
+    {},
+    optional={
+        "cpus": st.one_of(
+            st.floats(min_value=0.001, max_value=MAX_CPUS), st.integers(1, 1024), st.just("500m")
+        ),
+        "memory": st.sampled_from(["512Mi", "1Gi", "1.5Gi", "900M", "1000000", "1e9"]),
+        "replica_count": st.integers(1, 100),
+        "gpus": st.integers(0, 64),
+        "arch": st.sampled_from(["x86", "arm"]),
+        "accel": st.sampled_from(["none", "cuda", "openvino"]),
+        "image": st.just("ghcr.io/x/engine:1"),
+        "lb_cpus": st.floats(min_value=0.001, max_value=MAX_CPUS),
+        "lb_memory": st.just("512Mi"),
+    },
+)
+
+
+@given(_builders)
+def test_every_built_config_is_one_the_service_takes_and_shows_back(calls: dict[str, Any]) -> None:
+    builder = DeploymentConfigBuilder()
+    for method, value in calls.items():
+        getattr(builder, method)(value)
+    config = builder.build()
+    checked = validate_engine_config(config)
+    assert checked.as_dict() == config  # the dict the SDK shows is the one it sent
+    # ... and the same after the wire (msgpack) and KV.
+    again = msgspec.msgpack.decode(msgspec.msgpack.encode(checked), type=EngineConfig)
+    assert again.as_dict() == config
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        {},
+        {"engine": {"cpu": 2}},
+        {"engineAux": {"images": None}},
+        {"enginelb": {"resources": {"limits": {"cpu": "500m"}, "requests": {"cpu": "500m"}}}},
+        *SEED_CONFIGS,
+    ],
+)
+def test_configs_stored_before_still_decode(stored: dict[str, Any]) -> None:
+    """Shapes the SDK sent (and the KV holds) before the service decoded engine configs."""
+    validate_engine_config(stored)
 
 
 def test_non_dict_config() -> None:

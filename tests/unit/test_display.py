@@ -24,6 +24,7 @@ from edgepub.display import (
     publishes_html,
     publishes_text,
 )
+from edgepub.shared.engine_config import Engine, EngineConfig, Resources, ResourceSpec
 from edgepub.shared.schemas import HelmInfo, PublishRecord
 
 CREATED = datetime(2023, 8, 17, 14, 4, 44, 939862, tzinfo=UTC)
@@ -57,7 +58,7 @@ def _record(**changes: Any) -> PublishRecord:
             chart=CHART,
             version=f"0.0.1-{VERSION}",
         ),
-        engine_config=SEED_CONFIG,
+        engine_config=EngineConfig.from_dict(SEED_CONFIG),
         created_by="db13ee60-4162-4a42-a571-61c32e225e3e",
         created_at=CREATED,
         updated_at=CREATED,
@@ -217,7 +218,9 @@ def test_failed_publish_shows_its_error() -> None:
 
 
 def test_bad_engine_config_does_not_break_the_display() -> None:
-    record = _record(engine_config={"engine": {"resources": {"limits": {"memory": "lots"}}}})
+    # Not decodable (the service refuses it); a record built in-process can still hold it.
+    lots = Resources(memory="lots")
+    record = _record(engine_config=EngineConfig(engine=Engine(resources=ResourceSpec(limits=lots))))
     rows = dict(publish_rows(record))
     assert rows["Docker Run Command"].startswith("(cannot render: memory 'lots'")
 
