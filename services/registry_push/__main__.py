@@ -10,15 +10,15 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from edgepub.shared import schemas, subjects
+from edgepub.shared import subjects
 from edgepub.shared.errors import ConfigError, RegistryError
 from edgepub.shared.oci import RegistryClient
 from edgepub.shared.runner import Consumer, ConsumerSpec
 from edgepub.shared.service import Body, run
 
+from .cache import ModelCache, private_dir
 from .config import PushSettings
-from .handlers import PushHandler
-from .models import ModelCache
+from .handlers import PushHandler, decode_request
 
 NAME = "registry-push"
 log = structlog.get_logger("edgepub.registry_push")
@@ -34,12 +34,28 @@ async def report_registry(client: RegistryClient) -> None:
         log.info("registry_ok", registry=client.settings.registry)
 
 
+def open_cache(js: JetStreamContext, settings: PushSettings) -> ModelCache:
+    """The cache directory, private (0700) and trimmed to its bound; blocking."""
+    root = private_dir(Path(settings.cache_dir))
+    cache = ModelCache(js, root / "models", settings.cache_max_bytes)
+    swept = cache.sweep()
+    evicted = cache.trim()
+    log.info(
+        "cache_ready",
+        path=str(cache.root),
+        max_bytes=cache.max_bytes,
+        files=len(cache.entries()),
+        swept=swept,
+        evicted=len(evicted),
+    )
+    return cache
+
+
 def body_for(settings: PushSettings) -> Body:
     async def body(nc: NATS, js: JetStreamContext, stop: asyncio.Event) -> None:
         client = RegistryClient(settings.registry, timeout_s=settings.request_timeout_s)
         try:
-            cache = ModelCache(js, Path(settings.cache_dir))
-            cache.sweep()
+            cache = await asyncio.to_thread(open_cache, js, settings)
             await report_registry(client)
             consumer = Consumer(
                 js,
@@ -49,7 +65,7 @@ def body_for(settings: PushSettings) -> Body:
                     filter_subjects=(subjects.PUBLISH_REQUESTED,),
                     ack_wait_s=settings.ack_wait_s,
                 ),
-                schemas.decoder(schemas.PublishRequested).decode,
+                decode_request,
                 PushHandler(js, client, cache, settings),
             )
             await consumer.run(stop)

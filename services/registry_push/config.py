@@ -2,8 +2,14 @@
 
 EDGEPUB_REGISTRY* (see ``RegistrySettings``) plus:
 
-- ``EDGEPUB_CACHE_DIR``: where model files are cached by sha256
-  (default ``<tmp>/edgepub-cache/models``).
+- ``EDGEPUB_CACHE_DIR``: registry-push's own directory: model files cached by sha256 in
+  ``models/``, each chart for as long as it is pushed in ``charts/`` (default
+  ``$EDGEPUB_HOME/cache``, else ``~/.edgepub/cache``; ``edgepub up`` gives it
+  ``<data dir>/cache``). Made 0700, files 0600: never shared with other stacks or users.
+- ``EDGEPUB_CACHE_MAX_BYTES``: the most the model cache keeps, in bytes or as a quantity
+  (``1Gi``, ``500M``; default 1 GiB). Least recently used whole files go first, never one a
+  push is using; 0 keeps nothing after each push. The cache only saves reading the object
+  store (which holds every model) again, so it need not be large.
 - ``EDGEPUB_ACK_WAIT_S``: how long JetStream waits before redelivering a message whose
   handler died (default 30; the runner heartbeats while a push is in progress).
 - ``EDGEPUB_REGISTRY_TIMEOUT_S``: per-request timeout towards the registry (default 30).
@@ -13,22 +19,43 @@ EDGEPUB_REGISTRY* (see ``RegistrySettings``) plus:
 
 from __future__ import annotations
 
-import tempfile
+import os
 from pathlib import Path
 
 import msgspec
 
+from edgepub.shared.engine_config import quantity_bytes
 from edgepub.shared.errors import ConfigError
 from edgepub.shared.settings import Env, RegistrySettings
 
+DEFAULT_CACHE_MAX_BYTES = 1 << 30
 
-def default_cache_dir() -> str:
-    return str(Path(tempfile.gettempdir()) / "edgepub-cache" / "models")
+
+def default_cache_dir(env: Env) -> str:
+    """Under the user's edgepub home, like the rest of the stack's state: never a shared
+    temporary directory (every stack on the machine would share it, and nothing cleans it)."""
+    home = env.optional("EDGEPUB_HOME")
+    base = Path(home).expanduser() if home else Path(os.path.expanduser("~")) / ".edgepub"
+    return str(base / "cache")
+
+
+def cache_max_bytes(env: Env) -> int:
+    raw = env.optional("EDGEPUB_CACHE_MAX_BYTES")
+    if raw is None:
+        return DEFAULT_CACHE_MAX_BYTES
+    value = quantity_bytes(raw.strip())
+    if value is None:
+        raise ConfigError(
+            f"EDGEPUB_CACHE_MAX_BYTES={raw!r}: expected a number of bytes or a quantity such "
+            "as 1Gi or 500M"
+        )
+    return value
 
 
 class PushSettings(msgspec.Struct, frozen=True, kw_only=True):
     registry: RegistrySettings
     cache_dir: str
+    cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
     ack_wait_s: float = 30.0
     request_timeout_s: float = 30.0
     retry_max_s: float = 10.0
@@ -38,7 +65,8 @@ class PushSettings(msgspec.Struct, frozen=True, kw_only=True):
         env = env or Env()
         out = cls(
             registry=RegistrySettings.from_env(env),
-            cache_dir=env.text("EDGEPUB_CACHE_DIR", default_cache_dir()),
+            cache_dir=env.text("EDGEPUB_CACHE_DIR", default_cache_dir(env)),
+            cache_max_bytes=cache_max_bytes(env),
             ack_wait_s=env.number("EDGEPUB_ACK_WAIT_S", 30.0),
             request_timeout_s=env.number("EDGEPUB_REGISTRY_TIMEOUT_S", 30.0),
             retry_max_s=env.number("EDGEPUB_REGISTRY_RETRY_MAX_S", 10.0),

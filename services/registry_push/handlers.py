@@ -29,15 +29,20 @@ import structlog
 from nats.js import JetStreamContext
 
 from edgepub.shared import artifact, schemas, subjects
-from edgepub.shared.errors import EdgepubError, RegistryUnavailableError, ServiceUnavailableError
+from edgepub.shared.errors import (
+    EdgepubError,
+    InvalidRequestError,
+    RegistryUnavailableError,
+    ServiceUnavailableError,
+)
 from edgepub.shared.oci import BlobPushed, RegistryClient, RegistryUnreachableError
 from edgepub.shared.runner import Delivery, Retry, backoff
 from edgepub.shared.schemas import HelmInfo, PublishRequested, Pushed, PushFailed, PushStarted
 
 from . import push
+from .cache import ModelCache
 from .config import PushSettings
 from .definition import ModelLayer, PublishPlan, plan
-from .models import ModelCache
 
 log = structlog.get_logger("edgepub.registry_push")
 A = TypeVar("A")
@@ -90,6 +95,29 @@ async def _wrap(aw: Awaitable[A]) -> A:
     return await aw
 
 
+class Unpushable(msgspec.Struct, frozen=True, kw_only=True):
+    """A PublishRequested whose publish id reads but whose rest does not (say, an engine
+    config beyond the limits, written before the publish service checked them)."""
+
+    publish_id: int
+    error: str
+
+
+class _PublishId(schemas.Base, frozen=True, kw_only=True):
+    publish_id: int
+
+
+def decode_request(data: bytes) -> PublishRequested | Unpushable:
+    """The work message, or what is known of it: a publish that cannot be pushed is failed
+    with the reason rather than left pending; one without even an id is poison (the runner
+    terms it)."""
+    try:
+        return schemas.decode(PublishRequested, data)
+    except msgspec.ValidationError as exc:
+        envelope = schemas.decode(_PublishId, data)
+        return Unpushable(publish_id=envelope.publish_id, error=str(exc))
+
+
 class PushHandler:
     def __init__(
         self,
@@ -107,7 +135,11 @@ class PushHandler:
         self._clock = clock
         self._chart_dir = Path(settings.cache_dir) / "charts"
 
-    async def __call__(self, req: PublishRequested, delivery: Delivery) -> None:
+    async def __call__(self, req: PublishRequested | Unpushable, delivery: Delivery) -> None:
+        if isinstance(req, Unpushable):
+            reason = f"publish {req.publish_id} cannot be pushed: {req.error}"
+            await self._fail(req.publish_id, InvalidRequestError.code, reason, log)
+            return
         pid = req.publish_id
         blog = log.bind(publish_id=pid, pipeline=req.pipeline_version.pipeline_name)
         attempt = delivery.num_delivered
@@ -122,26 +154,32 @@ class PushHandler:
         except ServiceUnavailableError:
             raise
         except EdgepubError as exc:
-            await self._fail(req, exc.code, exc.message, blog)
+            await self._fail(pid, exc.code, exc.message, blog)
             return
         await self._emit(subjects.PUBLISH_PUSHED, pushed, f"{pid}-pushed")
         blog.info("push_done", pipeline_url=pushed.pipeline_url, chart_digest=pushed.chart_digest)
 
     async def _push(self, req: PublishRequested, blog: Any) -> Pushed:
         the_plan = plan(req, self._settings.registry)
-        # Where each model comes from, decided first: a missing model fails the publish
-        # before anything is pushed (the chart included).
-        sources = {
-            layer.model.sha256: await self._source(the_plan, layer) for layer in the_plan.layers
-        }
-        pipeline_digest, chart_digest = await both(
-            self._push_pipeline(the_plan, sources, blog), self._push_chart(the_plan, blog)
-        )
+        async with self._cache.using(layer.model for layer in the_plan.layers):
+            # Where each model comes from, decided first: a missing model fails the publish
+            # before anything is pushed (the chart included).
+            sources = {
+                layer.model.sha256: await self._source(the_plan, layer) for layer in the_plan.layers
+            }
+            pipeline_digest, chart_digest = await both(
+                self._push_pipeline(the_plan, sources, blog), self._push_chart(the_plan, blog)
+            )
         return self._pushed(the_plan, pipeline_digest, chart_digest)
 
     async def _source(self, the_plan: PublishPlan, layer: ModelLayer) -> str:
         """ "registry" (it has the layer), "cache" (a verified local file) or
-        "object_store" (which is checked to hold it: NotFoundError otherwise)."""
+        "object_store" (which is checked to hold it: NotFoundError otherwise).
+
+        Every model file that goes into the registry is first checked to be an ONNX model
+        whole in itself (no external data): a cached one here, a streamed one as it passes
+        (its last bytes are held back until the check is done). So a layer the registry
+        already holds was checked when it was uploaded."""
         repo = the_plan.pipeline_repository
         if await asyncio.to_thread(self._client.has_blob, repo, layer.digest):
             return "registry"
@@ -254,10 +292,9 @@ class PushHandler:
             )
             raise Retry(exc.message, delay=delay)
         reason = unreachable_reason(exc, self._settings.registry.registry, now - start)
-        await self._fail(req, exc.code, reason, blog)
+        await self._fail(req.publish_id, exc.code, reason, blog)
 
-    async def _fail(self, req: PublishRequested, code: str, reason: str, blog: Any) -> None:
-        pid = req.publish_id
+    async def _fail(self, pid: int, code: str, reason: str, blog: Any) -> None:
         failed = PushFailed(publish_id=pid, code=code, reason=reason)
         await self._emit(subjects.PUBLISH_PUSH_FAILED, failed, f"{pid}-failed")
         blog.error("push_failed", code=code, reason=reason)

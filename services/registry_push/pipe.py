@@ -3,7 +3,8 @@
 Model bytes arrive from NATS on the event loop while ``requests`` sends them to the
 registry from a thread; the pipe lets both run at once, holding at most ``limit`` bytes.
 The reader side hashes what passes and copies it into the cache file, and refuses to
-finish (raises at end of file) if the bytes are not the model's.
+finish (raises before the last bytes) if the bytes are not the model's, or not a model an
+edge can load on its own.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import queue
 import threading
 from typing import IO
 
-from edgepub.shared.errors import DigestMismatchError
+from edgepub.shared.errors import DigestMismatchError, InvalidModelError, ModelExternalDataError
+from edgepub.shared.onnx_scan import OnnxScanner, Scan, describe
 
 _EOF = b""
 
@@ -75,22 +77,49 @@ class Pipe:
 
 
 class VerifyingReader:
-    """``read()`` for the upload thread: chunks from the pipe, hashed and copied to ``tee``.
+    """``read()`` for the upload thread: chunks from the pipe, hashed and copied to ``tee``
+    (and, with a ``scanner``, checked as an ONNX file that stands alone).
 
-    At end of data it checks size and sha256 and raises DigestMismatchError instead of
-    reporting the end, so a wrong upload is aborted rather than completed.
+    Each chunk is handed on only once the next one has arrived, so the last bytes are sent
+    after every check has passed: a wrong size or sha256 (DigestMismatchError), or a model
+    that is not whole in itself (ModelExternalDataError, InvalidModelError) raises instead,
+    and the registry, one byte short of its Content-Length, never stores the blob.
     """
 
-    def __init__(self, pipe: Pipe, tee: IO[bytes], *, sha256: str, size: int, what: str) -> None:
+    def __init__(
+        self,
+        pipe: Pipe,
+        tee: IO[bytes],
+        *,
+        sha256: str,
+        size: int,
+        what: str,
+        scanner: OnnxScanner | None = None,
+    ) -> None:
         self._pipe = pipe
         self._tee = tee
         self._want = (sha256, size)
         self._what = what
+        self._scanner = scanner
         self._sha = hashlib.sha256()
+        self._held: bytes | None = None  # received, checked into the hash, not yet handed on
         self.size = 0
         self.verified = False
 
     def read(self, n: int = -1, /) -> bytes:
+        if self._held is None:  # the first call
+            self._held = self._take()
+            if not self._held:
+                self._finish()
+        if not self._held:
+            return _EOF
+        following = self._take()
+        if not following:
+            self._finish()  # raises before the last bytes go out
+        out, self._held = self._held, following
+        return out
+
+    def _take(self) -> bytes:
         chunk = self._pipe.get()
         if chunk:
             if self.size + len(chunk) > self._want[1]:
@@ -101,13 +130,26 @@ class VerifyingReader:
                 )
             self._sha.update(chunk)
             self._tee.write(chunk)
+            if self._scanner is not None:
+                self._scanner.feed(chunk)
             self.size += len(chunk)
-            return chunk
+        return chunk
+
+    def _finish(self) -> None:
         got = (self._sha.hexdigest(), self.size)
         if got != self._want:
             raise DigestMismatchError(
                 f"{self._what}: the object store holds {got[1]} bytes with sha256 {got[0]}; "
                 "upload the model again"
             )
+        if self._scanner is not None:
+            refuse_unless_standalone(self._scanner.close(), self._what)
         self.verified = True
-        return _EOF
+
+
+def refuse_unless_standalone(scan: Scan, what: str) -> None:
+    """Raise unless ``scan`` found a well-formed ONNX model with all its tensors inside."""
+    if scan.external_count:
+        raise ModelExternalDataError(describe(scan, what))
+    if scan.problem is not None:
+        raise InvalidModelError(describe(scan, what))

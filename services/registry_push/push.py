@@ -6,6 +6,9 @@ Runs in a worker thread (``asyncio.to_thread``); every error is already an edgep
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -67,24 +70,26 @@ def push_chart(
     ``helm pull oci://... --version ...`` finds it.
     """
     chart = chart_mod.build(plan.chart)
-    tgz = chart.tgz()
-    work_dir.mkdir(parents=True, exist_ok=True)
-    path = work_dir / f"{chart.name}-{chart.version}.tgz"
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_bytes(tgz)
-    tmp.replace(path)
-    return client.push_artifact(
-        plan.chart_repository,
-        plan.chart_version,
-        config=chart.config_json(),
-        config_media_type=artifact.HELM_CONFIG_MEDIA_TYPE,
-        layers=[
-            LayerSource(path=str(path), media_type=artifact.HELM_CHART_MEDIA_TYPE, title=path.name)
-        ],
-        annotations={
-            artifact.ANNOTATION_TITLE: chart.name,
-            artifact.ANNOTATION_VERSION: chart.version,
-            artifact.ANNOTATION_DESCRIPTION: chart.metadata["description"],
-        },
-        on_blob=on_blob,
-    )
+    title = f"{chart.name}-{chart.version}.tgz"
+    work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # A file only while it is pushed (0600, mkstemp): charts are rebuilt, never reused.
+    fd, tmp = tempfile.mkstemp(dir=work_dir, prefix=f".{title}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(chart.tgz())
+        return client.push_artifact(
+            plan.chart_repository,
+            plan.chart_version,
+            config=chart.config_json(),
+            config_media_type=artifact.HELM_CONFIG_MEDIA_TYPE,
+            layers=[LayerSource(path=tmp, media_type=artifact.HELM_CHART_MEDIA_TYPE, title=title)],
+            annotations={
+                artifact.ANNOTATION_TITLE: chart.name,
+                artifact.ANNOTATION_VERSION: chart.version,
+                artifact.ANNOTATION_DESCRIPTION: chart.metadata["description"],
+            },
+            on_blob=on_blob,
+        )
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)

@@ -5,14 +5,23 @@ service is alive with nothing changed that should not have."""
 
 from __future__ import annotations
 
+import math
+import os
+import stat
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import msgspec
+import onnx
 import pytest
+from msgspec import msgpack
+from onnx import external_data_helper
 
-from edgepub.shared.schemas import PushFailed
+from edgepub.shared import subjects
+from edgepub.shared.oci import RegistryClient
+from edgepub.shared.schemas import ModelVersion, Pushed, PushFailed
 from support.procs import ChildProcess, free_port, port_open
 from support.registry_push import Bus, PushService, onnx_model, publish_requested
 from support.servers import RegistryServer
@@ -112,3 +121,97 @@ def test_credentials_never_go_to_a_token_server_on_another_host(
     assert all(line.endswith("authorization=None") for line in asked), asked
     assert registry.password not in token_registry.child.log_text()
     assert service.running()
+
+
+# --- registry-push: models that are not whole, configs beyond the limits, its cache ---------
+
+
+def external_data_model() -> bytes:
+    """A model whose weights live in 'weights.bin' beside it (ONNX external data)."""
+    model = onnx.load_from_string(onnx_model(1024, seed=41))
+    tensor = model.graph.initializer[0]
+    external_data_helper.set_external_data(tensor, location="weights.bin")
+    tensor.ClearField("raw_data")
+    return bytes(model.SerializeToString())
+
+
+def has_blob(reader: RegistryClient, model: ModelVersion, pipeline: str) -> bool:
+    return reader.has_blob(f"edgepub/pipelines/{pipeline}", model.digest)
+
+
+@pytest.mark.parametrize(
+    ("data", "code", "words"),
+    [
+        (external_data_model, "model_external_data", "save_as_external_data=False"),
+        (lambda: b"\x08\x07" + bytes(range(256)) * 64, "invalid_model", "not a well-formed"),
+    ],
+    ids=["external-data", "not-onnx"],
+)
+def test_a_model_no_edge_could_load_is_never_pushed(
+    push_service: PushService,
+    test_bus: Bus,
+    reader: RegistryClient,
+    data: Callable[[], bytes],
+    code: str,
+    words: str,
+) -> None:
+    """A raw client put the bytes in the object store; registry-push refuses them before
+    the registry has the blob, so the publish ends Error, and a later publish of the same
+    model (the registry would otherwise already hold it) fails the same way."""
+    service = push_service.start()
+    bad = test_bus.put_model("bad", data(), "bad.onnx")
+    for publish_id in (81, 82):
+        test_bus.send(publish_requested([bad], publish_id=publish_id, pipeline="p-bad"))
+        failed = test_bus.wait_outcome(publish_id)
+        assert isinstance(failed, PushFailed), failed
+        assert failed.code == code and words in failed.reason
+        assert "model 'bad'" in failed.reason
+    assert not has_blob(reader, bad, "p-bad")
+    assert reader.tags("edgepub/pipelines/p-bad") == []
+
+    good = test_bus.put_model("good", onnx_model(4, seed=42))
+    test_bus.send(publish_requested([good], publish_id=83, pipeline="p-good"))
+    assert isinstance(test_bus.wait_outcome(83), Pushed)
+    assert service.running()
+    assert service.count_events("message_poison") == service.count_events("handler_failed") == 0
+
+
+def test_a_config_beyond_the_limits_fails_its_publish_not_the_service(
+    push_service: PushService, test_bus: Bus
+) -> None:
+    """A PublishRequested written before the publish service checked configs: it used to
+    crash the chart writer on every redelivery, leaving the publish Publishing forever."""
+    service = push_service.start()
+    model = test_bus.put_model("m", onnx_model(4, seed=43))
+    for publish_id, engine in ((91, {"cpu": math.inf}), (92, "x"), (93, {"resources": [1]})):
+        body = msgspec.to_builtins(publish_requested([model], publish_id=publish_id))
+        body["engine_config"] = {"engine": engine}
+        test_bus.run(test_bus.js.publish(subjects.PUBLISH_REQUESTED, msgpack.encode(body)))
+        failed = test_bus.wait_outcome(publish_id)
+        assert isinstance(failed, PushFailed), failed
+        assert failed.code == "invalid_request"
+        assert "`$.engine_config.engine" in failed.reason
+    assert service.running()
+    assert service.count_events("message_poison") == service.count_events("handler_failed") == 0
+
+
+def test_the_cache_stays_within_its_bound_and_private(
+    push_service: PushService, test_bus: Bus, tmp_path: Path
+) -> None:
+    models = [test_bus.put_model(f"m{n}", onnx_model(64 * 1024, seed=50 + n)) for n in range(4)]
+    bound = int(1.5 * models[0].size)  # room for one file, not two
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir(mode=0o755)
+    os.chmod(cache_dir, 0o755)  # as an earlier version left it
+    service = push_service.start(EDGEPUB_CACHE_MAX_BYTES=str(bound))
+    for n, model in enumerate(models):
+        test_bus.send(publish_requested([model], publish_id=100 + n, pipeline=f"p{n}"))
+        assert isinstance(test_bus.wait_outcome(100 + n), Pushed)
+        files = [p for p in (cache_dir / "models").iterdir() if not p.name.startswith(".")]
+        assert sum(p.stat().st_size for p in files) <= bound
+        assert [p.name for p in files] == [model.sha256]  # the newest stays
+        assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files)
+    for d in (cache_dir, cache_dir / "models", cache_dir / "charts"):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
+    assert list((cache_dir / "charts").iterdir()) == []  # a chart is a file only while pushed
+    assert service.count_events("cache_evicted") == 3

@@ -1,5 +1,5 @@
 """Streaming model bytes from the event loop into an upload thread
-(services/registry_push/pipe.py, models.overlap): both sides end whichever fails first,
+(services/registry_push/pipe.py, cache.overlap): both sides end whichever fails first,
 the first real error surfaces, and wrong bytes never finish an upload."""
 
 from __future__ import annotations
@@ -9,11 +9,19 @@ import hashlib
 import io
 import threading
 
+import numpy as np
 import pytest
 
-from edgepub.services.registry_push.models import overlap
+from edgepub.services.registry_push.cache import overlap
 from edgepub.services.registry_push.pipe import Pipe, PipeClosed, VerifyingReader
-from edgepub.shared.errors import DigestMismatchError, NotFoundError, RegistryUnavailableError
+from edgepub.shared.errors import (
+    DigestMismatchError,
+    InvalidModelError,
+    ModelExternalDataError,
+    NotFoundError,
+    RegistryUnavailableError,
+)
+from edgepub.shared.onnx_scan import OnnxScanner
 
 CHUNK = 64 * 1024
 DATA = bytes(range(256)) * 4096  # 1 MiB
@@ -37,13 +45,19 @@ def run(
     want: bytes = DATA,
     fail_after: int | None = None,
     limit: int = 4 * CHUNK,
+    scanner: OnnxScanner | None = None,
 ) -> tuple[VerifyingReader, io.BytesIO]:
     tee = io.BytesIO()
 
     async def main() -> VerifyingReader:
         pipe = Pipe(limit=limit)
         reader = VerifyingReader(
-            pipe, tee, sha256=hashlib.sha256(want).hexdigest(), size=len(want), what="model 'm'"
+            pipe,
+            tee,
+            sha256=hashlib.sha256(want).hexdigest(),
+            size=len(want),
+            what="model 'm'",
+            scanner=scanner,
         )
         await asyncio.wait_for(
             overlap(pipe, produce(pipe, parts, fail_after), lambda: consume(reader)),  # type: ignore[operator]
@@ -112,11 +126,68 @@ def test_a_failing_fetch_stops_the_upload_and_is_the_error() -> None:
     assert ended.is_set()
 
 
+def sending(sent: list[bytes]) -> object:
+    def upload(reader: VerifyingReader) -> None:
+        while block := reader.read():
+            sent.append(block)
+
+    return upload
+
+
 def test_wrong_bytes_never_reach_the_end() -> None:
     wrong = bytearray(DATA)
     wrong[-1] ^= 1
+    sent: list[bytes] = []
     with pytest.raises(DigestMismatchError, match=r"model 'm'.*upload the model again"):
-        run(chunks(bytes(wrong)), read_all)
+        run(chunks(bytes(wrong)), sending(sent), want=DATA)
+    # The last chunk is held back until the check: the registry never gets every byte.
+    assert sum(map(len, sent)) < len(DATA)
+
+
+def _onnx(external: bool) -> bytes:
+    from onnx import TensorProto, external_data_helper, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones(64 * 1024, dtype=np.float32), name="W")
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "W"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64 * 1024])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64 * 1024])],
+        initializer=[w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    if external:
+        tensor = model.graph.initializer[0]
+        external_data_helper.set_external_data(tensor, location="w.bin")
+        tensor.ClearField("raw_data")
+        # keep the size: pad the doc string so the file is still several chunks long
+        model.doc_string = "x" * (256 * 1024)
+    return bytes(model.SerializeToString())
+
+
+@pytest.mark.parametrize(
+    ("external", "error"),
+    [(True, ModelExternalDataError), (False, None)],
+)
+def test_a_model_that_is_not_whole_never_reaches_the_end(
+    external: bool, error: type[Exception] | None
+) -> None:
+    data = _onnx(external)
+    sent: list[bytes] = []
+    if error is None:
+        reader, _ = run(chunks(data), sending(sent), want=data, scanner=OnnxScanner())
+        assert reader.verified and b"".join(sent) == data
+        return
+    with pytest.raises(error, match="external data"):
+        run(chunks(data), sending(sent), want=data, scanner=OnnxScanner())
+    assert sum(map(len, sent)) < len(data)
+
+
+def test_bytes_that_are_not_a_model_never_reach_the_end() -> None:
+    sent: list[bytes] = []
+    with pytest.raises(InvalidModelError, match="not a well-formed ONNX model"):
+        run(chunks(DATA), sending(sent), scanner=OnnxScanner())
+    assert sum(map(len, sent)) < len(DATA)
 
 
 def test_too_many_bytes_are_refused_before_they_are_sent() -> None:

@@ -1,10 +1,17 @@
-"""Model files: from the JetStream Object Store, into the registry and a local cache.
+"""registry-push's model cache: files from the JetStream Object Store, into the registry and
+a bounded local directory.
 
 The object's name is the model's sha256 hex. ``stream`` reads the object and hands each
 chunk at once to a consumer running in a thread (the registry upload), while the same
-bytes are hashed and written to the cache; so fetching and uploading overlap instead of
-adding up. A file enters the cache only whole and verified (temporary name, sha256 and
-size checked, then renamed); a cached file is reused after the same check.
+bytes are hashed, checked as an ONNX model that stands alone, and written to the cache; so
+fetching and uploading overlap instead of adding up. A file enters the cache only whole and
+verified (temporary name, sha256 and size checked, then renamed); a cached file is reused
+after the same checks.
+
+The cache only saves reading the object store again, so it is kept small: at most
+``max_bytes`` (``EDGEPUB_CACHE_MAX_BYTES``), least recently used whole files evicted first,
+never a file a push is using. The directory is 0700 and every file 0600: models are the
+users' property.
 
 The object is read straight from its chunk subject with an ordered consumer (what
 ``ObjectStore.get`` does inside): measured 0.33 s for 50 MB, against 1.28 s for
@@ -19,10 +26,11 @@ import hashlib
 import os
 import tempfile
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import structlog
 from nats.js import JetStreamContext
 from nats.js.api import ObjectInfo
@@ -30,11 +38,12 @@ from nats.js.errors import ObjectNotFoundError
 
 from edgepub.shared import subjects
 from edgepub.shared.errors import DigestMismatchError, NotFoundError
+from edgepub.shared.onnx_scan import OnnxScanner, scan_file
 from edgepub.shared.schemas import ModelVersion
 
-from .pipe import Pipe, PipeClosed, VerifyingReader
+from .pipe import Pipe, PipeClosed, VerifyingReader, refuse_unless_standalone
 
-log = structlog.get_logger("edgepub.registry_push.models")
+log = structlog.get_logger("edgepub.registry_push.cache")
 
 _CHUNK = 1 << 20
 STALE_PART_S = 3600.0
@@ -61,21 +70,97 @@ def file_matches(path: Path, model: ModelVersion) -> bool:
     return h.hexdigest() == model.sha256
 
 
+def private_dir(path: Path) -> Path:
+    """``path`` as a directory only its owner can enter (made, or tightened, to 0700)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_mode & 0o777 != 0o700:
+        path.chmod(0o700)
+    return path
+
+
+class CacheEntry(msgspec.Struct, frozen=True):
+    name: str  # the sha256
+    size: int
+    used_at: float  # mtime: set when the file is stored or reused
+
+
+def to_evict(entries: Iterable[CacheEntry], max_bytes: int, in_use: set[str]) -> list[str]:
+    """Which files to remove so the rest fit in ``max_bytes``: least recently used first,
+    never one in use (pure)."""
+    entries = list(entries)
+    total = sum(e.size for e in entries)
+    out: list[str] = []
+    for entry in sorted(entries, key=lambda e: (e.used_at, e.name)):
+        if total <= max_bytes:
+            break
+        if entry.name in in_use:
+            continue
+        out.append(entry.name)
+        total -= entry.size
+    return out
+
+
 class ModelCache:
-    def __init__(self, js: JetStreamContext, root: Path) -> None:
+    def __init__(self, js: JetStreamContext, root: Path, max_bytes: int) -> None:
         self._js = js
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        self.root = private_dir(root)
+        self.max_bytes = max_bytes
+        self._in_use: dict[str, int] = {}
 
     def path(self, model: ModelVersion) -> Path:
         return self.root / model.sha256
 
     async def cached(self, model: ModelVersion) -> Path | None:
+        """The cached file of ``model`` if it holds exactly its bytes (marked as just used),
+        after checking it is an ONNX model whole in itself (raises otherwise)."""
         path = self.path(model)
-        return path if await asyncio.to_thread(file_matches, path, model) else None
+        if not await asyncio.to_thread(file_matches, path, model):
+            return None
+        scan = await asyncio.to_thread(scan_file, path)
+        refuse_unless_standalone(scan, describe(model))
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(path)
+        return path
+
+    @contextlib.asynccontextmanager
+    async def using(self, models: Iterable[ModelVersion]) -> AsyncIterator[None]:
+        """While this lasts, the models' files are not evicted; afterwards the cache is
+        trimmed to its bound."""
+        names = [m.sha256 for m in models]
+        for name in names:
+            self._in_use[name] = self._in_use.get(name, 0) + 1
+        try:
+            yield
+        finally:
+            for name in names:
+                self._in_use[name] -= 1
+                if not self._in_use[name]:
+                    del self._in_use[name]
+            await asyncio.to_thread(self.trim)
+
+    def entries(self) -> list[CacheEntry]:
+        out: list[CacheEntry] = []
+        for path in self.root.iterdir():
+            if path.name.startswith("."):
+                continue  # a temporary file being written (sweep removes stale ones)
+            with contextlib.suppress(FileNotFoundError):
+                st = path.stat()
+                out.append(CacheEntry(name=path.name, size=st.st_size, used_at=st.st_mtime))
+        return out
+
+    def trim(self) -> list[str]:
+        """Evict least recently used files until the cache fits ``max_bytes``."""
+        evicted = to_evict(self.entries(), self.max_bytes, set(self._in_use))
+        for name in evicted:
+            with contextlib.suppress(FileNotFoundError):
+                (self.root / name).unlink()
+        if evicted:
+            log.info("cache_evicted", files=len(evicted), max_bytes=self.max_bytes)
+        return evicted
 
     def sweep(self, older_than_s: float = STALE_PART_S) -> int:
-        """Remove temporary files a killed process left behind."""
+        """Remove temporary files a killed process left behind; tighten file modes left
+        looser by earlier versions."""
         removed = 0
         cutoff = time.time() - older_than_s
         for part in self.root.glob(".*.part"):
@@ -83,24 +168,35 @@ class ModelCache:
                 if part.stat().st_mtime < cutoff:
                     part.unlink()
                     removed += 1
+        for path in self.root.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if path.is_file() and path.stat().st_mode & 0o077:
+                    path.chmod(0o600)
         return removed
 
     async def stream(self, model: ModelVersion, consume: Callable[[VerifyingReader], None]) -> Path:
         """Read ``model`` from the object store into ``consume`` (run in a thread) and the
         cache at once. NotFoundError if the object store lacks it; DigestMismatchError if
-        its bytes are not the model's; otherwise ``consume``'s own errors."""
+        its bytes are not the model's; ModelExternalDataError / InvalidModelError if it is
+        not an ONNX model whole in itself; otherwise ``consume``'s own errors."""
         started = time.monotonic()
+        # mkstemp: 0600, and a name no other writer can take.
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{model.sha256}.", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as tee:
                 pipe = Pipe()
                 reader = VerifyingReader(
-                    pipe, tee, sha256=model.sha256, size=model.size, what=describe(model)
+                    pipe,
+                    tee,
+                    sha256=model.sha256,
+                    size=model.size,
+                    what=describe(model),
+                    scanner=OnnxScanner(),
                 )
                 await overlap(pipe, self._produce(model, pipe), lambda: consume(reader))
             if not reader.verified:
                 raise RuntimeError(f"{describe(model)}: the consumer stopped before the end")
-            os.replace(tmp, self.path(model))
+            os.replace(tmp, self.path(model))  # os.replace keeps mkstemp's 0600
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -134,7 +230,9 @@ class ModelCache:
         if not info.size:
             return
         chunks = f"$O.{subjects.OBJECT_STORE_MODELS}.C.{info.nuid}"
-        sub = await self._js.subscribe(chunks, ordered_consumer=True)
+        sub = await self._js.subscribe(
+            chunks, stream=f"OBJ_{subjects.OBJECT_STORE_MODELS}", ordered_consumer=True
+        )
         try:
             received = 0
             while received < info.size:
