@@ -84,7 +84,7 @@ class Client:
         file = Path(path)
         inputs, outputs = inspect_onnx(file)
         sha, size = sha256_file(file)
-        self._run(self._session.put_model_bytes(file, sha))
+        self._run(self._session.put_model_bytes(file, sha, size))
         request = ModelRegisterRequest(
             name=name,
             sha256=sha,

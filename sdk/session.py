@@ -15,13 +15,13 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import DeliverPolicy
-from nats.js.errors import NotFoundError as JsNotFoundError
-from nats.js.errors import ObjectNotFoundError
 
-from edgepub.shared import bus, rpc, subjects
+from edgepub.shared import bus, objects, rpc, subjects
 from edgepub.shared.errors import ServiceUnavailableError
 from edgepub.shared.schemas import (
     TERMINAL_STATUSES,
+    ModelUploadReply,
+    ModelUploadRequest,
     PublishGetRequest,
     PublishRecord,
     decoder,
@@ -68,17 +68,19 @@ class Session:
                     raise
                 await asyncio.sleep(0.5)
 
-    async def put_model_bytes(self, path: Path, sha256: str) -> None:
-        nc = await self.nc()
-        store = await bus.ensure_object_store(nc.jetstream())
-        try:
-            info = await store.get_info(sha256)
-            if not info.deleted:
-                return  # content-addressed: these bytes are already there
-        except (ObjectNotFoundError, JsNotFoundError):
-            pass  # not uploaded yet
-        with path.open("rb") as f:
-            await store.put(sha256, f)
+    async def put_model_bytes(self, path: Path, sha256: str, size: int) -> None:
+        """Make sure the publish service holds exactly these bytes: ask first (the same
+        bytes are never sent twice), else write them to the upload area and have the
+        service verify and take them (see services/publish/uploads.py)."""
+        ask = ModelUploadRequest(sha256=sha256, size=size)
+        if (await self.call(subjects.VERB_MODEL_UPLOAD, ask, ModelUploadReply)).present:
+            return
+        js = (await self.nc()).jetstream()
+        name = objects.upload_name(sha256)
+        chunks = objects.file_chunks(str(path))
+        await objects.write(js, subjects.OBJECT_STORE_UPLOADS, name, objects.new_nuid(), chunks)
+        take = ModelUploadRequest(sha256=sha256, size=size, upload=name)
+        await self.call(subjects.VERB_MODEL_UPLOAD, take, ModelUploadReply)
 
     async def watch_publish(
         self,
@@ -107,6 +109,7 @@ class Session:
         js = (await self.nc()).jetstream()
         sub = await js.subscribe(
             subjects.publish_events(publish_id),
+            stream=subjects.EVENTS_STREAM,  # named: looking it up is an API call users lack
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.ALL,
         )

@@ -7,6 +7,9 @@ waits, and says in the log when it loses and regains the broker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
+import time
 from typing import Any
 
 import nats
@@ -21,10 +24,9 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.errors import BucketNotFoundError, NotFoundError
-from nats.js.object_store import ObjectStore
 
 from . import subjects
-from .errors import ServiceUnavailableError
+from .errors import NotAuthorizedError, ServiceUnavailableError
 from .logs import register_secret
 from .settings import NatsSettings
 
@@ -33,53 +35,103 @@ log = structlog.get_logger("edgepub.bus")
 DAY = 24 * 3600.0
 
 
+class _Callbacks:
+    """Connection callbacks that stay quiet until the first connect has succeeded: before
+    that, ``connect`` itself reports the outcome in one error."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.nc: NATS | None = None
+
+    async def disconnected(self) -> None:
+        nc = self.nc
+        if nc is None or nc.is_closed or nc.is_draining:
+            return  # not connected yet, or our own close: not a lost broker
+        log.warning("nats_disconnected", client=self.name)
+
+    async def reconnected(self) -> None:
+        log.info("nats_reconnected", client=self.name)
+
+    async def error(self, exc: Exception) -> None:
+        if self.nc is not None:
+            log.warning("nats_error", client=self.name, error=str(exc))
+
+
+def _refused(exc: BaseException) -> bool:
+    return "authorization violation" in str(exc).lower() or isinstance(
+        exc, nats.errors.AuthorizationError
+    )
+
+
 async def connect(
-    settings: NatsSettings, *, name: str, connect_timeout: float = 5.0, first_attempts: int = 1
+    settings: NatsSettings,
+    *,
+    name: str,
+    connect_timeout: float = 2.0,
+    wait_s: float = 3.0,
 ) -> NATS:
-    """Connect, or raise ServiceUnavailableError naming the URL and the cause."""
+    """Connect, then reconnect forever with short jittered waits once connected.
+
+    The first connect is bounded: refused credentials raise NotAuthorizedError at once; an
+    unreachable server is retried for ``wait_s`` and then raises ServiceUnavailableError; a
+    server without JetStream raises too. Every message names the URL and the user (never
+    the password) and says what to do.
+    """
     register_secret(settings.password)
-
-    holder: list[NATS] = []
-
-    async def on_disconnect() -> None:
-        if holder and (holder[0].is_closed or holder[0].is_draining):
-            return  # our own close, not a lost broker
-        log.warning("nats_disconnected", client=name)
-
-    async def on_reconnect() -> None:
-        log.info("nats_reconnected", client=name)
-
-    async def on_error(exc: Exception) -> None:
-        log.warning("nats_error", client=name, error=str(exc))
-
+    who = settings.user or "anonymous"
+    callbacks = _Callbacks(name)
     opts: dict[str, Any] = {
         "servers": [settings.url],
         "name": name,
         "connect_timeout": connect_timeout,
-        "max_reconnect_attempts": -1,
+        # The first connect is bounded here, not by nats-py (whose default first connect
+        # retries a dead port 60 times, and -1 retries forever).
+        "allow_reconnect": False,
+        "max_reconnect_attempts": 1,
         "reconnect_time_wait": 0.25,
-        "allow_reconnect": True,
-        "disconnected_cb": on_disconnect,
-        "reconnected_cb": on_reconnect,
-        "error_cb": on_error,
+        "disconnected_cb": callbacks.disconnected,
+        "reconnected_cb": callbacks.reconnected,
+        "error_cb": callbacks.error,
     }
     if settings.user:
         opts["user"] = settings.user
         opts["password"] = settings.password or ""
-    last: Exception | None = None
-    for attempt in range(max(1, first_attempts)):
+        opts["inbox_prefix"] = subjects.inbox_prefix(settings.user)
+    deadline = time.monotonic() + wait_s
+    attempt = 0
+    while True:
         try:
             nc = await nats.connect(**opts)
-            holder.append(nc)
-            return nc
+            break
         except (TimeoutError, OSError, nats.errors.Error) as exc:
-            last = exc
-            if attempt + 1 < first_attempts:
-                await asyncio.sleep(min(2.0, 0.2 * 2**attempt))
-    raise ServiceUnavailableError(
-        f"cannot reach NATS at {settings.url} as {settings.user or 'anonymous'}: "
-        f"{type(last).__name__}: {last}; is the stack running (edgepub up)?"
-    ) from last
+            if _refused(exc):
+                raise NotAuthorizedError(
+                    f"NATS at {settings.url} refused user {who!r}: wrong user or password; "
+                    "check EDGEPUB_NATS_USER/EDGEPUB_NATS_PASSWORD (or the stack's stack.json)"
+                ) from None
+            if time.monotonic() + _backoff(attempt) >= deadline:
+                raise ServiceUnavailableError(
+                    f"cannot reach NATS at {settings.url} as {who!r} within {wait_s:g}s: "
+                    f"{type(exc).__name__}: {exc}; is the stack running (edgepub up), "
+                    "or is EDGEPUB_NATS_URL right?"
+                ) from None
+            await asyncio.sleep(_backoff(attempt))
+            attempt += 1
+    if not nc._server_info.get("jetstream"):
+        await nc.close()
+        raise ServiceUnavailableError(
+            f"NATS at {settings.url} has no JetStream; start nats-server with JetStream "
+            "enabled (-js, or a jetstream {} block; edgepub up does this)"
+        )
+    # Connected: from now on ride out any outage.
+    nc.options["allow_reconnect"] = True
+    nc.options["max_reconnect_attempts"] = -1
+    callbacks.nc = nc
+    return nc
+
+
+def _backoff(attempt: int) -> float:
+    return float(min(1.0, 0.1 * 2**attempt) * random.uniform(0.8, 1.2))
 
 
 async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:
@@ -129,18 +181,45 @@ async def ensure_buckets(js: JetStreamContext, *, replicas: int = 1) -> None:
     await ensure_object_store(js, replicas=replicas)
 
 
-async def ensure_object_store(js: JetStreamContext, *, replicas: int = 1) -> ObjectStore:
-    """The model files bucket; the SDK calls this too, so an upload that races the services'
-    first start does not fail on a missing bucket."""
-    try:
-        return await js.object_store(subjects.OBJECT_STORE_MODELS)
-    except (BucketNotFoundError, NotFoundError):
-        return await js.create_object_store(
-            subjects.OBJECT_STORE_MODELS,
-            config=ObjectStoreConfig(storage=StorageType.FILE, replicas=replicas),
-        )
+UPLOAD_MAX_AGE_S = DAY  # an upload nobody took (the SDK died midway) is dropped after this
+
+
+async def ensure_object_store(js: JetStreamContext, *, replicas: int = 1) -> None:
+    """The verified model files, and the upload area SDK users write into."""
+    for bucket, max_age in (
+        (subjects.OBJECT_STORE_MODELS, None),
+        (subjects.OBJECT_STORE_UPLOADS, UPLOAD_MAX_AGE_S),
+    ):
+        try:
+            await js.object_store(bucket)
+        except (BucketNotFoundError, NotFoundError):
+            await js.create_object_store(
+                bucket,
+                config=ObjectStoreConfig(storage=StorageType.FILE, replicas=replicas, ttl=max_age),
+            )
 
 
 async def ensure_all(js: JetStreamContext) -> None:
+    """Everything the publish service owns (it is the one service allowed to create it)."""
     await ensure_streams(js)
     await ensure_buckets(js)
+
+
+async def wait_for_stream(js: JetStreamContext, stream: str, stop: asyncio.Event) -> bool:
+    """Wait until ``stream`` exists (its owner creates it), saying so every few seconds.
+    False if ``stop`` came first."""
+    started = time.monotonic()
+    said = 0.0
+    while not stop.is_set():
+        try:
+            await js.stream_info(stream)
+            return True
+        except NotFoundError:
+            waited = time.monotonic() - started
+            if waited - said >= 5.0 or said == 0.0:
+                log.info("waiting_for_stream", stream=stream, waited_s=round(waited, 1))
+                said = waited or 0.001
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await stop.wait()
+    return False

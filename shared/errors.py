@@ -73,6 +73,12 @@ class ServiceUnavailableError(EdgepubError, ConnectionError):
     code = "unavailable"
 
 
+class NotAuthorizedError(EdgepubError, PermissionError):
+    """The broker refused the credentials (or an action the user may not take)."""
+
+    code = "not_authorized"
+
+
 class DigestMismatchError(EdgepubError):
     code = "digest_mismatch"
 

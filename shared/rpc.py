@@ -35,12 +35,18 @@ class Route(msgspec.Struct, frozen=True):
 
 async def serve(
     nc: NATS,
+    service: str,
     routes: Mapping[str, Route],
     stop: asyncio.Event,
     *,
     max_in_flight: int = 64,
 ) -> None:
-    """Answer requests on ``edgepub.req.*.>`` until ``stop``; finish those in hand."""
+    """Answer ``service``'s verbs (``edgepub.req.*.<service>.>``) until ``stop``; finish the
+    requests in hand. Every route must belong to ``service``."""
+    strays = sorted(v for v in routes if subjects.service_of(v) != service)
+    if strays:
+        raise ValueError(f"routes {strays} do not belong to the {service} service")
+    wildcard = subjects.request_wildcard(service)
     slots = asyncio.Semaphore(max_in_flight)
     async with asyncio.TaskGroup() as tg:
 
@@ -48,10 +54,8 @@ async def serve(
             await slots.acquire()
             tg.create_task(_answer(nc, msg, routes, slots))
 
-        sub = await nc.subscribe(
-            subjects.request_wildcard(), queue=subjects.REQUEST_QUEUE, cb=on_msg
-        )
-        log.info("requests_serving", subject=subjects.request_wildcard())
+        sub = await nc.subscribe(wildcard, queue=subjects.request_queue(service), cb=on_msg)
+        log.info("requests_serving", subject=wildcard)
         try:
             await stop.wait()
         finally:
@@ -77,14 +81,23 @@ async def _answer(
         response = await route.handler(user, request)
         await msg.respond(encode(response))
     except EdgepubError as exc:
+        # A client's mistake or a known condition: its class says so, no traceback.
         await _respond_error(nc, msg, exc.code, exc.message)
-    except ValueError as exc:
-        await _respond_error(nc, msg, InvalidRequestError.code, str(exc))
     except Exception as exc:
+        # Anything else is a bug here, not the caller's fault (a ValueError included).
         log.error("request_failed", subject=msg.subject, error=repr(exc), exc_info=exc)
-        await _respond_error(nc, msg, EdgepubError.code, f"internal error: {exc}")
+        await _respond_error(
+            nc, msg, EdgepubError.code, f"internal error in {msg.subject}: {type(exc).__name__}"
+        )
     finally:
         slots.release()
+
+
+def _service(subject: str) -> str:
+    try:
+        return subjects.service_of(subjects.parse_request(subject)[1])
+    except ValueError:
+        return "edgepub"
 
 
 async def _respond_error(nc: NATS, msg: Msg, code: str, message: str) -> None:
@@ -110,11 +123,12 @@ async def call(
         reply = await nc.request(subject, encode(request), timeout=timeout)
     except NoRespondersError:
         raise ServiceUnavailableError(
-            f"no service answers {subject}; is the publish service running?"
+            f"no {_service(subject)} service answers {subject}; is it running?"
         ) from None
     except (TimeoutError, NatsTimeoutError):
         raise ServiceUnavailableError(
-            f"no answer on {subject} within {timeout:.0f}s; is the publish service running?"
+            f"no answer from the {_service(subject)} service on {subject} within "
+            f"{timeout:.0f}s; is it running?"
         ) from None
     if reply.headers and subjects.HEADER_ERROR_CODE in reply.headers:
         err = decode(ErrorReply, reply.data)

@@ -23,6 +23,8 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from . import bus
+
 log = structlog.get_logger("edgepub.runner")
 
 T = TypeVar("T")
@@ -92,7 +94,10 @@ class Consumer(Generic[T]):
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Fetch and handle until ``stop`` is set."""
+        """Fetch and handle until ``stop`` is set (waiting first for the stream's owner to
+        have created it)."""
+        if not await bus.wait_for_stream(self._js, self._spec.stream, stop):
+            return
         await self.ensure()
         sub = await self._js.pull_subscribe_bind(self._spec.durable, stream=self._spec.stream)
         self._log.info("consumer_started")

@@ -177,6 +177,19 @@ class ModelRegisterRequest(Base, frozen=True, kw_only=True):
     outputs: CheckedTensorSpecs
 
 
+class ModelUploadRequest(Base, frozen=True, kw_only=True):
+    """Model bytes for the verified store. Without ``upload``: are they there already?
+    With it: verify the entry ``upload`` of the upload area and copy it in."""
+
+    sha256: Sha256Hex
+    size: ModelSize
+    upload: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+
+
+class ModelUploadReply(Base, frozen=True, kw_only=True):
+    present: bool  # the verified store holds exactly these bytes now
+
+
 class ModelGetRequest(Base, frozen=True, kw_only=True):
     name: str
     version: Uuid | None = None

@@ -14,18 +14,21 @@ from . import bus, logs
 from .settings import LogSettings, NatsSettings
 
 Body = Callable[[NATS, JetStreamContext, asyncio.Event], Awaitable[None]]
+Provision = Callable[[JetStreamContext], Awaitable[None]]
 
 
-async def _main(name: str, body: Body) -> None:
+async def _main(name: str, body: Body, provision: Provision | None) -> None:
     log = structlog.get_logger(name).bind(service=name)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    nc = await bus.connect(NatsSettings.from_env(), name=name, first_attempts=30)
+    # a service may start before the broker: wait for it, but refused credentials end it
+    nc = await bus.connect(NatsSettings.from_env(), name=name, wait_s=30.0)
     try:
         js = nc.jetstream()
-        await bus.ensure_all(js)
+        if provision is not None:  # only the owner of streams and buckets creates them
+            await provision(js)
         log.info("service_started")
         await body(nc, js, stop)
     finally:
@@ -33,8 +36,9 @@ async def _main(name: str, body: Body) -> None:
         log.info("service_stopped")
 
 
-def run(name: str, body: Body) -> None:
-    """The whole life of a service process; exits 0 after a clean SIGTERM."""
+def run(name: str, body: Body, provision: Provision | None = None) -> None:
+    """The whole life of a service process; exits 0 after a clean SIGTERM. ``provision``
+    creates what the service owns on the bus (its user may create nothing else)."""
     cfg = LogSettings.from_env()
     logs.configure(fmt=cfg.format, level=cfg.level)
-    asyncio.run(_main(name, body))
+    asyncio.run(_main(name, body, provision))

@@ -11,18 +11,24 @@ import re
 
 PREFIX = "edgepub"
 
-# --- request/reply (SDK/CLI -> publish service) -----------------------------------------
+# --- request/reply (SDK/CLI -> a service) -------------------------------------------------
+# ``edgepub.req.<user>.<service>.<verb>``: each service subscribes to its own verbs only, so
+# services never race for a request, and the broker lets a user publish only under its name.
 REQUEST_ROOT = f"{PREFIX}.req"
-REQUEST_QUEUE = "publish-service"
 
-VERB_MODEL_REGISTER = "model.register"
-VERB_MODEL_GET = "model.get"
-VERB_PIPELINE_BUILD = "pipeline.build"
-VERB_PUBLISH_CREATE = "publish.create"
-VERB_PUBLISH_GET = "publish.get"
-VERB_PUBLISH_LIST = "publish.list"
+SERVICE_PUBLISH = "publish"
+
+# A verb constant is "<service>.<verb>": the service that answers it comes first.
+VERB_MODEL_REGISTER = f"{SERVICE_PUBLISH}.model.register"
+VERB_MODEL_UPLOAD = f"{SERVICE_PUBLISH}.model.upload"
+VERB_MODEL_GET = f"{SERVICE_PUBLISH}.model.get"
+VERB_PIPELINE_BUILD = f"{SERVICE_PUBLISH}.pipeline.build"
+VERB_PUBLISH_CREATE = f"{SERVICE_PUBLISH}.publish.create"
+VERB_PUBLISH_GET = f"{SERVICE_PUBLISH}.publish.get"
+VERB_PUBLISH_LIST = f"{SERVICE_PUBLISH}.publish.list"
 VERBS = (
     VERB_MODEL_REGISTER,
+    VERB_MODEL_UPLOAD,
     VERB_MODEL_GET,
     VERB_PIPELINE_BUILD,
     VERB_PUBLISH_CREATE,
@@ -31,21 +37,42 @@ VERBS = (
 )
 
 
+def service_of(verb: str) -> str:
+    """The service that answers ``verb`` ("publish.model.get" -> "publish")."""
+    return verb.split(".", 1)[0]
+
+
 def request(user: str, verb: str) -> str:
     """The subject a user sends ``verb`` requests on."""
     return f"{REQUEST_ROOT}.{token(user)}.{verb}"
 
 
-def request_wildcard() -> str:
-    return f"{REQUEST_ROOT}.*.>"
+def request_wildcard(service: str) -> str:
+    """Every request any user sends to ``service``."""
+    return f"{REQUEST_ROOT}.*.{token(service)}.>"
+
+
+def request_queue(service: str) -> str:
+    """The queue group a service's replicas share, so each request is answered once."""
+    return f"{token(service)}-service"
 
 
 def parse_request(subject: str) -> tuple[str, str]:
-    """``edgepub.req.<user>.<verb...>`` -> (user, verb)."""
+    """``edgepub.req.<user>.<service>.<verb...>`` -> (user, "<service>.<verb...>")."""
     parts = subject.split(".")
-    if len(parts) < 4 or ".".join(parts[:2]) != REQUEST_ROOT:
+    if len(parts) < 5 or ".".join(parts[:2]) != REQUEST_ROOT:
         raise ValueError(f"not an edgepub request subject: {subject!r}")
     return parts[2], ".".join(parts[3:])
+
+
+# --- inboxes -------------------------------------------------------------------------------
+INBOX_ROOT = "_INBOX"
+
+
+def inbox_prefix(user: str) -> str:
+    """A user's private inbox prefix (nats-py's ``inbox_prefix``); the broker lets each user
+    subscribe under its own prefix only, so nobody reads another's replies."""
+    return f"{INBOX_ROOT}.{token(user)}"
 
 
 # --- work stream: events between services -------------------------------------------------
@@ -60,6 +87,9 @@ PUBLISH_PUSHED_OR_FAILED = (PUBLISH_PUSH_STARTED, PUBLISH_PUSHED, PUBLISH_PUSH_F
 # --- events stream: state changes users watch ---------------------------------------------
 EVENTS_STREAM = "EDGEPUB_EVENTS"
 EVENTS_SUBJECTS = f"{PREFIX}.events.>"
+
+
+PUBLISH_EVENTS_ALL = f"{PREFIX}.events.publish.>"
 
 
 def publish_events(publish_id: int) -> str:
@@ -78,18 +108,21 @@ KV_PIPELINE_VERSIONS = "edgepub_pipeline_versions"
 KV_PUBLISHES = "edgepub_publishes"
 KV_REQUESTS = "edgepub_requests"
 KV_COUNTERS = "edgepub_counters"
-OBJECT_STORE_MODELS = "edgepub_model_files"
+OBJECT_STORE_MODELS = "edgepub_model_files"  # verified model bytes; services write it
+# Where SDK users upload model bytes; the publish service verifies each upload while copying
+# it into OBJECT_STORE_MODELS, so no user can overwrite the bytes a publish reads.
+OBJECT_STORE_UPLOADS = "edgepub_model_uploads"
 
 # --- headers -------------------------------------------------------------------------------
 HEADER_MSG_ID = "Nats-Msg-Id"
 HEADER_ERROR_CODE = "Edgepub-Error"
 
-_TOKEN = re.compile(r"^[A-Za-z0-9_\-]+$")
+_TOKEN = re.compile(r"[A-Za-z0-9_\-]+")
 
 
 def token(value: str) -> str:
     """Refuse anything that would change a subject's shape (dots, wildcards, spaces)."""
-    if not _TOKEN.match(value):
+    if not isinstance(value, str) or not _TOKEN.fullmatch(value):
         raise ValueError(f"{value!r} cannot be a subject token: use letters, digits, '-', '_'")
     return value
 

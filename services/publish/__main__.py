@@ -10,11 +10,12 @@ import asyncio
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from edgepub.shared import rpc, service, subjects
+from edgepub.shared import bus, rpc, service, subjects
 from edgepub.shared.runner import Consumer, ConsumerSpec
 from edgepub.shared.schemas import (
     ModelGetRequest,
     ModelRegisterRequest,
+    ModelUploadRequest,
     PipelineBuildRequest,
     PublishCreateRequest,
     PublishGetRequest,
@@ -25,10 +26,12 @@ from edgepub.shared.settings import Env
 
 from .handlers import PublishService
 from .state import State
+from .uploads import ModelUploads
 
 
-def routes(svc: PublishService) -> dict[str, rpc.Route]:
+def routes(svc: PublishService, uploads: ModelUploads) -> dict[str, rpc.Route]:
     return {
+        subjects.VERB_MODEL_UPLOAD: rpc.Route(ModelUploadRequest, uploads.upload),
         subjects.VERB_MODEL_REGISTER: rpc.Route(ModelRegisterRequest, svc.register_model),
         subjects.VERB_MODEL_GET: rpc.Route(ModelGetRequest, svc.get_model),
         subjects.VERB_PIPELINE_BUILD: rpc.Route(PipelineBuildRequest, svc.build_pipeline),
@@ -52,12 +55,12 @@ async def body(nc: NATS, js: JetStreamContext, stop: asyncio.Event) -> None:
         svc.on_outcome,
     )
     async with asyncio.TaskGroup() as tg:
-        tg.create_task(rpc.serve(nc, routes(svc), stop))
+        tg.create_task(rpc.serve(nc, subjects.SERVICE_PUBLISH, routes(svc, ModelUploads(js)), stop))
         tg.create_task(outcomes.run(stop))
 
 
 def main() -> None:
-    service.run("publish", body)
+    service.run("publish", body, provision=bus.ensure_all)
 
 
 if __name__ == "__main__":

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 import uuid
 from dataclasses import dataclass
 
 import msgspec
 import structlog
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError as JsNotFoundError
-from nats.js.errors import ObjectNotFoundError
 
 from edgepub.shared import subjects
 from edgepub.shared.errors import (
@@ -20,6 +17,7 @@ from edgepub.shared.errors import (
     NotFoundError,
 )
 from edgepub.shared.names import check_name
+from edgepub.shared.objects import digest_hex
 from edgepub.shared.runner import Delivery, Retry
 from edgepub.shared.schemas import (
     ModelGetRequest,
@@ -42,6 +40,7 @@ from edgepub.shared.version import VERSION
 
 from .state import Conflict, State
 from .transitions import apply_outcome, steps_key
+from .uploads import matches, stored_model
 
 log = structlog.get_logger("edgepub.publish")
 
@@ -75,18 +74,16 @@ class PublishService:
         return model
 
     async def _check_model_bytes(self, req: ModelRegisterRequest) -> None:
-        store = await self.js.object_store(subjects.OBJECT_STORE_MODELS)
-        try:
-            info = await store.get_info(req.sha256)
-        except (ObjectNotFoundError, JsNotFoundError):
+        stored = await stored_model(self.js, req.sha256)
+        if stored is None:
             raise InvalidModelError(
                 f"model {req.name!r}: no uploaded bytes named {req.sha256}; upload the file first"
-            ) from None
-        digest = base64.urlsafe_b64decode((info.digest or "").split("=", 1)[-1] + "==").hex()
-        if digest != req.sha256 or info.size != req.size:
+            )
+        if not matches(stored, req.sha256, req.size):
             raise InvalidModelError(
                 f"model {req.name!r}: stored bytes do not match the declared sha256/size "
-                f"(stored {digest[:12]}…/{info.size}, declared {req.sha256[:12]}…/{req.size})"
+                f"(stored {digest_hex(stored)[:12]}…/{stored.size}, declared "
+                f"{req.sha256[:12]}…/{req.size}); upload the file again to replace them"
             )
 
     async def _latest_model(self, name: str) -> ModelVersion | None:

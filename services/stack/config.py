@@ -14,6 +14,9 @@ import msgspec
 
 from edgepub.shared import subjects
 
+from . import permissions
+from .permissions import Permissions
+
 SDK_USER = "admin"
 REGISTRY_USER = "edgepub"
 # One NATS user per service; the name is also the value of EDGEPUB_NATS_USER it gets.
@@ -25,19 +28,6 @@ MAX_FILE_STORE = 10 * 1024**3
 # ~2 ms. The password is a generated 32-byte random token, so no work factor makes guessing
 # it any harder in practice, while cost 12 would add about a second to every publish.
 HTPASSWD_COST = 5
-
-_ALL = (">",)
-
-
-class Permissions(msgspec.Struct, frozen=True, kw_only=True):
-    """What one NATS user may publish and subscribe to (nats-server subject patterns)."""
-
-    publish_allow: tuple[str, ...] = _ALL
-    publish_deny: tuple[str, ...] = ()
-    subscribe_allow: tuple[str, ...] = _ALL
-    subscribe_deny: tuple[str, ...] = ()
-    # Lets a user that only answers requests publish to the one reply subject it was sent.
-    allow_responses: bool = False
 
 
 class UserSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -56,21 +46,7 @@ class StackCredentials(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def sdk_permissions(user: str = SDK_USER) -> Permissions:
-    """An SDK/CLI user: requests under its own name only, JetStream API, model uploads."""
-    return Permissions(
-        publish_allow=(
-            f"{subjects.REQUEST_ROOT}.{subjects.token(user)}.>",
-            "$JS.API.>",
-            f"$O.{subjects.OBJECT_STORE_MODELS}.>",
-            "$JS.ACK.>",
-        ),
-        subscribe_allow=("_INBOX.>",),
-    )
-
-
-def service_permissions(_service: str) -> Permissions:
-    # Everything for now; narrowing each service to its own subjects is later work.
-    return Permissions()
+    return permissions.sdk(user)
 
 
 def generate_credentials(sdk_user: str = SDK_USER) -> StackCredentials:
@@ -87,7 +63,7 @@ def nats_users(creds: StackCredentials) -> dict[str, UserSpec]:
     """The NATS users of a stack: each service's, plus the SDK user's narrower one."""
     out: dict[str, UserSpec] = {}
     for user, password in creds.nats_users.items():
-        perms = sdk_permissions(user) if user == creds.sdk_user else service_permissions(user)
+        perms = permissions.sdk(user) if user == creds.sdk_user else permissions.service(user)
         out[user] = UserSpec(password=password, permissions=perms)
     return out
 
@@ -104,9 +80,10 @@ def _subject_list(items: tuple[str, ...]) -> str:
 
 
 def _direction(name: str, allow: tuple[str, ...], deny: tuple[str, ...]) -> list[str]:
-    parts = [f"allow: {_subject_list(allow)}"]
-    if deny:
-        parts.append(f"deny: {_subject_list(deny)}")
+    # An empty allow list would mean "no restriction" to nats-server: deny everything instead.
+    parts = [f"allow: {_subject_list(allow)}"] if allow else []
+    if deny or not allow:
+        parts.append(f"deny: {_subject_list(deny or ('>',))}")
     return [f"      {name}: {{ {', '.join(parts)} }}"]
 
 

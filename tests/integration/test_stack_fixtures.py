@@ -6,10 +6,10 @@ import asyncio
 import subprocess
 from pathlib import Path
 
-import nats
 import pytest
 
 from edgepub.services.stack.binaries import find_nats_server
+from edgepub.shared import bus, subjects
 from support.natsutil import publish_allowed
 from support.servers import NatsServer, RegistryServer, nats_handshake
 from support.services import OpsServices
@@ -43,13 +43,14 @@ def test_admin_may_publish_only_under_its_own_request_subject(nats_server: NatsS
 
 
 async def _stream_roundtrip(server: NatsServer, *, create: bool) -> int:
-    nc = await nats.connect(server.url, user="publish", password=server.users["publish"])
+    """As the publish service (the user that owns the streams): one event, then count."""
+    nc = await bus.connect(server.settings("publish"), name="fixture")
     try:
         js = nc.jetstream()
         if create:
-            await js.add_stream(name="FIXTURE", subjects=["fixture.>"])
-            await js.publish("fixture.a", b"1")
-        info = await js.stream_info("FIXTURE")
+            await bus.ensure_all(js)
+            await js.publish(subjects.publish_events(1), b"1")
+        info = await js.stream_info(subjects.EVENTS_STREAM)
         return int(info.state.messages)
     finally:
         await nc.close()

@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,10 +21,10 @@ import numpy as np
 import onnx
 import pytest
 from nats.aio.client import Client as NATS
-from nats.js.api import DeliverPolicy
+from nats.js.errors import NotFoundError
 from onnx import TensorProto, helper, numpy_helper
 
-from edgepub.shared import artifact, bus, schemas, subjects
+from edgepub.shared import artifact, bus, objects, schemas, subjects
 from edgepub.shared.oci import RegistryClient
 from edgepub.shared.schemas import (
     ModelVersion,
@@ -126,8 +126,17 @@ class Bus:
         return mv
 
     def put_object(self, object_name: str, data: bytes) -> None:
-        store = self.run(self.js.object_store(subjects.OBJECT_STORE_MODELS))
-        self.run(store.put(object_name, data))
+        """Write an entry as the publish service does (it may not purge an old one)."""
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for i in range(0, len(data), objects.CHUNK):
+                yield data[i : i + objects.CHUNK]
+
+        self.run(
+            objects.write(
+                self.js, subjects.OBJECT_STORE_MODELS, object_name, objects.new_nuid(), chunks()
+            )
+        )
 
     def send(self, req: PublishRequested, msg_id: str | None = None) -> None:
         headers = {subjects.HEADER_MSG_ID: msg_id} if msg_id else None
@@ -138,25 +147,17 @@ class Bus:
         return [e for e in self.run(self._outcomes()) if e.publish_id == publish_id]
 
     async def _outcomes(self) -> list[PushOutcome]:
+        """Read message by message: the publish user may read its stream, not consume it."""
         out: list[PushOutcome] = []
         info = await self.js.stream_info(subjects.WORK_STREAM)
-        if not info.state.messages:
-            return out
-        sub = await self.js.subscribe(
-            f"{subjects.PREFIX}.work.publish.*",
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.ALL,
-        )
-        try:
-            last = info.state.last_seq
-            while True:
-                msg = await sub.next_msg(timeout=2.0)
-                if msg.subject in subjects.PUBLISH_PUSHED_OR_FAILED:
-                    out.append(schemas.push_outcome_decoder.decode(msg.data))
-                if msg.metadata.sequence.stream >= last:
-                    return out
-        finally:
-            await sub.unsubscribe()
+        for seq in range(info.state.first_seq or 1, info.state.last_seq + 1):
+            try:
+                msg = await self.js.get_msg(subjects.WORK_STREAM, seq)
+            except NotFoundError:
+                continue  # a gap (deleted message)
+            if msg.subject in subjects.PUBLISH_PUSHED_OR_FAILED:
+                out.append(schemas.push_outcome_decoder.decode(msg.data or b""))
+        return out
 
     def wait_outcome(self, publish_id: int, timeout: float = 60.0) -> Pushed | PushFailed:
         """The first Pushed or PushFailed for ``publish_id`` (polling the stream)."""

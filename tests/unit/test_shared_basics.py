@@ -41,10 +41,33 @@ def test_subject_tokens_never_change_a_subject_shape(value: str) -> None:
 
 def test_request_subjects_round_trip() -> None:
     subject = subjects.request("admin", subjects.VERB_PUBLISH_CREATE)
-    assert subject == "edgepub.req.admin.publish.create"
-    assert subjects.parse_request(subject) == ("admin", "publish.create")
+    assert subject == "edgepub.req.admin.publish.publish.create"
+    assert subjects.parse_request(subject) == ("admin", "publish.publish.create")
+    assert subjects.service_of(subjects.VERB_PUBLISH_CREATE) == "publish"
     with pytest.raises(ValueError):
         subjects.request("a.b", "x")
+    with pytest.raises(ValueError, match="not an edgepub request"):
+        subjects.parse_request("edgepub.req.admin.publish")  # no verb after the service
+
+
+def test_every_verb_is_answered_by_a_service_on_its_own_subjects() -> None:
+    for verb in subjects.VERBS:
+        service = subjects.service_of(verb)
+        wildcard = subjects.request_wildcard(service)
+        assert wildcard == f"edgepub.req.*.{service}.>"
+        assert subjects.request("u", verb).startswith(f"edgepub.req.u.{service}.")
+
+
+@pytest.mark.parametrize("value", ["a\n", "a\r\n", "\na", "a b", "a.b", "*", ">", ""])
+def test_subject_tokens_refuse_newlines_and_separators(value: str) -> None:
+    with pytest.raises(ValueError, match="cannot be a subject token"):
+        subjects.token(value)
+
+
+def test_inbox_prefix_is_per_user() -> None:
+    assert subjects.inbox_prefix("alice") == "_INBOX.alice"
+    with pytest.raises(ValueError):
+        subjects.inbox_prefix("a.>")
 
 
 def test_settings_errors_name_the_variable_and_value() -> None:

@@ -24,17 +24,48 @@ def test_sdk_user_may_publish_only_its_own_requests() -> None:
     perms = config.sdk_permissions("alice")
     assert "edgepub.req.alice.>" in perms.publish_allow
     assert not any(p.startswith("edgepub.req.*") or p == ">" for p in perms.publish_allow)
-    assert perms.subscribe_allow == ("_INBOX.>",)
+    assert perms.subscribe_allow == ("_INBOX.alice.>",)
     with pytest.raises(ValueError):
         config.sdk_permissions("a.b")
 
 
-def test_nats_users_give_the_sdk_user_its_narrow_permissions() -> None:
+def _wide(pattern: str) -> bool:
+    """A pattern that reaches past one user's own things: the whole bus, every JetStream
+    API call, any KV bucket or object store, or everyone's inboxes."""
+    return pattern in {">", "$JS.API.>", "$KV.>", "$O.>", "_INBOX.>", "$JS.>"} or (
+        pattern.startswith("$JS.API.STREAM.DELETE") or pattern.startswith("$JS.API.>")
+    )
+
+
+def test_no_user_gets_the_whole_bus_or_deletes_streams() -> None:
     creds = config.generate_credentials(sdk_user="alice")
-    users = config.nats_users(creds)
-    assert users["alice"].permissions == config.sdk_permissions("alice")
-    assert users["publish"].permissions.publish_allow == (">",)
-    assert users["publish"].password == creds.nats_users["publish"]
+    for user, spec in config.nats_users(creds).items():
+        p = spec.permissions
+        wide = [x for x in (*p.publish_allow, *p.subscribe_allow) if _wide(x)]
+        assert wide == [], f"{user} may {wide}"
+        assert p.subscribe_allow[-1] == f"_INBOX.{user}.>" or user == "alice"
+        purges = [x for x in p.publish_allow if ".PURGE." in x]
+        assert all(x.startswith("$JS.API.STREAM.PURGE.OBJ_edgepub_model_") for x in purges), user
+
+
+def test_sdk_user_cannot_write_verified_models_or_kv() -> None:
+    perms = config.sdk_permissions("alice")
+    assert "$O.edgepub_model_uploads.>" in perms.publish_allow
+    assert not any(x.startswith(("$O.edgepub_model_files", "$KV.")) for x in perms.publish_allow)
+    assert not any(".STREAM." in x for x in perms.publish_allow)
+
+
+def test_each_service_answers_only_its_own_verbs() -> None:
+    users = config.nats_users(config.generate_credentials())
+    publish = users["publish"].permissions
+    assert publish.subscribe_allow[0] == "edgepub.req.*.publish.>"
+    assert publish.allow_responses
+    push = users["registry-push"].permissions
+    assert not any(x.startswith("edgepub.req") for x in push.subscribe_allow)
+    assert "edgepub.work.publish.pushed" in push.publish_allow
+    assert "edgepub.work.publish.requested" not in push.publish_allow
+    assert "edgepub.work.publish.pushed" not in publish.publish_allow
+    assert users["publish"].password != users["registry-push"].password
 
 
 def test_nats_config_has_listen_jetstream_and_every_user() -> None:
