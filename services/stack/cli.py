@@ -8,6 +8,7 @@ import errno
 import os
 import signal
 import socket
+import stat
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from .plan import StackPlan, UpOptions, build_plan
 from .supervisor import StackStartError, kill_leftovers, run_stack
 
 log = structlog.get_logger("edgepub.stack")
+CACHE_DIR = "cache"  # registry-push's, in the data dir (EDGEPUB_CACHE_DIR)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -135,6 +137,8 @@ def make_plan(opts: UpOptions, directory: Path) -> StackPlan:
     logs.register_secret(opts.nats_password)
     logs.register_secret(opts.registry_password)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEPUB_NATS_")}
+    # registry-push's cache: this stack's own, under its data dir (unless set on purpose).
+    base_env.setdefault("EDGEPUB_CACHE_DIR", str(directory / CACHE_DIR))
     return build_plan(
         opts,
         creds,
@@ -152,6 +156,19 @@ def write_files(plan: StackPlan) -> None:
         path = Path(planned.path)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         state.write_private(path, planned.text.encode())
+
+
+def private_data_dir(directory: Path) -> None:
+    """The data dir holds credentials, the broker's store, the registry's blobs (the
+    users' models) and the logs: made 0700, or tightened to it, saying so."""
+    existed = directory.exists()
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    mode = stat.S_IMODE(directory.stat().st_mode)
+    if mode != 0o700:
+        directory.chmod(0o700)
+        log.warning("data_dir_mode_tightened", path=str(directory), was=oct(mode), now="0o700")
+    elif not existed:
+        log.info("data_dir_created", path=str(directory), mode="0o700")
 
 
 def _announce(plan: StackPlan, stack_file: Path) -> None:
@@ -189,7 +206,7 @@ def up_main(argv: list[str] | None = None) -> int:
     logs.configure(fmt=cfg.format, level=cfg.level)
     directory = state.data_dir(args.data_dir)
     try:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_data_dir(directory)
         _check_not_running(directory)
         plan = make_plan(options_from_args(args, directory), directory)
         write_files(plan)

@@ -2,7 +2,8 @@
 
 One task owns each child. A child that dies before it was ever ready fails the start (its
 log says why); one that dies later is restarted with exponential backoff. On stop the
-services go first (SIGTERM, up to 10 s, then SIGKILL), then the registry and NATS.
+services go first (SIGTERM, up to 10 s, then SIGKILL), then the registry and NATS. Each
+child's output goes to ``logs/<name>.log``: the directory 0700, the files 0600.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import asyncio
 import contextlib
 import os
 import signal
+import stat
 import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import msgspec
 import structlog
@@ -60,6 +63,23 @@ def _log_tail(path: str, lines: int = 15) -> str:
     return "\n".join("    " + line for line in text.splitlines()[-lines:])
 
 
+def private_dir(path: Path) -> Path:
+    """``path`` as a directory only its owner can enter: made, or tightened, to 0700."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if stat.S_IMODE(path.stat().st_mode) != 0o700:
+        path.chmod(0o700)
+    return path
+
+
+def open_log(path: str) -> BinaryIO:
+    """A child's log, for append: in a 0700 directory, the file itself 0600 (logs carry
+    model and pipeline names, registry addresses, errors quoting what clients sent)."""
+    private_dir(Path(path).parent)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)  # a log an earlier version left 0644
+    return os.fdopen(fd, "ab")
+
+
 class Child:
     def __init__(self, spec: ChildSpec, probe: ProbeFn | None, policy: Backoff) -> None:
         self.spec = spec
@@ -70,8 +90,7 @@ class Child:
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         # A local file opened for append: quick, and the child must get a real descriptor.
-        Path(self.spec.log_path).parent.mkdir(parents=True, exist_ok=True)
-        with open(self.spec.log_path, "ab") as out:  # noqa: ASYNC230
+        with open_log(self.spec.log_path) as out:
             proc = await asyncio.create_subprocess_exec(
                 *self.spec.argv,
                 stdin=subprocess.DEVNULL,
