@@ -27,6 +27,13 @@ DEFAULT_MAX_BODY = 64 << 20
 DEFAULT_LOG_STORAGE = 1 << 30  # when neither LOCAL_INFERENCE_STORAGE nor PLATEAU_PAGE_SIZE
 DEFAULT_PAGE_SIZE = 1000
 DEFAULT_HANDOFF_CAPACITY = 10_000
+DEFAULT_MAX_RECORDS = 1_000_000
+DEFAULT_MAX_HEADER = 32 << 10
+DEFAULT_HEADER_TIMEOUT_S = 10
+DEFAULT_BODY_TIMEOUT_S = 60
+DEFAULT_KEEP_ALIVE_S = 30
+DEFAULT_MAX_CONNECTIONS = 1000
+MAX_TIMEOUT_S = 3600
 MIN_LOG_STORAGE = 1 << 20
 MAX_PAGE_SIZE = 1_000_000
 MAX_CPUS = 1024.0
@@ -34,6 +41,16 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 _LOOPBACK = {"localhost", "127.0.0.1", "[::1]"}
 _REGISTRY = re.compile(r"^(?:(?P<scheme>https?)://)?(?P<host>[^/\s]+)(?P<path>/[^\s]*)?$")
+
+
+class HttpLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """What one connection may cost before it is refused (``web/protocol.py``)."""
+
+    max_header_bytes: int = DEFAULT_MAX_HEADER  # request line + headers: 431 past it
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S  # connect or first byte -> headers: 408
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S  # headers -> whole body: 408
+    keep_alive_s: int = DEFAULT_KEEP_ALIVE_S  # idle between requests: closed
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # open at once: 503 past it
 
 
 class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -51,7 +68,9 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     persist_dir: Path = Path(DEFAULT_PERSIST_DIR)
     host: str = "0.0.0.0"
     port: int = DEFAULT_PORT
-    max_body_bytes: int = DEFAULT_MAX_BODY
+    max_body_bytes: int = DEFAULT_MAX_BODY  # on the wire, and an Arrow body decoded
+    max_records: int = DEFAULT_MAX_RECORDS
+    http: HttpLimits = msgspec.field(default_factory=HttpLimits)
     handoff_capacity: int = DEFAULT_HANDOFF_CAPACITY
     log_format: str = "auto"
 
@@ -93,11 +112,16 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise _bad(name, raw, "true or false")
 
 
+def _digits(raw: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also admits '²', which ``int`` refuses."""
+    return raw.isascii() and raw.isdigit()
+
+
 def _whole(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
     raw = _get(env, name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not _digits(raw) or not low <= int(raw) <= high:
         raise _bad(name, raw, f"a whole number from {low} to {high}")
     return int(raw)
 
@@ -141,7 +165,7 @@ def parse_log_limits(storage: str | None, page: str | None) -> tuple[int, int, b
             storage,
             f"at least {format_size(MIN_LOG_STORAGE)} for the local inference log",
         )
-    if not page.isdigit() or not 1 <= int(page) <= MAX_PAGE_SIZE:
+    if not _digits(page) or not 1 <= int(page) <= MAX_PAGE_SIZE:
         raise _bad("PLATEAU_PAGE_SIZE", page, f"a whole number of rows from 1 to {MAX_PAGE_SIZE}")
     return size, int(page), True
 
@@ -211,17 +235,33 @@ def _log_format(env: Mapping[str, str]) -> str:
     return fmt
 
 
-def _max_body(env: Mapping[str, str]) -> int:
-    raw = _get(env, "EDGEPUB_MAX_BODY")
+def _size(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = _get(env, name)
     if raw is None:
-        return DEFAULT_MAX_BODY
+        return default
     try:
         size = parse_size(raw)
     except SizeError:
-        raise _bad("EDGEPUB_MAX_BODY", raw, SIZE_EXPECTED) from None
+        raise _bad(name, raw, SIZE_EXPECTED) from None
     if size < 1024:
-        raise _bad("EDGEPUB_MAX_BODY", raw, "at least 1Ki")
+        raise _bad(name, raw, "at least 1Ki")
     return size
+
+
+def parse_http_limits(env: Mapping[str, str]) -> HttpLimits:
+    return HttpLimits(
+        max_header_bytes=_size(env, "EDGEPUB_MAX_HEADER", DEFAULT_MAX_HEADER),
+        header_timeout_s=_whole(
+            env, "EDGEPUB_HEADER_TIMEOUT_S", DEFAULT_HEADER_TIMEOUT_S, 1, MAX_TIMEOUT_S
+        ),
+        body_timeout_s=_whole(
+            env, "EDGEPUB_BODY_TIMEOUT_S", DEFAULT_BODY_TIMEOUT_S, 1, MAX_TIMEOUT_S
+        ),
+        keep_alive_s=_whole(env, "EDGEPUB_KEEP_ALIVE_S", DEFAULT_KEEP_ALIVE_S, 1, MAX_TIMEOUT_S),
+        max_connections=_whole(
+            env, "EDGEPUB_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS, 1, 1_000_000
+        ),
+    )
 
 
 def parse_env(env: Mapping[str, str]) -> AgentConfig:
@@ -248,7 +288,9 @@ def parse_env(env: Mapping[str, str]) -> AgentConfig:
         persist_dir=Path(_get(env, "EDGEPUB_PERSIST_DIR") or DEFAULT_PERSIST_DIR),
         host=_get(env, "EDGEPUB_HOST") or "0.0.0.0",
         port=_whole(env, "EDGEPUB_PORT", DEFAULT_PORT, 1, 65535),
-        max_body_bytes=_max_body(env),
+        max_body_bytes=_size(env, "EDGEPUB_MAX_BODY", DEFAULT_MAX_BODY),
+        max_records=_whole(env, "EDGEPUB_MAX_RECORDS", DEFAULT_MAX_RECORDS, 1, 1_000_000_000),
+        http=parse_http_limits(env),
         handoff_capacity=_whole(env, "EDGEPUB_LOG_QUEUE", DEFAULT_HANDOFF_CAPACITY, 1, 10_000_000),
         log_format=_log_format(env),
     )

@@ -16,6 +16,7 @@ from edgepub.edge_agent.bundle import KEYS, BundleError, EdgeBundle, decode_bund
 from edgepub.edge_agent.config import (
     DEFAULT_LOG_STORAGE,
     DEFAULT_PAGE_SIZE,
+    HttpLimits,
     parse_cpus,
     parse_env,
     parse_log_limits,
@@ -100,6 +101,7 @@ def test_log_limits_accept_exactly_the_valid_pairs(storage: str | None, page: st
         storage is not None
         and page is not None
         and valid_size(storage)
+        and page.isascii()
         and page.isdigit()
         and 1 <= int(page) <= 1_000_000
     )
@@ -159,6 +161,35 @@ def test_defaults() -> None:
         1,
     )
     assert cfg.max_body_bytes == 64 << 20 and cfg.bundle is None
+    assert cfg.max_records == 1_000_000
+    assert cfg.http == HttpLimits(
+        max_header_bytes=32 << 10,
+        header_timeout_s=10,
+        body_timeout_s=60,
+        keep_alive_s=30,
+        max_connections=1000,
+    )
+
+
+def test_the_request_bounds() -> None:
+    cfg = parse_env(
+        env(
+            EDGEPUB_MAX_RECORDS="5000",
+            EDGEPUB_MAX_HEADER="8Ki",
+            EDGEPUB_HEADER_TIMEOUT_S="2",
+            EDGEPUB_BODY_TIMEOUT_S="3",
+            EDGEPUB_KEEP_ALIVE_S="4",
+            EDGEPUB_MAX_CONNECTIONS="50",
+        )
+    )
+    assert cfg.max_records == 5000
+    assert cfg.http == HttpLimits(
+        max_header_bytes=8192,
+        header_timeout_s=2,
+        body_timeout_s=3,
+        keep_alive_s=4,
+        max_connections=50,
+    )
 
 
 def test_pipeline_url_may_come_from_the_bundle() -> None:
@@ -200,6 +231,13 @@ def test_a_loopback_registry_is_plain_http() -> None:
         ({"DEBUG": "maybe"}, ["DEBUG='maybe'", "true or false"]),
         ({"EDGEPUB_PORT": "70000"}, ["EDGEPUB_PORT='70000'"]),
         ({"EDGEPUB_MAX_BODY": "lots"}, ["EDGEPUB_MAX_BODY='lots'"]),
+        ({"EDGEPUB_MAX_RECORDS": "0"}, ["EDGEPUB_MAX_RECORDS='0'", "from 1"]),
+        ({"EDGEPUB_MAX_HEADER": "100"}, ["EDGEPUB_MAX_HEADER='100'", "Ki"]),
+        ({"EDGEPUB_MAX_HEADER": "512"}, ["EDGEPUB_MAX_HEADER='512'"]),
+        ({"EDGEPUB_HEADER_TIMEOUT_S": "0"}, ["EDGEPUB_HEADER_TIMEOUT_S='0'", "1 to 3600"]),
+        ({"EDGEPUB_BODY_TIMEOUT_S": "1.5"}, ["EDGEPUB_BODY_TIMEOUT_S='1.5'", "whole number"]),
+        ({"EDGEPUB_KEEP_ALIVE_S": "forever"}, ["EDGEPUB_KEEP_ALIVE_S='forever'"]),
+        ({"EDGEPUB_MAX_CONNECTIONS": "²"}, ["EDGEPUB_MAX_CONNECTIONS='²'"]),
         ({"EDGEPUB_LOG_FORMAT": "xml"}, ["EDGEPUB_LOG_FORMAT='xml'"]),
     ],
 )
