@@ -255,9 +255,10 @@ class Agent:
     async def run(self, sock: socket.socket) -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        server = make_server(
-            EdgeApp(self.service, self.metrics, self.config.max_body_bytes), self.config
+        app = EdgeApp(
+            self.service, self.metrics, self.config.max_body_bytes, self.config.max_records
         )
+        server = make_server(app, self.config)
 
         def on_signal(sig: signal.Signals) -> None:
             if stop.is_set():

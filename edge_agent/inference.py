@@ -16,6 +16,7 @@ from typing import Any
 from .errors import NotReady, UnknownTarget
 from .inference_log import InferenceEvent, LogHandoff
 from .metrics import EdgeMetrics
+from .protocols.oip import version_of
 from .runtime import Pipeline
 
 OFFLOAD_ELEMENTS = 65_536
@@ -65,9 +66,10 @@ class InferenceService:
         """OIP ``/v2/models/<name>``: the pipeline by its name, or one of its steps."""
         pipeline = self.current()
         target = pipeline if name == pipeline.name else pipeline.step_named(name)
-        if version and version not in (target.version, *(m.version for m in target.models)):
+        served = version_of(target)
+        if version and version != served:
             raise UnknownTarget(
-                f"model {name!r} has no version {version!r}; it serves {target.version!r}",
+                f"model {name!r} has no version {version!r}; it serves {served!r}",
                 field="version",
             )
         return target

@@ -5,6 +5,10 @@ of ``Inference-Header-Content-Length`` bytes followed by the raw tensors, in inp
 each ``parameters.binary_data_size`` bytes long (BYTES elements as a 4-byte little-endian
 length and the bytes). Outputs are returned the same way when asked for with
 ``parameters.binary_data`` (per output) or ``binary_data_output`` (per request).
+
+A request names each input once; the body is JSON (no ``Content-Type``, or a JSON one) or,
+with the header, ``application/octet-stream``. A step of the pipeline is a model with its
+own version: the one its metadata and answers report.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ import numpy as np
 from edgepub.shared.schemas import TensorSpec
 from edgepub.shared.version import VERSION
 
-from ..errors import BadRequest
+from ..errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from ..runtime import Pipeline
 from ..tensors import DTYPES_BY_OIP, OIP_DATATYPES, check_shape, convert, numpy_dtype
 
 HEADER_LENGTH = b"inference-header-content-length"
 PLATFORM = "onnxruntime_onnx"
+BINARY = "application/octet-stream"
+_JSON_TYPES = frozenset({"", "application/json", "text/json"})
 
 
 class InputTensor(msgspec.Struct, frozen=True, kw_only=True):
@@ -53,6 +59,29 @@ _request_decoder = msgspec.json.Decoder(InferRequest)
 _encoder = msgspec.json.Encoder()
 
 
+def check_media_type(media_type: str, header_length: int | None) -> None:
+    """JSON, or the binary extension's octet stream with its header length; else a 415."""
+    if media_type in _JSON_TYPES or media_type.endswith("+json"):
+        return
+    if media_type == BINARY and header_length is not None:
+        return
+    why = (
+        f"{BINARY} carries binary tensors and needs Inference-Header-Content-Length"
+        if media_type == BINARY
+        else f"send 'application/json', or {BINARY!r} with Inference-Header-Content-Length"
+    )
+    raise UnsupportedMediaType(
+        f"Content-Type {media_type!r} is not supported: {why}", field="Content-Type"
+    )
+
+
+def version_of(target: Pipeline) -> str:
+    """The version OIP reports: the pipeline's, or for one of its steps that model's own."""
+    if target.name == target.pipeline_name:
+        return target.version
+    return target.models[0].version
+
+
 def decode(body: bytes, header_length: int | None) -> tuple[InferRequest, memoryview]:
     """The JSON part (validated) and the binary part (possibly empty)."""
     if header_length is not None and not 0 < header_length <= len(body):
@@ -68,8 +97,15 @@ def decode(body: bytes, header_length: int | None) -> tuple[InferRequest, memory
         raise BadRequest(f"invalid inference request: {exc}", field="inputs") from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}", field="body") from None
+    except RecursionError:  # msgspec's guard against nesting past the C stack
+        raise BadRequest("request body nests JSON too deeply", field="body") from None
     if not request.inputs:
         raise BadRequest("the request has no inputs", field="inputs")
+    seen: set[str] = set()
+    for tensor in request.inputs:
+        if tensor.name in seen:
+            raise BadRequest(f"input {tensor.name!r} is named twice", field=tensor.name)
+        seen.add(tensor.name)
     return request, view[split:]
 
 
@@ -113,6 +149,10 @@ def _json_tensor(tensor: InputTensor, spec: TensorSpec) -> np.ndarray[Any, Any]:
         raise BadRequest(
             f"input {tensor.name!r}: data is a ragged list", field=tensor.name
         ) from None
+    except (TypeError, OverflowError, RecursionError) as exc:
+        raise BadRequest(
+            f"input {tensor.name!r}: data is not a list of numbers: {exc}", field=tensor.name
+        ) from None
     count = math.prod(tensor.shape)
     if values.size != count:
         raise BadRequest(
@@ -139,7 +179,10 @@ def _check_header(tensor: InputTensor, spec: TensorSpec) -> None:
 
 
 def to_feed(
-    request: InferRequest, binary: memoryview, inputs: Sequence[TensorSpec]
+    request: InferRequest,
+    binary: memoryview,
+    inputs: Sequence[TensorSpec],
+    max_records: int | None = None,
 ) -> tuple[dict[str, np.ndarray[Any, Any]], int]:
     """(arrays for onnxruntime, records = the first input's first dimension)."""
     specs = {s.name: s for s in inputs}
@@ -173,7 +216,14 @@ def to_feed(
     if missing:
         raise BadRequest(f"the request lacks input(s) {missing}", field=missing[0])
     first = feed[request.inputs[0].name]
-    return feed, int(first.shape[0]) if first.ndim else 1
+    records = int(first.shape[0]) if first.ndim else 1
+    if max_records is not None and records > max_records:
+        raise PayloadTooLarge(
+            f"the request holds {records} records; this edge accepts at most {max_records} "
+            "per request (EDGEPUB_MAX_RECORDS)",
+            field="records",
+        )
+    return feed, records
 
 
 def _datatype(value: np.ndarray[Any, Any]) -> str:
@@ -225,7 +275,7 @@ def encode(
         described.append(out)
     head: dict[str, Any] = {
         "model_name": target.name,
-        "model_version": target.version,
+        "model_version": version_of(target),
         "outputs": described,
     }
     if request.id is not None:
@@ -247,7 +297,7 @@ def _tensor_meta(spec: TensorSpec) -> dict[str, Any]:
 def model_metadata(target: Pipeline) -> dict[str, Any]:
     return {
         "name": target.name,
-        "versions": [target.version],
+        "versions": [version_of(target)],
         "platform": PLATFORM,
         "inputs": [_tensor_meta(s) for s in target.inputs],
         "outputs": [_tensor_meta(s) for s in target.outputs],

@@ -11,8 +11,9 @@ which ``pandas.json_normalize`` flattens to the ``time``/``in.*``/``out.*``/``me
 columns that ``pipeline.logs()`` shows.
 
 Decoding is validation: each model gets a msgspec decoder typed from its inputs (names,
-element types, nesting depth), so a wrong type or a missing input is caught in C while
-parsing, with the record and the input in the message; numpy then checks the shapes.
+element types and their ranges, nesting depth; no other fields), so a wrong type, an
+integer out of range, a missing or an unknown input is caught in C while parsing, with the
+record and the input in the message; numpy then checks the shapes.
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from __future__ import annotations
 import operator
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import numpy as np
 
 from edgepub.shared.schemas import TensorSpec
 
-from ..errors import BadRequest
+from ..errors import BadRequest, PayloadTooLarge
 from ..runtime import Pipeline
 from ..tensors import check_shape, column, numpy_dtype, shape_text
 
@@ -36,6 +37,7 @@ _encoder = msgspec.json.Encoder()
 _ELEMENT: dict[str, Any] = {"string": str, "bool": bool}
 _PATH = re.compile(r"`\$\[(\d+)\](?:\.([^.\[`]+))?")
 _MISSING = re.compile(r"missing required field `([^`]+)`")
+_UNKNOWN = re.compile(r"unknown field `([^`]+)`")
 
 
 class Anomaly(msgspec.Struct, gc=False):
@@ -62,8 +64,9 @@ class Record(msgspec.Struct, rename={"in_": "in"}, gc=False):
 def _element(dtype: str) -> Any:
     if dtype in _ELEMENT:
         return _ELEMENT[dtype]
-    if dtype.startswith(("int", "uint")):
-        return int
+    if dtype.startswith(("int", "uint")):  # in range, or numpy would overflow later
+        info = np.iinfo(dtype)
+        return Annotated[int, msgspec.Meta(ge=int(info.min), le=int(info.max))]
     if dtype.startswith("float"):
         return float
     return Any
@@ -91,7 +94,9 @@ class RecordsCodec:
         self.inputs = tuple(inputs)
         fields = [(f"f{i}", _value_type(spec)) for i, spec in enumerate(self.inputs)]
         rename = {f"f{i}": spec.name for i, spec in enumerate(self.inputs)}
-        record = msgspec.defstruct("Record", fields, rename=rename, gc=False)
+        record = msgspec.defstruct(
+            "Record", fields, rename=rename, gc=False, forbid_unknown_fields=True
+        )
         self.decoder = msgspec.json.Decoder(list[record])  # type: ignore[valid-type]
         self.getters: list[tuple[TensorSpec, Callable[[Any], Any], Any, Any]] = [
             (spec, operator.attrgetter(f"f{i}"), numpy_dtype(spec.dtype), _fixed_rows(spec))
@@ -108,6 +113,13 @@ class RecordsCodec:
                 f"record {where[1]} has no input {missing[1]!r}; the model's inputs are {names}",
                 field=missing[1],
             )
+        unknown = _UNKNOWN.search(text)
+        if unknown and where:
+            return BadRequest(
+                f"record {where[1]} has a field {unknown[1]!r} the model does not take; its "
+                f"inputs are {names}",
+                field=unknown[1],
+            )
         if where and where[2]:
             spec = next((s for s in self.inputs if s.name == where[2]), None)
             expected = (
@@ -123,16 +135,27 @@ class RecordsCodec:
             return BadRequest(f"record {where[1]} is not a JSON object: {text}", field="body")
         return BadRequest(f"expected a JSON list of records (pandas-records): {text}", field="body")
 
-    def decode(self, body: bytes) -> list[Any]:
-        """The request's records; malformed JSON, wrong types or missing inputs are 400s."""
+    def decode(self, body: bytes, max_records: int | None = None) -> list[Any]:
+        """The request's records; malformed JSON, wrong types or missing inputs are 400s,
+        more than ``max_records`` records a 413."""
         try:
             records = self.decoder.decode(body)
         except msgspec.ValidationError as exc:
             raise self._explain(exc) from None
         except msgspec.DecodeError as exc:
             raise BadRequest(f"request body is not valid JSON: {exc}", field="body") from None
+        except RecursionError:  # msgspec's guard against nesting past the C stack
+            raise BadRequest(
+                "request body nests JSON too deeply for a list of records", field="body"
+            ) from None
         if not records:
             raise BadRequest("the list of records is empty", field="body")
+        if max_records is not None and len(records) > max_records:
+            raise PayloadTooLarge(
+                f"the request holds {len(records)} records; this edge accepts at most "
+                f"{max_records} per request (EDGEPUB_MAX_RECORDS)",
+                field="records",
+            )
         return records
 
     def to_feed(
@@ -144,9 +167,14 @@ class RecordsCodec:
         for spec, get, dtype, rows in self.getters:
             values = [get(record) for record in records]
             try:
-                array = np.asarray(values, dtype=dtype)
-            except ValueError:  # ragged: let column() say where
-                array = column(spec, values, typed=True)
+                try:
+                    array = np.asarray(values, dtype=dtype)
+                except ValueError:  # ragged: let column() say where
+                    array = column(spec, values, typed=True)
+            except (TypeError, OverflowError) as exc:  # inputs of unknown rank are untyped
+                raise BadRequest(
+                    f"input {spec.name!r} must hold {spec.dtype} values: {exc}", field=spec.name
+                ) from None
             if array.shape[1:] != rows:
                 check_shape(spec, array.shape, per_record=True)
             feed[spec.name] = array

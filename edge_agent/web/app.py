@@ -2,7 +2,9 @@
 
 No framework: the routes are a dict and a few prefixes (``routes.py``), and each request
 costs one routing call, one body read and one response. Errors a client can fix are
-``RequestError``s answered with their status and ``{"error", "code", "field"}``.
+``RequestError``s answered with their status and ``{"error", "code", "field"}``, counted by
+code and logged one line each (no traceback) through a ``LogThrottle``; a 500 is left for
+the agent's own bugs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from ..config import DEFAULT_MAX_RECORDS
 from ..errors import (
     MethodNotAllowed,
     PayloadTooLarge,
@@ -27,6 +30,7 @@ from ..metrics import EdgeMetrics
 from ..protocols import arrow, oip, records
 from .exchange import ClientGone, Receive, Request, Scope, Send, error_body
 from .routes import Route, route
+from .throttle import LogThrottle
 
 log = structlog.get_logger("edgepub.edge.http")
 Handler = Callable[[Request], Awaitable[int]]
@@ -61,10 +65,18 @@ def _arrow_reply(request: Request) -> str | None:
 
 
 class EdgeApp:
-    def __init__(self, service: InferenceService, metrics: EdgeMetrics, max_body: int) -> None:
+    def __init__(
+        self,
+        service: InferenceService,
+        metrics: EdgeMetrics,
+        max_body: int,
+        max_records: int = DEFAULT_MAX_RECORDS,
+    ) -> None:
         self.service = service
         self.metrics = metrics
-        self.max_body = max_body
+        self.max_body = max_body  # on the wire, and what an Arrow body decodes to
+        self.max_records = max_records
+        self.throttle = LogThrottle(log)
         # inference requests inside the app right now, by protocol
         self.in_flight = dict.fromkeys(("records", "arrow", "oip", "admin"), 0)
         metrics.gauge(
@@ -114,6 +126,15 @@ class EdgeApp:
         except RequestError as exc:
             status = exc.status
             self.metrics.errors.inc((protocol, exc.code))
+            self.throttle.emit(
+                exc.code,
+                "request_refused",
+                status=status,
+                field=exc.field,
+                path=request.path,
+                protocol=protocol,
+                error=exc.message[:300],
+            )
             # After a 413 the rest of the body is not worth reading: close instead.
             extra = [(b"connection", b"close")] if isinstance(exc, PayloadTooLarge) else None
             await request.respond(status, error_body(exc.message, exc.code, exc.field), extra=extra)
@@ -122,7 +143,9 @@ class EdgeApp:
         except Exception as exc:
             status = 500
             self.metrics.errors.inc((protocol, "internal"))
-            log.exception("request_failed", path=request.path)
+            self.throttle.emit(
+                "internal", "request_failed", level="error", exc_info=True, path=request.path
+            )
             await request.respond(500, error_body(f"internal error: {exc}", "internal", None))
         self.metrics.observe(protocol, status, time.perf_counter() - started)
 
@@ -146,7 +169,8 @@ class EdgeApp:
                 field="Content-Type",
             )
         codec = records.codec(target)
-        feed, echoed = codec.to_feed(codec.decode(await request.body(self.max_body)))
+        body = await request.body(self.max_body)
+        feed, echoed = codec.to_feed(codec.decode(body, self.max_records))
         count = len(next(iter(echoed.values()))) if echoed else 0
         if sum(map(_SIZE, feed.values())) <= OFFLOAD_ELEMENTS:
             outputs, elapsed = service.infer_now(target, feed, count, arrived, echoed)
@@ -164,7 +188,8 @@ class EdgeApp:
 
     async def _arrow_infer(self, request: Request, target: Any, arrived: int, kind: str) -> int:
         service = self.service
-        table = arrow.decode(await request.body(self.max_body), stream=kind == arrow.STREAM)
+        body = await request.body(self.max_body)
+        table = arrow.decode(body, kind == arrow.STREAM, self.max_body, self.max_records)
         feed, echoed = arrow.to_feed(table, target.inputs)
         count = table.num_rows
         outputs, elapsed = await service.infer(target, feed, count, arrived)
@@ -249,9 +274,10 @@ class EdgeApp:
         arrived = now_ms()
         target = self._model(request)
         split = request.int_header(oip.HEADER_LENGTH, "Inference-Header-Content-Length")
+        oip.check_media_type(request.media_type, split)
         body = await request.body(self.max_body)
         parsed, binary = oip.decode(body, split)
-        feed, count = oip.to_feed(parsed, binary, target.inputs)
+        feed, count = oip.to_feed(parsed, binary, target.inputs, self.max_records)
         outputs, _ = await self.service.infer(target, feed, count, arrived)
         out, header_length = oip.encode(target, parsed, outputs)
         if header_length is None:
