@@ -5,6 +5,8 @@ service is alive with nothing changed that should not have."""
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import math
 import os
 import stat
@@ -12,19 +14,26 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import onnx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from msgspec import msgpack
 from onnx import external_data_helper
 
-from edgepub.shared import subjects
+from edgepub import Client
+from edgepub.samples import house_price_model
+from edgepub.shared import bus, errors, rpc, subjects
 from edgepub.shared.oci import RegistryClient
 from edgepub.shared.schemas import ModelVersion, Pushed, PushFailed
+from support.kv import publish_records
 from support.procs import ChildProcess, free_port, port_open
 from support.registry_push import Bus, PushService, onnx_model, publish_requested
-from support.servers import RegistryServer
+from support.servers import NatsServer, RegistryServer
+from support.services import OpsServices
 from support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -215,3 +224,159 @@ def test_the_cache_stays_within_its_bound_and_private(
         assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
     assert list((cache_dir / "charts").iterdir()) == []  # a chart is a file only while pushed
     assert service.count_events("cache_evicted") == 3
+
+
+# --- the publish service against fuzzed request bodies ----------------------------------------
+
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=40),
+    st.sampled_from(["", "\n", "a\n", "../x.onnx", "x" * 300, "-1", "1e300", "nan", "$", ">"]),
+    st.binary(max_size=16),
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _templates(model: Any) -> dict[str, dict[str, Any]]:
+    spec = {"name": "x", "dtype": "float32", "shape": [None, 18]}
+    return {
+        subjects.VERB_MODEL_REGISTER: {
+            "name": "fuzzed",
+            "sha256": model.sha,
+            "size": 1,
+            "file_name": "fuzzed.onnx",
+            "inputs": [spec],
+            "outputs": [spec],
+        },
+        subjects.VERB_MODEL_GET: {"name": model.name, "version": model.version},
+        subjects.VERB_PIPELINE_BUILD: {"name": "fuzz"},
+        subjects.VERB_PUBLISH_CREATE: {
+            "request_id": "6c3d9899-1335-456b-aaa0-52d03a017cc4",
+            "pipeline_name": "fuzz",
+            "steps": [{"name": model.name, "version": model.version}],
+            "engine_config": {"engine": {"cpu": 0.5, "resources": {"limits": {"memory": "1Gi"}}}},
+            "replaces": [],
+        },
+        subjects.VERB_PUBLISH_GET: {"id": 1},
+        subjects.VERB_PUBLISH_LIST: {"pipeline_name": "fuzz"},
+    }
+
+
+_resources = st.dictionaries(st.sampled_from(["cpu", "memory", "nvidia.com/gpu"]), _values)
+_NASTY_ENGINES = [
+    {"cpu": math.inf},
+    {"cpu": math.nan},
+    "x",
+    {"resources": [1]},
+    {"cpu": 1e300},
+    {"replicas": 10**12},
+    {"resources": {"limits": {"memory": 7}}},
+    {"resources": {"limits": "x"}},
+]
+_engine_configs = st.fixed_dictionaries(
+    {},
+    optional={
+        "engine": st.one_of(
+            st.sampled_from(_NASTY_ENGINES),
+            _values,
+            st.dictionaries(
+                st.sampled_from(["cpu", "replicas", "gpu", "arch", "image", "resources"]),
+                st.one_of(
+                    _values,
+                    st.dictionaries(st.sampled_from(["limits", "requests"]), _resources),
+                ),
+            ),
+        ),
+        "enginelb": _values,
+        "engineAux": st.one_of(_values, st.fixed_dictionaries({"images": _values})),
+    },
+)
+
+
+def _mutate(verb: str, template: dict[str, Any], data: st.DataObject) -> dict[str, Any]:
+    body = dict(template)
+    if "request_id" in body:  # a new request each time, so each one is really handled
+        body["request_id"] = str(data.draw(st.uuids()))
+    if verb == subjects.VERB_PUBLISH_CREATE and data.draw(st.integers(0, 3)):
+        body["engine_config"] = data.draw(_engine_configs)
+        return body
+    for _ in range(data.draw(st.integers(1, 3))):
+        key = data.draw(st.sampled_from([*body, "extra"]) if body else st.just("extra"))
+        if data.draw(st.booleans()) and key in body:
+            del body[key]
+        else:
+            body[key] = data.draw(_values)
+    return body
+
+
+def test_fuzzed_requests_always_get_a_typed_answer(
+    ops: OpsServices, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """Random bytes, random msgpack, and valid requests with fields removed, added or
+    replaced by anything, for every verb: always an answer, always a named error (never
+    "internal", never silence), and both services alive afterwards."""
+    s = nats_server.settings()
+    with Client(s.url, s.user, s.password) as client:
+        model = client.upload_model("rf", house_price_model(tmp_path / "rf.onnx", n_estimators=2))
+        client.build_pipeline("fuzz")
+    templates = _templates(model)
+    loop = asyncio.new_event_loop()
+    nc = loop.run_until_complete(bus.connect(s, name="fuzzer"))
+    known = set(errors.BY_CODE) - {errors.EdgepubError.code, errors.ServiceUnavailableError.code}
+    codes: collections.Counter[str] = collections.Counter()
+
+    def send(verb: str, data: bytes) -> None:
+        subject = subjects.request(s.user or "", verb)
+        try:
+            loop.run_until_complete(
+                rpc.call(nc, subject, msgspec.Raw(data), msgspec.Raw, timeout=10)  # type: ignore[arg-type]
+            )
+            codes["ok"] += 1
+        except errors.EdgepubError as exc:
+            assert exc.code in known, (verb, data, exc)
+            codes[exc.code] += 1
+
+    @settings(
+        max_examples=250,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(st.sampled_from(subjects.VERBS), st.integers(0, 3), st.data())
+    def one(verb: str, kind: int, data: st.DataObject) -> None:
+        if kind == 0:
+            body = data.draw(st.binary(max_size=64))
+        elif kind == 1:
+            body = msgpack.encode(data.draw(_values))
+        else:
+            if kind == 3:  # what crashed registry-push: a publish with a strange config
+                verb = subjects.VERB_PUBLISH_CREATE
+            body = msgpack.encode(_mutate(verb, templates.get(verb, {}), data))
+        send(verb, body)
+
+    try:
+        one()
+    finally:
+        loop.run_until_complete(nc.close())
+        loop.close()
+    assert codes["invalid_request"] > 0 and codes["ok"] > 0 and sum(codes.values()) >= 250
+    # Every publish the fuzzer managed to create ends, one way or the other.
+    wait_for(
+        lambda: all(r.status in ("Published", "Error") for r in publish_records(nats_server)),
+        timeout=120,
+        what="every fuzzed publish to end Published or Error",
+    )
+    for name in ("publish", "registry_push"):
+        assert ops[name].running(), ops[name].log_text()[-3000:]
+    assert ops["publish"].count_events("request_failed") == 0
+    assert ops["registry_push"].count_events("message_poison") == 0
+    assert ops["registry_push"].count_events("handler_failed") == 0
