@@ -4,20 +4,28 @@ uvicorn is chosen by the bench (``bench/inference.py``): on 2 cores the server s
 measured alike (~20 k req/s at c16), and uvicorn adds the least: no framework, graceful
 shutdown of in-flight requests, small RSS. The agent owns the signals: uvicorn's own
 handler would re-raise SIGTERM after a graceful stop and the process would not exit 0.
+
+The HTTP protocol is uvicorn's httptools one with the bounds it lacks (``protocol.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
+import resource
 from collections.abc import Generator
-from typing import Any
 
+import msgspec
+import structlog
 import uvicorn
 
-from ..config import AgentConfig
+from ..config import AgentConfig, HttpLimits
+from .app import EdgeApp
+from .protocol import Gate, bound_to
 
 GRACEFUL_S = 30
+FD_RESERVE = 64  # descriptors kept for what is not a client: models, logs, the registry
+
+log = structlog.get_logger("edgepub.edge.http")
 
 
 class EdgeServer(uvicorn.Server):
@@ -26,14 +34,38 @@ class EdgeServer(uvicorn.Server):
         yield  # signals are the agent's (see the module docstring)
 
 
-def make_server(app: Any, config: AgentConfig) -> EdgeServer:
-    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+def fit_descriptors(limits: HttpLimits, fd_limit: int) -> HttpLimits:
+    """``max_connections`` lowered to what the process's descriptor limit leaves room for,
+    so the cap, not EMFILE, is what refuses a flood of connections."""
+    room = max(1, fd_limit - FD_RESERVE)
+    if limits.max_connections <= room:
+        return limits
+    return msgspec.structs.replace(limits, max_connections=room)
+
+
+def make_server(app: EdgeApp, config: AgentConfig) -> EdgeServer:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limits = config.http
+    if soft != resource.RLIM_INFINITY:
+        limits = fit_descriptors(limits, soft)
+    if limits.max_connections < config.http.max_connections:
+        log.warning(
+            "max_connections_lowered",
+            configured=config.http.max_connections,
+            used=limits.max_connections,
+            fd_limit=soft,
+        )
+    gate = Gate(limits, app.metrics, log)
+    app.metrics.gauge(
+        "edgepub_edge_open_connections", "HTTP connections open now.", lambda: float(gate.open)
+    )
     return EdgeServer(
         uvicorn.Config(
             app,
             host=config.host,
             port=config.port,
-            http=http,
+            http=bound_to(gate),
+            ws="none",
             loop="none",
             lifespan="off",
             log_config=None,
@@ -41,7 +73,7 @@ def make_server(app: Any, config: AgentConfig) -> EdgeServer:
             access_log=False,
             proxy_headers=False,  # nothing here reads the client address
             server_header=False,
-            timeout_keep_alive=30,
+            timeout_keep_alive=limits.keep_alive_s,
             timeout_graceful_shutdown=GRACEFUL_S,
         )
     )
