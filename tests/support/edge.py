@@ -3,10 +3,13 @@ pushes them, and the agent as a real ``edgepub-edge`` process on a free port."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import socket
 import sys
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -214,3 +217,53 @@ class EdgeAgent:
 
     def kill(self) -> int | None:
         return self.child.kill()
+
+
+def rss_mb(pid: int) -> float:
+    """A process's resident set size (VmRSS) in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send raw bytes on a fresh connection; everything read until the agent closes it."""
+    with socket.create_connection((HOST, port), timeout=timeout) as sock:
+        sock.sendall(data)
+        return read_until_closed(sock)
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    reply = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return reply
+        if not chunk:
+            return reply
+        reply += chunk
+
+
+@contextlib.contextmanager
+def serving(
+    work: Path, pipeline: str, steps: list[tuple[ModelVersion, Path]], env: dict[str, str]
+) -> Iterator[EdgeAgent]:
+    """A registry holding ``pipeline`` and an agent serving it, both stopped on exit."""
+    registry = RegistryServer(work / "registry").start()
+    agent: EdgeAgent | None = None
+    try:
+        url = publish(registry, pipeline, steps)
+        creds = {
+            "PIPELINE_URL": url,
+            "OCI_USERNAME": registry.username,
+            "OCI_PASSWORD": registry.password,
+        }
+        agent = EdgeAgent(work, {**creds, **env}).start()
+        agent.wait_ready()
+        yield agent
+    finally:
+        if agent is not None:
+            agent.kill()
+        registry.kill()
