@@ -165,7 +165,16 @@ def private_data_dir(directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     mode = stat.S_IMODE(directory.stat().st_mode)
     if mode != 0o700:
-        directory.chmod(0o700)
+        try:
+            directory.chmod(0o700)
+        except PermissionError:  # someone else's directory (a volume mounted as root...)
+            log.warning(
+                "data_dir_mode_loose",
+                path=str(directory),
+                mode=oct(mode),
+                fix=f"chown it to this user, or chmod 700 {directory}",
+            )
+            return
         log.warning("data_dir_mode_tightened", path=str(directory), was=oct(mode), now="0o700")
     elif not existed:
         log.info("data_dir_created", path=str(directory), mode="0o700")
