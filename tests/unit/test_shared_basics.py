@@ -5,15 +5,19 @@ from __future__ import annotations
 import io
 import json
 
+import msgspec
 import pytest
 import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edgepub.edge_agent.tensors import OIP_DATATYPES
 from edgepub.shared import errors, logs, subjects
+from edgepub.shared.dtypes import DTYPES, ORT_TYPES
 from edgepub.shared.errors import ConfigError, InvalidNameError
 from edgepub.shared.names import check_name
 from edgepub.shared.runner import backoff
+from edgepub.shared.schemas import ModelVersion, PublishRecord, decode
 from edgepub.shared.settings import Env, RegistrySettings
 
 
@@ -115,3 +119,61 @@ def test_every_error_code_is_unique_and_round_trips() -> None:
 def test_backoff_grows_and_is_capped(attempt: int) -> None:
     assert 0.5 <= backoff(attempt) <= 30.0
     assert backoff(attempt + 1) >= backoff(attempt)
+
+
+# --- records written before the services typed what clients send -------------------------
+
+
+@pytest.mark.parametrize(
+    "stored_config",
+    [
+        {},
+        {
+            "engine": {
+                "cpu": 1.0,
+                "resources": {
+                    "limits": {"cpu": 1.0, "memory": "512Mi"},
+                    "requests": {"cpu": 1.0, "memory": "512Mi"},
+                },
+            },
+            "enginelb": {},
+            "engineAux": {"images": {}},
+        },
+        {"engine": {"cpu": 2, "replicas": 3, "gpu": 1, "arch": "arm", "accel": "cuda"}},
+        {"enginelb": {"resources": {"limits": {"cpu": "500m"}}}},
+    ],
+)
+def test_publish_records_already_in_kv_still_decode_unchanged(
+    stored_config: dict[str, object],
+) -> None:
+    old = {
+        "v": 1,
+        "id": 4,
+        "pipeline_name": "p",
+        "pipeline_version_id": 1,
+        "pipeline_version_name": "6c3d9899-1335-456b-aaa0-52d03a017cc4",
+        "status": "Published",
+        "engine_config": stored_config,
+    }
+    record = decode(PublishRecord, msgspec.msgpack.encode(old))
+    assert record.engine_config.as_dict() == stored_config
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(record))["engine_config"] == stored_config
+
+
+def test_model_records_keep_their_specs_as_stored() -> None:
+    """Registered models' specs are checked on the way in (CheckedTensorSpec); records
+    stored before (a ZipMap output, say) still decode as plain TensorSpecs."""
+    old = {
+        "name": "clf",
+        "version": "6c3d9899-1335-456b-aaa0-52d03a017cc4",
+        "sha256": "a" * 64,
+        "size": 10,
+        "file_name": "clf.onnx",
+        "outputs": [{"name": "p", "dtype": "seq(map(int64,tensor(float)))", "shape": []}],
+    }
+    model = decode(ModelVersion, msgspec.msgpack.encode(old))
+    assert model.outputs[0].dtype == "seq(map(int64,tensor(float)))"
+
+
+def test_the_dtypes_a_client_may_declare_are_those_the_edge_serves() -> None:
+    assert set(ORT_TYPES.values()) == DTYPES == set(OIP_DATATYPES)
