@@ -50,12 +50,12 @@ CHART_VERSION_PREFIX = "0.0.1-"
 _HOST_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _HOST = rf"(?:{_HOST_PART}(?:\.{_HOST_PART})*|\[[0-9a-fA-F:.]+\])(?::[0-9]{{1,5}})?"
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_HOST_RE = re.compile(rf"^{_HOST}$")
-_COMPONENT_RE = re.compile(rf"^{_COMPONENT}$")
-_REPOSITORY_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
-_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
-_DIGEST_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}$")
-_SHA256_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_HOST_RE = re.compile(_HOST)  # every use is fullmatch: "$" would allow a "\n"
+_COMPONENT_RE = re.compile(_COMPONENT)
+_REPOSITORY_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+_TAG_RE = re.compile(r"[\w][\w.-]{0,127}")
+_DIGEST_RE = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}")
+_SHA256_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _MAX_NAME = 255
 _EXPECTED = "expected host[:port]/path[:tag][@sha256:<64 hex>]"
 
@@ -100,14 +100,14 @@ def parse_reference(text: str) -> Reference:
     digest: str | None = None
     if "@" in rest:
         rest, digest = rest.split("@", 1)
-        if not _DIGEST_RE.match(digest):
+        if not _DIGEST_RE.fullmatch(digest):
             raise _refuse(text, f"bad digest {digest!r}")
-        if digest.startswith("sha256:") and not _SHA256_RE.match(digest):
+        if digest.startswith("sha256:") and not _SHA256_RE.fullmatch(digest):
             raise _refuse(text, "a sha256 digest is 64 lowercase hex digits")
     if "/" not in rest:
         raise _refuse(text, "no registry host")
     registry, path = rest.split("/", 1)
-    if not _HOST_RE.match(registry) or not (
+    if not _HOST_RE.fullmatch(registry) or not (
         "." in registry or ":" in registry or registry == "localhost"
     ):
         raise _refuse(text, f"{registry!r} is not a registry host[:port]")
@@ -116,9 +116,9 @@ def parse_reference(text: str) -> Reference:
     colon = path.rfind(":")
     if colon > last_slash:
         path, tag = path[:colon], path[colon + 1 :]
-        if not _TAG_RE.match(tag):
+        if not _TAG_RE.fullmatch(tag):
             raise _refuse(text, f"bad tag {tag!r}")
-    if not _REPOSITORY_RE.match(path):
+    if not _REPOSITORY_RE.fullmatch(path):
         raise _refuse(text, f"bad repository path {path!r} (lowercase letters, digits, ._-)")
     if len(f"{registry}/{path}") > _MAX_NAME:
         raise _refuse(text, f"the name is longer than {_MAX_NAME} characters")
@@ -129,11 +129,11 @@ def parse_reference(text: str) -> Reference:
 
 def is_sha256(digest: str) -> bool:
     """``sha256:`` and 64 lowercase hex digits."""
-    return bool(_SHA256_RE.match(digest))
+    return bool(_SHA256_RE.fullmatch(digest))
 
 
 def check_repository(repository: str) -> str:
-    if not _REPOSITORY_RE.match(repository):
+    if not _REPOSITORY_RE.fullmatch(repository):
         raise InvalidNameError(
             f"{repository!r} cannot be an OCI repository path: use lowercase letters, digits, "
             "'.', '_', '-' and '/' between parts"
@@ -142,7 +142,7 @@ def check_repository(repository: str) -> str:
 
 
 def check_tag(tag: str) -> str:
-    if not _TAG_RE.match(tag):
+    if not _TAG_RE.fullmatch(tag):
         raise InvalidNameError(
             f"{tag!r} cannot be an OCI tag: letters, digits, '_', '.', '-', at most 128"
         )
@@ -150,7 +150,7 @@ def check_tag(tag: str) -> str:
 
 
 def _component(what: str, value: str) -> str:
-    if not _COMPONENT_RE.match(value):
+    if not _COMPONENT_RE.fullmatch(value):
         raise InvalidNameError(
             f"{what} {value!r} cannot be part of an OCI repository path: use lowercase "
             "letters and digits, separated by single '.', '_' or '-'"

@@ -164,3 +164,23 @@ def test_manifest_decodes_and_finds_layers_by_title() -> None:
     assert artifact.layer_by_title(manifest, "b.onnx").size == 2
     with pytest.raises(InvalidNameError, match=r"c\.onnx"):
         artifact.layer_by_title(manifest, "c.onnx")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "reg.example.com/edgepub/pipelines/p:v1\n",
+        "reg.example.com\n/edgepub/pipelines/p:v1",
+        "reg.example.com/edgepub\n/pipelines/p:v1",
+        "reg.example.com/edgepub/pipelines/p@sha256:" + "a" * 64 + "\n",
+    ],
+)
+def test_a_trailing_newline_is_never_part_of_a_reference(text: str) -> None:
+    """Checks are fullmatch: "$" would let a newline through into a URL or a header."""
+    with pytest.raises(InvalidNameError):
+        artifact.parse_reference(text)
+    assert not artifact.is_sha256("sha256:" + "a" * 64 + "\n")
+    with pytest.raises(InvalidNameError):
+        artifact.check_repository("edgepub\n")
+    with pytest.raises(InvalidNameError):
+        artifact.check_tag("v1\n")
