@@ -90,6 +90,15 @@ def _malformed(exc: Exception, schema: Any) -> BadRequest:
     return BadRequest(f"the Arrow record batch does not hold together: {exc}", field="body")
 
 
+def _names(schema: Any) -> None:
+    try:
+        schema.names  # noqa: B018 -- decoded lazily, and pyarrow raises on bad UTF-8 there
+    except UnicodeDecodeError:
+        raise BadRequest(
+            "the Arrow schema has a column name that is not UTF-8", field="body"
+        ) from None
+
+
 def decode(body: bytes, stream: bool, max_decoded: int, max_records: int) -> Any:
     """The request's table, every batch validated in full before anything reads it.
 
@@ -110,6 +119,7 @@ def decode(body: bytes, stream: bool, max_decoded: int, max_records: int) -> Any
     try:
         reader = pa.ipc.open_stream(pa.py_buffer(part))
         schema = reader.schema
+        _names(schema)
         batches = []
         for batch in reader:
             try:

@@ -309,6 +309,13 @@ def test_arrow_bounds_what_a_body_decodes_to(stream: bool) -> None:
     assert small.num_rows == 20
 
 
+def test_arrow_column_names_that_are_not_utf8() -> None:
+    body = bytearray(ipc(fixed(2), True))
+    at = body.find(b"tensor")
+    body[at] = 0xFF
+    assert "UTF-8" in bad(dec, bytes(body), True)
+
+
 def test_arrow_refuses_a_body_of_countless_batches() -> None:
     table = fixed(arrow.MAX_MESSAGES + 1, 1)
     sink = pa.BufferOutputStream()
