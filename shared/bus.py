@@ -134,14 +134,29 @@ def _backoff(attempt: int) -> float:
     return float(min(1.0, 0.1 * 2**attempt) * random.uniform(0.8, 1.2))
 
 
-async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:
-    """Create (or leave as they are) the streams every service relies on."""
-    for cfg in (
+# --- what the publish service owns, as data: every stream and bucket is bounded ----------
+# Work and events are kept 7 days (a watcher that comes back later reads the record
+# instead); events keep at most 16 states per publish (a publish passes through 4) and
+# 1 GiB in all. Request ids are remembered 24 h: a re-sent request (the SDK re-sends for
+# at most 30 s) finds its publish; past that nobody re-sends. Uploads nobody took (an SDK
+# that died midway) are dropped after 24 h. Records (models, pipelines, versions, publishes)
+# are the product's data: kept, 5 revisions each; counters keep their latest only.
+WORK_MAX_AGE_S = 7 * DAY
+EVENTS_MAX_AGE_S = 7 * DAY
+EVENTS_PER_PUBLISH = 16
+EVENTS_MAX_BYTES = 1 << 30
+REQUEST_TTL_S = DAY
+UPLOAD_MAX_AGE_S = DAY
+RECORD_HISTORY = 5
+
+
+def stream_configs(replicas: int = 1) -> tuple[StreamConfig, ...]:
+    return (
         StreamConfig(
             name=subjects.WORK_STREAM,
             subjects=[subjects.WORK_SUBJECTS],
             retention=RetentionPolicy.LIMITS,
-            max_age=7 * DAY,
+            max_age=WORK_MAX_AGE_S,
             duplicate_window=120.0,
             storage=StorageType.FILE,
             num_replicas=replicas,
@@ -150,53 +165,70 @@ async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:
             name=subjects.EVENTS_STREAM,
             subjects=[subjects.EVENTS_SUBJECTS],
             retention=RetentionPolicy.LIMITS,
-            max_age=7 * DAY,
-            max_msgs_per_subject=64,
+            max_age=EVENTS_MAX_AGE_S,
+            max_msgs_per_subject=EVENTS_PER_PUBLISH,
+            max_bytes=EVENTS_MAX_BYTES,
             storage=StorageType.FILE,
             num_replicas=replicas,
         ),
-    ):
+    )
+
+
+def bucket_configs(replicas: int = 1) -> tuple[KeyValueConfig, ...]:
+    records = (
+        subjects.KV_MODELS,
+        subjects.KV_PIPELINES,
+        subjects.KV_PIPELINE_VERSIONS,
+        subjects.KV_PUBLISHES,
+    )
+    return (
+        *(KeyValueConfig(bucket=b, history=RECORD_HISTORY, replicas=replicas) for b in records),
+        KeyValueConfig(
+            bucket=subjects.KV_REQUESTS, history=1, ttl=REQUEST_TTL_S, replicas=replicas
+        ),
+        KeyValueConfig(bucket=subjects.KV_COUNTERS, history=1, replicas=replicas),
+    )
+
+
+def object_store_configs(replicas: int = 1) -> tuple[ObjectStoreConfig, ...]:
+    return (
+        ObjectStoreConfig(
+            bucket=subjects.OBJECT_STORE_MODELS, storage=StorageType.FILE, replicas=replicas
+        ),
+        ObjectStoreConfig(
+            bucket=subjects.OBJECT_STORE_UPLOADS,
+            storage=StorageType.FILE,
+            replicas=replicas,
+            ttl=UPLOAD_MAX_AGE_S,
+        ),
+    )
+
+
+async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:
+    """Create (or leave as they are) the streams every service relies on."""
+    for cfg in stream_configs(replicas):
         try:
             await js.stream_info(cfg.name or "")
         except NotFoundError:
             await js.add_stream(cfg)
 
 
-KV_BUCKETS = (
-    subjects.KV_MODELS,
-    subjects.KV_PIPELINES,
-    subjects.KV_PIPELINE_VERSIONS,
-    subjects.KV_PUBLISHES,
-    subjects.KV_REQUESTS,
-    subjects.KV_COUNTERS,
-)
-
-
 async def ensure_buckets(js: JetStreamContext, *, replicas: int = 1) -> None:
-    for bucket in KV_BUCKETS:
+    for kv in bucket_configs(replicas):
         try:
-            await js.key_value(bucket)
+            await js.key_value(kv.bucket)
         except BucketNotFoundError:
-            await js.create_key_value(KeyValueConfig(bucket=bucket, history=5, replicas=replicas))
+            await js.create_key_value(kv)
     await ensure_object_store(js, replicas=replicas)
-
-
-UPLOAD_MAX_AGE_S = DAY  # an upload nobody took (the SDK died midway) is dropped after this
 
 
 async def ensure_object_store(js: JetStreamContext, *, replicas: int = 1) -> None:
     """The verified model files, and the upload area SDK users write into."""
-    for bucket, max_age in (
-        (subjects.OBJECT_STORE_MODELS, None),
-        (subjects.OBJECT_STORE_UPLOADS, UPLOAD_MAX_AGE_S),
-    ):
+    for cfg in object_store_configs(replicas):
         try:
-            await js.object_store(bucket)
+            await js.object_store(cfg.bucket or "")
         except (BucketNotFoundError, NotFoundError):
-            await js.create_object_store(
-                bucket,
-                config=ObjectStoreConfig(storage=StorageType.FILE, replicas=replicas, ttl=max_age),
-            )
+            await js.create_object_store(cfg.bucket or "", config=cfg)
 
 
 async def ensure_all(js: JetStreamContext) -> None:
