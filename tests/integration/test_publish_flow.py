@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import nats
 import pytest
 
 from edgepub import (
@@ -21,10 +22,13 @@ from edgepub import (
 from edgepub.samples import house_price_model
 from edgepub.shared import bus, rpc, subjects
 from edgepub.shared.artifact import parse_reference
+from edgepub.shared.errors import ServiceUnavailableError
 from edgepub.shared.oci import RegistryClient
 from edgepub.shared.schemas import (
     ModelRef,
     PublishCreateRequest,
+    PublishList,
+    PublishListRequest,
     PublishRecord,
     definition_decoder,
 )
@@ -186,22 +190,51 @@ def test_empty_and_unknown_pipelines(
     assert publish_records(nats_server) == []
 
 
-def test_a_user_cannot_speak_for_another(nats_server: NatsServer, ops: OpsServices) -> None:
-    """created_by comes from the subject, which the broker only lets its owner use."""
+def test_a_user_cannot_speak_for_another(
+    client: Client, nats_server: NatsServer, ops: OpsServices
+) -> None:
+    """created_by comes from the subject, which the broker only lets its owner use: the
+    server refuses the forged subject (while the same call under the user's own name is
+    answered), and no publish is created."""
+    errors: list[str] = []
 
-    async def forge() -> None:
-        nc = await bus.connect(nats_server.settings(), name="test")
+    async def forge() -> tuple[int, int]:
+        s = nats_server.settings()
+
+        async def on_error(exc: Exception) -> None:
+            errors.append(str(exc).lower())
+
+        nc = await nats.connect(
+            s.url,
+            user=s.user,
+            password=s.password,
+            error_cb=on_error,
+            inbox_prefix=subjects.inbox_prefix("admin"),
+        )
         try:
-            subject = subjects.request("mallory", subjects.VERB_PUBLISH_LIST)
-            await rpc.call(
+            own = await rpc.call(
                 nc,
-                subject,
-                PublishCreateRequest(request_id=str(uuid.uuid4()), pipeline_name="x", steps=()),
-                PublishRecord,
-                timeout=2,
+                subjects.request("admin", subjects.VERB_PUBLISH_LIST),
+                PublishListRequest(pipeline_name="forged"),
+                PublishList,
             )
+            with pytest.raises(ServiceUnavailableError):
+                await rpc.call(
+                    nc,
+                    subjects.request("mallory", subjects.VERB_PUBLISH_CREATE),
+                    PublishCreateRequest(
+                        request_id=str(uuid.uuid4()), pipeline_name="forged", steps=()
+                    ),
+                    PublishRecord,
+                    timeout=2,
+                )
+            return len(own.publishes), len(errors)
         finally:
             await nc.close()
 
-    with pytest.raises(Exception, match=r"(?i)permission|no answer|no service"):
-        asyncio.run(forge())
+    client.build_pipeline("forged")
+    own_count, _ = asyncio.run(forge())
+    assert own_count == 0
+    forged = subjects.request("mallory", subjects.VERB_PUBLISH_CREATE).lower()
+    assert any("permissions violation" in e and forged in e for e in errors), errors
+    assert publish_records(nats_server) == []
