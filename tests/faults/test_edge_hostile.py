@@ -177,13 +177,41 @@ def test_a_zstd_bomb_is_refused_before_it_inflates(live: Live) -> None:
     )
 
 
-def test_more_records_than_the_limit_are_refused(live: Live) -> None:
-    rows = pa.array(np.zeros(18, dtype=np.float32))
-    lists = pa.FixedSizeListArray.from_arrays(rows, 18)
-    # 2,000,000 records of one repeated row: 8 MB of zstd, 144 MB decoded (and past 1,000,000)
-    table = pa.table({"tensor": pa.concat_arrays([lists] * 2_000_000)})
-    resp = live.post("/infer", ipc(table, True, "zstd"), STREAM)
+MAX_RECORDS = 100_000  # the default
+
+
+@pytest.mark.parametrize("protocol", ["arrow", "records", "oip"])
+def test_more_records_than_the_limit_are_refused(live: Live, protocol: str) -> None:
+    """Each protocol's records bounded, not only the bytes: before, any count was inferred."""
+    rows = MAX_RECORDS + 1
+    if protocol == "arrow":
+        flat = pa.array(np.zeros(rows * 18, dtype=np.float32))  # 7.2 MB, inside EDGEPUB_MAX_BODY
+        table = pa.table({"tensor": pa.FixedSizeListArray.from_arrays(flat, 18)})
+        resp = live.post("/infer", ipc(table, True, "zstd"), STREAM)
+    elif protocol == "records":
+        body = b"[" + b",".join([b'{"tensor":[' + b",".join([b"0"] * 18) + b"]}"] * rows) + b"]"
+        resp = live.post("/infer", body, "application/json")
+    else:
+        head = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "tensor",
+                        "shape": [rows, 18],
+                        "datatype": "FP32",
+                        "parameters": {"binary_data_size": rows * 72},
+                    }
+                ]
+            }
+        ).encode()
+        resp = live.post(
+            f"/v2/models/{PIPELINE}/infer",
+            head + bytes(rows * 72),
+            None,
+            **{"Inference-Header-Content-Length": str(len(head))},
+        )
     assert resp.status_code == 413, resp.text
+    assert resp.json()["field"] == "records" and "EDGEPUB_MAX_RECORDS" in resp.json()["error"]
 
 
 def test_arrow_extra_columns_are_refused_by_name(live: Live) -> None:

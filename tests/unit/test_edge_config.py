@@ -161,7 +161,7 @@ def test_defaults() -> None:
         1,
     )
     assert cfg.max_body_bytes == 64 << 20 and cfg.bundle is None
-    assert cfg.max_records == 1_000_000
+    assert cfg.max_records == 100_000
     assert cfg.http == HttpLimits(
         max_header_bytes=32 << 10,
         header_timeout_s=10,
