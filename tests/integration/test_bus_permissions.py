@@ -16,7 +16,7 @@ from nats.js.api import StreamConfig
 from edgepub.shared import bus, objects, subjects
 from support.servers import NatsServer
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.no_blocking]
 
 REFUSAL_WAIT_S = 1.5
 

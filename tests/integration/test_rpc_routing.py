@@ -21,7 +21,7 @@ from edgepub.shared.errors import (
 )
 from support.servers import NatsServer
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.no_blocking]
 
 
 class Ping(msgspec.Struct, frozen=True):
