@@ -3,7 +3,7 @@
 - ``nats_server``: nats-server + JetStream, auth on (``admin`` and one user per service).
 - ``registry``: Debian's docker-registry with htpasswd auth (user ``edgepub``).
 - ``ops``: the Ops services that exist, as real processes against both.
-- ``no_blocking`` (or ``@pytest.mark.no_blocking``): fails a test whose event loops block.
+- ``@pytest.mark.no_blocking``: fails a test whose event loops block (``support.loopwatch``).
 Helpers live in ``tests/support`` (``from support.waiting import wait_for``).
 """
 
@@ -58,18 +58,16 @@ def ops(nats_server: NatsServer, registry: RegistryServer, tmp_path: Path) -> It
             proc.kill()
 
 
-@pytest.fixture
-def no_blocking() -> Iterator[None]:
-    """Fail the test if an event loop it runs blocks longer than loopwatch.THRESHOLD_S."""
+@pytest.fixture(autouse=True)
+def no_blocking(request: pytest.FixtureRequest) -> Iterator[None]:
+    """With ``@pytest.mark.no_blocking``: fail the test if an event loop it runs blocks
+    longer than loopwatch.THRESHOLD_S."""
+    if request.node.get_closest_marker("no_blocking") is None:
+        yield
+        return
     with watch_loops() as stalls:
         yield
     assert not stalls, "the event loop was blocked:\n" + "\n".join(stalls)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.get_closest_marker("no_blocking"):
-            item.add_marker(pytest.mark.usefixtures("no_blocking"))  # type: ignore[arg-type]
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
