@@ -24,9 +24,9 @@ KEYS = (
     "WORKSPACE_ID",
 )
 SUPPORTED_VERSION = 1
-_LINE = re.compile(r"^(?:export\s+)?(?P<key>[A-Z_][A-Z0-9_]*)=(?P<value>.*)$")
-_EDGE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_HOST = re.compile(r"^[A-Za-z0-9.\-]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~\-/]*)?$")
+_LINE = re.compile(r"(?:export\s+)?(?P<key>[A-Z_][A-Z0-9_]*)=(?P<value>.*)")
+_EDGE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_HOST = re.compile(r"[A-Za-z0-9.\-]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~\-/]*)?")
 
 
 class BundleError(ValueError):
@@ -60,7 +60,7 @@ def _lines(text: str) -> dict[str, str]:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        match = _LINE.match(line)
+        match = _LINE.fullmatch(line)
         if match is None:
             raise BundleError(f"line {number} is not 'export KEY=VALUE'")
         values[match["key"]] = _strip_quotes(match["value"].strip())
@@ -87,7 +87,7 @@ def _check_fields(values: dict[str, str]) -> EdgeBundle:
     if version != str(SUPPORTED_VERSION):
         raise BundleError(f"has BUNDLE_VERSION={version!r}; this agent reads version 1")
     name = values["EDGE_NAME"]
-    if not _EDGE_NAME.match(name) or len(name) > 63:
+    if not _EDGE_NAME.fullmatch(name) or len(name) > 63:
         raise BundleError(f"has EDGE_NAME={name!r}; expected a DNS-safe name")
     try:
         token = uuid.UUID(values["JOIN_TOKEN"])
@@ -96,7 +96,7 @@ def _check_fields(values: dict[str, str]) -> EdgeBundle:
     if token.version != 4:
         raise BundleError("has a JOIN_TOKEN that is not a version-4 UUID (value hidden)")
     host = values["OPSCENTER_HOST"]
-    if not _HOST.match(host):
+    if not _HOST.fullmatch(host):
         raise BundleError(f"has OPSCENTER_HOST={host!r}; expected host[:port][/path]")
     workspace = values["WORKSPACE_ID"]
     if not workspace.isdigit() or int(workspace) < 1:

@@ -40,7 +40,7 @@ MAX_CPUS = 1024.0
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 _LOOPBACK = {"localhost", "127.0.0.1", "[::1]"}
-_REGISTRY = re.compile(r"^(?:(?P<scheme>https?)://)?(?P<host>[^/\s]+)(?P<path>/[^\s]*)?$")
+_REGISTRY = re.compile(r"(?:(?P<scheme>https?)://)?(?P<host>[^/\s]+)(?P<path>/[^\s]*)?")
 
 
 class HttpLimits(msgspec.Struct, frozen=True, kw_only=True):
@@ -188,7 +188,7 @@ def parse_registry(oci_registry: str | None, pipeline_url: str, reference: Refer
     host_of_url = reference.registry
     if oci_registry is None:
         return host_of_url.rsplit(":", 1)[0] in _LOOPBACK or host_of_url in _LOOPBACK
-    match = _REGISTRY.match(oci_registry)
+    match = _REGISTRY.fullmatch(oci_registry)
     if match is None:
         raise _bad("OCI_REGISTRY", oci_registry, "[http://|https://]host[:port][/path]")
     path = (match["path"] or "").strip("/")

@@ -6,7 +6,7 @@ import re
 from decimal import Decimal, InvalidOperation
 
 UNITS: dict[str, int] = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
-_SIZE = re.compile(r"^(?P<number>[0-9]+(?:\.[0-9]+)?)(?P<unit>Ki|Mi|Gi|Ti)$")
+_SIZE = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]+)?)(?P<unit>Ki|Mi|Gi|Ti)")
 EXPECTED = "a size like 512Mi or 1Gi: a number followed by one of Ki, Mi, Gi, Ti"
 
 
@@ -20,7 +20,7 @@ def parse_size(text: str) -> int:
     Only the binary units the seed lists are accepted; ``1G``, ``1gi`` or ``1 Gi`` are
     refused rather than guessed at.
     """
-    match = _SIZE.match(text)
+    match = _SIZE.fullmatch(text)
     if match is None:
         raise SizeError(EXPECTED)
     try:
