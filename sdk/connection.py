@@ -23,7 +23,7 @@ def resolve(
             user=user or env.optional("EDGEPUB_NATS_USER"),
             password=password or env.optional("EDGEPUB_NATS_PASSWORD"),
         )
-    from edgepub.services.stack.state import load_stack_info
+    from edgepub.shared.stack_file import load_stack_info
 
     info = load_stack_info(data_dir)
     return NatsSettings(

@@ -22,11 +22,11 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from edgepub.samples import N_FEATURES
-from edgepub.services.stack.state import StackInfo
 from edgepub.shared.artifact import parse_reference
 from edgepub.shared.oci import RegistryClient
 from edgepub.shared.schemas import definition_decoder
 from edgepub.shared.settings import RegistrySettings
+from edgepub.shared.stack_file import StackInfo
 
 
 def _say(text: str) -> None:
@@ -171,7 +171,7 @@ def infer_examples(base: str, pipeline: str, input_name: str, n_features: int) -
 def run_demo(data_dir: str | None) -> int:
     from edgepub import Client, DeploymentConfigBuilder
     from edgepub.samples import house_price_model
-    from edgepub.services.stack.state import load_stack_info
+    from edgepub.shared.stack_file import load_stack_info
 
     with ExitStack() as stack:
         home = (
