@@ -3,6 +3,7 @@
 - ``nats_server``: nats-server + JetStream, auth on (``admin`` and one user per service).
 - ``registry``: Debian's docker-registry with htpasswd auth (user ``edgepub``).
 - ``ops``: the Ops services that exist, as real processes against both.
+- ``client``: an SDK ``Client`` on them as the SDK user; ``model_file``: a small ONNX model.
 - ``@pytest.mark.no_blocking``: fails a test whose event loops block (``support.loopwatch``).
 Helpers live in ``tests/support`` (``from support.waiting import wait_for``).
 """
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from edgepub import Client
+from edgepub.samples import house_price_model
 from support.loopwatch import watch_loops
 from support.procs import cmdline, descendants
 from support.servers import NatsServer, RegistryServer
@@ -56,6 +59,20 @@ def ops(nats_server: NatsServer, registry: RegistryServer, tmp_path: Path) -> It
     finally:
         for proc in services.procs.values():
             proc.kill()
+
+
+@pytest.fixture
+def client(ops: OpsServices, nats_server: NatsServer) -> Iterator[Client]:
+    """An SDK client as the stack's SDK user, with the Ops services running."""
+    s = nats_server.settings()
+    with Client(s.url, s.user, s.password) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small scikit-learn random forest as ONNX (made once per test run)."""
+    return house_price_model(tmp_path_factory.mktemp("models") / "rf.onnx", n_estimators=3)
 
 
 @pytest.fixture(autouse=True)

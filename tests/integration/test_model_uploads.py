@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,25 +14,11 @@ from nats.js.errors import NotFoundError as JsNotFoundError
 from nats.js.errors import ObjectNotFoundError
 
 from edgepub import Client, InvalidModelError
-from edgepub.samples import house_price_model
 from edgepub.shared import bus, objects, rpc, subjects
 from edgepub.shared.schemas import ModelUploadReply, ModelUploadRequest
 from support.servers import NatsServer
-from support.services import OpsServices
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def client(ops: OpsServices, nats_server: NatsServer) -> Iterator[Client]:
-    s = nats_server.settings()
-    with Client(s.url, s.user, s.password) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return house_price_model(tmp_path_factory.mktemp("models") / "rf.onnx", n_estimators=3)
 
 
 async def _chunks(data: bytes) -> AsyncIterator[bytes]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import nats
@@ -37,18 +36,6 @@ from support.servers import NatsServer, RegistryServer
 from support.services import OpsServices
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def client(ops: OpsServices, nats_server: NatsServer) -> Iterator[Client]:
-    s = nats_server.settings()
-    with Client(s.url, s.user, s.password) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return house_price_model(tmp_path_factory.mktemp("models") / "rf.onnx", n_estimators=5)
 
 
 def test_seed_publish_example(

@@ -23,7 +23,7 @@ import pytest
 from nats.js.errors import NotFoundError
 
 from edgepub import Client, DeploymentConfigBuilder, PublishFailedError
-from edgepub.samples import dense_model, house_price_model
+from edgepub.samples import dense_model
 from edgepub.shared import bus, rpc, subjects
 from edgepub.shared.errors import (
     EdgepubError,
@@ -110,18 +110,6 @@ def raw(ops: OpsServices, nats_server: NatsServer) -> Iterator[Raw]:
         yield r
     finally:
         r.close()
-
-
-@pytest.fixture
-def client(ops: OpsServices, nats_server: NatsServer) -> Iterator[Client]:
-    s = nats_server.settings()
-    with Client(s.url, s.user, s.password) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return house_price_model(tmp_path_factory.mktemp("models") / "rf.onnx", n_estimators=3)
 
 
 def services_unharmed(ops: OpsServices) -> None:
