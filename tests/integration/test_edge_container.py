@@ -1,11 +1,11 @@
 """The engine image, built from the project and run with the publish's own Docker Run
 command: host networking in place of ``-p``, a temp dir for ``/persist``. Needs a Docker
-engine; ``../shared/tools/docker-up`` starts one where it exists (as on CI here)."""
+engine: the one ``docker info`` reaches, else ``../shared/tools/docker-up``'s (as on CI
+here); see ``support/docker.py``."""
 
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import subprocess
 import urllib.request
@@ -18,60 +18,20 @@ import pytest
 from edgepub import Client
 from edgepub.commands import docker_run_command
 from edgepub.samples import N_FEATURES, house_price_model
+from support.docker import build_image, engine_answers, engine_or_skip, find_engine
 from support.procs import free_port
 from support.servers import NatsServer, RegistryServer
 from support.services import OpsServices
 from support.waiting import wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
-ROOT = Path(__file__).resolve().parents[2]
-DOCKER_UP = ROOT.parent / "shared" / "tools" / "docker-up"
 IMAGE = "edgepub-edge:0.1.0"
-
-
-def _docker_env() -> dict[str, str]:
-    env = dict(os.environ)
-    if not env.get("DOCKER_HOST"):
-        if not DOCKER_UP.exists():
-            pytest.skip(f"no Docker engine: DOCKER_HOST unset and {DOCKER_UP} missing")
-        out = subprocess.run(
-            ["bash", str(DOCKER_UP)], capture_output=True, text=True, timeout=600, check=False
-        )
-        if out.returncode != 0:
-            pytest.skip(f"docker-up failed: {out.stderr[-500:]}")
-        for line in out.stdout.splitlines():
-            if line.startswith("export "):
-                key, _, value = line[len("export ") :].partition("=")
-                env[key] = value
-    return env
 
 
 @pytest.fixture(scope="session")
 def docker_env() -> dict[str, str]:
-    env = _docker_env()
-    base = env.get("EDGEPUB_BASE_IMAGE", "python:3.11-slim")
-    build = subprocess.run(
-        [
-            "docker",
-            "build",
-            "--network",
-            "host",
-            "--build-arg",
-            f"BASE={base}",
-            "-f",
-            "deploy/edge/Dockerfile",
-            "-t",
-            IMAGE,
-            ".",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    env = engine_or_skip()
+    build_image(env, "deploy/edge/Dockerfile", IMAGE)
     return env
 
 
@@ -81,13 +41,33 @@ def container_name(docker_env: dict[str, str]) -> Iterator[str]:
     try:
         yield name
     finally:
-        subprocess.run(
-            ["docker", "rm", "-f", name],
+        subprocess.run(  # -v: the image's /persist, an anonymous volume unless bound
+            ["docker", "rm", "-f", "-v", name],
             env=docker_env,
             capture_output=True,
             check=False,
             timeout=60,
         )
+
+
+def test_an_engine_docker_info_reaches_is_used_without_docker_up(tmp_path: Path) -> None:
+    """DOCKER_HOST unset and no docker-up, yet ``docker info`` answers (here through a docker
+    context naming the engine): that engine is used, the tests do not skip."""
+    env = engine_or_skip()
+    env.pop("DOCKER_HOST", None)
+    if not engine_answers(env):  # the engine is DOCKER_HOST's: name it in a context instead
+        host = engine_or_skip()["DOCKER_HOST"]
+        env["DOCKER_CONFIG"] = str(tmp_path / "docker-config")
+        for argv in (
+            ("docker", "context", "create", "edgepub-test", "--docker", f"host={host}"),
+            ("docker", "context", "use", "edgepub-test"),
+        ):
+            out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
+            assert out.returncode == 0, out.stderr
+    found = find_engine(env, docker_up=tmp_path / "no-docker-up")
+    assert "DOCKER_HOST" not in found
+    ps = subprocess.run(["docker", "ps"], env=found, capture_output=True, text=True, timeout=30)
+    assert ps.returncode == 0, ps.stderr
 
 
 def _as_run_here(
