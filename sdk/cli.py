@@ -32,8 +32,13 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
 
 
+# Help is plain text: argparse prints it as written, so no reST markup from the docstring.
+DESCRIPTION = "edgepub: the SDK's verbs for shell users."
+EPILOG = "Each verb has its own --help; add --json for output a script can read."
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgepub", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="edgepub", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"edgepub {VERSION}")
     verbs = parser.add_subparsers(dest="verb", required=True)
 

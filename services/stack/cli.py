@@ -27,7 +27,7 @@ log = structlog.get_logger("edgepub.stack")
 CACHE_DIR = "cache"  # registry-push's, in the data dir (EDGEPUB_CACHE_DIR)
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
     p = argparse.ArgumentParser(
         prog="edgepub up",
@@ -210,7 +210,7 @@ def _leaf_errors(exc: BaseException) -> list[BaseException]:
 
 def up_main(argv: list[str] | None = None) -> int:
     """``edgepub up [options]``; returns the process exit code."""
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     cfg = LogSettings.from_env()
     logs.configure(fmt=cfg.format, level=cfg.level)
     directory = state.data_dir(args.data_dir)

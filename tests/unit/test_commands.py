@@ -1,14 +1,21 @@
-"""Docker/Podman/Helm command rendering (SDK-COMPAT 6-7) and memory units."""
+"""Docker/Podman/Helm command rendering (SDK-COMPAT 6-7) and memory units; the `edgepub`
+command's help, plain text."""
 
 from __future__ import annotations
 
+import argparse
 import shlex
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edgepub.cli import build_parser
 from edgepub.commands import (
     LINE_BREAK,
     EngineResources,
@@ -23,6 +30,7 @@ from edgepub.commands import (
     registry_host,
 )
 from edgepub.deployment_config import DeploymentConfigBuilder
+from edgepub.services.stack.cli import build_parser as up_parser
 from edgepub.shared.errors import InvalidRequestError
 
 PIPELINE = "127.0.0.1:5000/edgepub/pipelines/house:6c3d9899-1335-456b-aaa0-52d03a017cc4"
@@ -420,3 +428,46 @@ def test_every_flat_value_is_set_once(values: dict[str, int]) -> None:
     sets = [argv[i + 1] for i, word in enumerate(argv) if word == "--set"]
     assert sets[:2] == ["ociRegistry.username=$OCI_USERNAME", "ociRegistry.password=$OCI_PASSWORD"]
     assert sets[2:] == [f"{k}={v}" for k, v in values.items()]
+
+
+# --- the edgepub command's help -------------------------------------------------------------
+
+
+def _verbs(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """``parser`` and every verb below it: (), ("model",), ("model", "upload")..."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _verbs(sub, (*path, name))
+
+
+VERBS = [path for path, _ in _verbs(build_parser())]
+CLI = "from edgepub.cli import main; main()"
+
+
+def test_help_texts_are_plain() -> None:
+    """argparse prints descriptions and help as written: no reST ``literals`` in them."""
+    assert ("up",) in VERBS and ("pipeline", "publish") in VERBS
+    for path, parser in _verbs(build_parser()):
+        assert "`" not in parser.format_help(), path
+    assert "`" not in up_parser().format_help()
+
+
+def test_every_help_printed_has_no_backticks() -> None:
+    """``edgepub [verb...] --help`` as real processes (``up`` prints its own, fuller help)."""
+    script = Path(sys.executable).with_name("edgepub")
+    argv0 = [str(script)] if script.exists() else [sys.executable, "-c", CLI]
+    procs = {
+        verb: subprocess.Popen(
+            [*argv0, *verb, "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for verb in VERBS
+    }
+    for verb, proc in procs.items():
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, (verb, err)
+        assert out.startswith(f"usage: {' '.join(('edgepub', *verb))}"), (verb, out[:200])
+        assert "`" not in out, (verb, out)
