@@ -158,26 +158,46 @@ def write_files(plan: StackPlan) -> None:
         state.write_private(path, planned.text.encode())
 
 
+def _not_writable(directory: Path, uid: int) -> ConfigError:
+    st = directory.stat()
+    return ConfigError(
+        f"data dir {directory} is not writable by this user, uid {uid} (it is uid "
+        f"{st.st_uid}'s, mode {oct(stat.S_IMODE(st.st_mode))}); as root, chown -R {uid} "
+        f"{directory} (a docker-compose volume: docker-compose run --rm --user root "
+        f"--entrypoint chown ops -R {uid} {directory}), or choose another --data-dir"
+    )
+
+
 def private_data_dir(directory: Path) -> None:
     """The data dir holds credentials, the broker's store, the registry's blobs (the
-    users' models) and the logs: made 0700, or tightened to it, saying so."""
+    users' models) and the logs: made 0700, or tightened to it, saying so. One this user
+    may not write to (a volume mounted as root's) is refused, naming the fix."""
     existed = directory.exists()
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except PermissionError as exc:
+        raise ConfigError(
+            f"cannot create data dir {directory} ({exc.strerror}, uid {os.getuid()}); "
+            "create it for this user, or choose another --data-dir"
+        ) from None
     mode = stat.S_IMODE(directory.stat().st_mode)
     if mode != 0o700:
         try:
             directory.chmod(0o700)
         except PermissionError:  # someone else's directory (a volume mounted as root...)
-            log.warning(
-                "data_dir_mode_loose",
-                path=str(directory),
-                mode=oct(mode),
-                fix=f"chown it to this user, or chmod 700 {directory}",
-            )
-            return
-        log.warning("data_dir_mode_tightened", path=str(directory), was=oct(mode), now="0o700")
+            if os.access(directory, os.W_OK | os.X_OK):
+                log.warning(
+                    "data_dir_mode_loose",
+                    path=str(directory),
+                    mode=oct(mode),
+                    fix=f"chown it to this user, or chmod 700 {directory}",
+                )
+        else:
+            log.warning("data_dir_mode_tightened", path=str(directory), was=oct(mode), now="0o700")
     elif not existed:
         log.info("data_dir_created", path=str(directory), mode="0o700")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise _not_writable(directory, os.getuid())
 
 
 def _announce(plan: StackPlan, stack_file: Path) -> None:
