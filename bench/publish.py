@@ -33,7 +33,7 @@ import oras.provider
 from edgepub import Client
 from edgepub.demo import start_stack
 from edgepub.samples import dense_model
-from edgepub.services.stack.state import load_stack_info
+from edgepub.shared.stack_file import load_stack_info
 
 
 def raw_push(info: object, model: Path, config: Path, *, header_up_front: bool) -> float:

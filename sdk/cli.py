@@ -123,7 +123,7 @@ def _publish(args: argparse.Namespace) -> None:
 def run(argv: Sequence[str]) -> int:
     argv = list(argv)
     if argv and argv[0] == "up":
-        from edgepub.services.stack.cli import up_main
+        from edgepub.services.stack.up import up_main
 
         return up_main(argv[1:])
     args = build_parser().parse_args(argv)

@@ -7,7 +7,7 @@ import asyncio
 import sys
 
 from edgepub.services.stack.probes import nats_ready, registry_ready
-from edgepub.services.stack.state import load_stack_info
+from edgepub.shared.stack_file import load_stack_info
 from edgepub.shared.errors import ConfigError
 
 

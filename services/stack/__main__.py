@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .cli import up_main
+from .up import up_main
 
 
 def main(argv: list[str]) -> int:

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import msgspec
 
+from edgepub.shared.stack_file import StackInfo
+
 from . import config
 from .catalog import RegistryEndpoint, ServiceSpec, service_env
-from .state import StackInfo
 
 
 class Probe(Enum):

@@ -21,10 +21,11 @@ from typing import BinaryIO
 import msgspec
 import structlog
 
+from edgepub.shared.stack_file import remove_stack_info, write_stack_info
+
 from .binaries import die_with_parent_hook
 from .plan import ChildSpec, Probe, StackPlan
 from .probes import nats_ready, registry_ready
-from .state import remove_stack_info, write_stack_info
 
 log = structlog.get_logger("edgepub.stack")
 

@@ -18,7 +18,7 @@ import pytest
 
 from edgepub import Client
 from edgepub.samples import house_price_model
-from edgepub.services.stack.state import StackInfo
+from edgepub.shared.stack_file import StackInfo
 from edgepub.shared.artifact import parse_reference
 from support import docker
 from support.procs import free_port

@@ -17,7 +17,7 @@ import pytest
 
 from edgepub.services.stack.binaries import find_nats_server
 from edgepub.services.stack.catalog import service_exists
-from edgepub.services.stack.state import StackInfo
+from edgepub.shared.stack_file import StackInfo
 from support.natsutil import publish_allowed
 from support.procs import pid_alive
 from support.servers import NatsServer, nats_handshake, registry_get

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from edgepub.services.stack.state import STACK_FILE, StackInfo, load_stack_info
+from edgepub.shared.stack_file import STACK_FILE, StackInfo, load_stack_info
 
 from .procs import ChildProcess, cmdline, descendants, free_port
 from .services import clean_environ

@@ -30,7 +30,7 @@ from edgepub.commands import (
     registry_host,
 )
 from edgepub.deployment_config import DeploymentConfigBuilder
-from edgepub.services.stack.cli import build_parser as up_parser
+from edgepub.services.stack.up import build_parser as up_parser
 from edgepub.shared.errors import InvalidRequestError
 
 PIPELINE = "127.0.0.1:5000/edgepub/pipelines/house:6c3d9899-1335-456b-aaa0-52d03a017cc4"

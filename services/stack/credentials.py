@@ -11,29 +11,9 @@ from pathlib import Path
 import msgspec
 
 from edgepub.shared.errors import ConfigError
-from edgepub.shared.stack_file import (
-    STACK_FILE,
-    StackInfo,
-    data_dir,
-    load_stack_info,
-    remove_stack_info,
-    write_private,
-    write_stack_info,
-)
+from edgepub.shared.stack_file import write_private
 
 from .config import StackCredentials, generate_credentials
-
-__all__ = [
-    "CREDENTIALS_FILE",
-    "STACK_FILE",
-    "StackInfo",
-    "data_dir",
-    "load_or_create_credentials",
-    "load_stack_info",
-    "remove_stack_info",
-    "write_private",
-    "write_stack_info",
-]
 
 CREDENTIALS_FILE = "credentials.json"
 

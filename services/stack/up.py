@@ -14,11 +14,11 @@ from pathlib import Path
 
 import structlog
 
-from edgepub.shared import logs
+from edgepub.shared import logs, stack_file
 from edgepub.shared.errors import ConfigError
 from edgepub.shared.settings import LogSettings
 
-from . import catalog, state
+from . import catalog, credentials
 from .binaries import find_nats_server, find_registry
 from .plan import StackPlan, UpOptions, build_plan
 from .supervisor import StackStartError, kill_leftovers, run_stack
@@ -88,7 +88,7 @@ def resolve_port(host: str, port: int, what: str, flag: str) -> int:
 
 def _check_not_running(directory: Path) -> None:
     try:
-        info = state.load_stack_info(directory)
+        info = stack_file.load_stack_info(directory)
     except ConfigError:
         return
     raise ConfigError(
@@ -131,7 +131,7 @@ def options_from_args(args: argparse.Namespace, directory: Path) -> UpOptions:
 
 
 def make_plan(opts: UpOptions, directory: Path) -> StackPlan:
-    creds = state.load_or_create_credentials(directory)
+    creds = credentials.load_or_create_credentials(directory)
     for secret in (*creds.nats_users.values(), creds.registry_password, creds.registry_http_secret):
         logs.register_secret(secret)
     logs.register_secret(opts.nats_password)
@@ -155,7 +155,7 @@ def write_files(plan: StackPlan) -> None:
     for planned in plan.files:
         path = Path(planned.path)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        state.write_private(path, planned.text.encode())
+        stack_file.write_private(path, planned.text.encode())
 
 
 def _not_writable(directory: Path, uid: int) -> ConfigError:
@@ -233,7 +233,7 @@ def up_main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = LogSettings.from_env()
     logs.configure(fmt=cfg.format, level=cfg.level)
-    directory = state.data_dir(args.data_dir)
+    directory = stack_file.data_dir(args.data_dir)
     try:
         private_data_dir(directory)
         _check_not_running(directory)
