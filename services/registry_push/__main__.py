@@ -24,14 +24,17 @@ NAME = "registry-push"
 log = structlog.get_logger("edgepub.registry_push")
 
 
-async def report_registry(client: RegistryClient) -> None:
+async def report_registry(settings: PushSettings) -> None:
     """Say at start whether the registry answers; a push retries or fails on its own."""
+    client = RegistryClient(settings.registry, timeout_s=settings.request_timeout_s)
     try:
         await asyncio.to_thread(client.check)
     except RegistryError as exc:
         log.warning("registry_check_failed", code=exc.code, error=exc.message)
     else:
         log.info("registry_ok", registry=client.settings.registry)
+    finally:
+        client.close()  # each push has its own session (session.PushSession)
 
 
 def open_cache(js: JetStreamContext, settings: PushSettings) -> ModelCache:
@@ -53,24 +56,21 @@ def open_cache(js: JetStreamContext, settings: PushSettings) -> ModelCache:
 
 def body_for(settings: PushSettings) -> Body:
     async def body(nc: NATS, js: JetStreamContext, stop: asyncio.Event) -> None:
-        client = RegistryClient(settings.registry, timeout_s=settings.request_timeout_s)
-        try:
-            cache = await asyncio.to_thread(open_cache, js, settings)
-            await report_registry(client)
-            consumer = Consumer(
-                js,
-                ConsumerSpec(
-                    stream=subjects.WORK_STREAM,
-                    durable=subjects.CONSUMER_REGISTRY_PUSH,
-                    filter_subjects=(subjects.PUBLISH_REQUESTED,),
-                    ack_wait_s=settings.ack_wait_s,
-                ),
-                decode_request,
-                PushHandler(js, client, cache, settings),
-            )
-            await consumer.run(stop)
-        finally:
-            client.close()
+        cache = await asyncio.to_thread(open_cache, js, settings)
+        await report_registry(settings)
+        consumer = Consumer(
+            js,
+            ConsumerSpec(
+                stream=subjects.WORK_STREAM,
+                durable=subjects.CONSUMER_REGISTRY_PUSH,
+                filter_subjects=(subjects.PUBLISH_REQUESTED,),
+                ack_wait_s=settings.ack_wait_s,
+                grace_s=settings.stop_grace_s,
+            ),
+            decode_request,
+            PushHandler(js, cache, settings),
+        )
+        await consumer.run(stop)
 
     return body
 

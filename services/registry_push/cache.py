@@ -42,6 +42,7 @@ from edgepub.shared.onnx_scan import OnnxScanner, scan_file
 from edgepub.shared.schemas import ModelVersion
 
 from .pipe import Pipe, PipeClosed, VerifyingReader, refuse_unless_standalone
+from .session import StopToken, Threads, decisive
 
 log = structlog.get_logger("edgepub.registry_push.cache")
 
@@ -56,8 +57,9 @@ def describe(model: ModelVersion) -> str:
     )
 
 
-def file_matches(path: Path, model: ModelVersion) -> bool:
-    """True when ``path`` holds exactly the model's bytes (size, then sha256)."""
+def file_matches(path: Path, model: ModelVersion, stop: StopToken | None = None) -> bool:
+    """True when ``path`` holds exactly the model's bytes (size, then sha256); stops at
+    the next chunk once ``stop`` is set."""
     try:
         if path.stat().st_size != model.size:
             return False
@@ -66,6 +68,8 @@ def file_matches(path: Path, model: ModelVersion) -> bool:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
+            if stop is not None:
+                stop.check()
             h.update(chunk)
     return h.hexdigest() == model.sha256
 
@@ -110,13 +114,13 @@ class ModelCache:
     def path(self, model: ModelVersion) -> Path:
         return self.root / model.sha256
 
-    async def cached(self, model: ModelVersion) -> Path | None:
+    async def cached(self, model: ModelVersion, threads: Threads) -> Path | None:
         """The cached file of ``model`` if it holds exactly its bytes (marked as just used),
         after checking it is an ONNX model whole in itself (raises otherwise)."""
         path = self.path(model)
-        if not await asyncio.to_thread(file_matches, path, model):
+        if not await threads.call(file_matches, path, model, threads.stop):
             return None
-        scan = await asyncio.to_thread(scan_file, path)
+        scan = await threads.call(scan_file, path)
         refuse_unless_standalone(scan, describe(model))
         with contextlib.suppress(FileNotFoundError):
             os.utime(path)
@@ -174,11 +178,14 @@ class ModelCache:
                     path.chmod(0o600)
         return removed
 
-    async def stream(self, model: ModelVersion, consume: Callable[[VerifyingReader], None]) -> Path:
-        """Read ``model`` from the object store into ``consume`` (run in a thread) and the
-        cache at once. NotFoundError if the object store lacks it; DigestMismatchError if
-        its bytes are not the model's; ModelExternalDataError / InvalidModelError if it is
-        not an ONNX model whole in itself; otherwise ``consume``'s own errors."""
+    async def stream(
+        self, model: ModelVersion, consume: Callable[[VerifyingReader], None], threads: Threads
+    ) -> Path:
+        """Read ``model`` from the object store into ``consume`` (run in one of
+        ``threads``) and the cache at once. NotFoundError if the object store lacks it;
+        DigestMismatchError if its bytes are not the model's; ModelExternalDataError /
+        InvalidModelError if it is not an ONNX model whole in itself; otherwise
+        ``consume``'s own errors."""
         started = time.monotonic()
         # mkstemp: 0600, and a name no other writer can take.
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{model.sha256}.", suffix=".part")
@@ -193,7 +200,7 @@ class ModelCache:
                     what=describe(model),
                     scanner=OnnxScanner(),
                 )
-                await overlap(pipe, self._produce(model, pipe), lambda: consume(reader))
+                await overlap(pipe, self._produce(model, pipe), lambda: consume(reader), threads)
             if not reader.verified:
                 raise RuntimeError(f"{describe(model)}: the consumer stopped before the end")
             os.replace(tmp, self.path(model))  # os.replace keeps mkstemp's 0600
@@ -246,12 +253,16 @@ class ModelCache:
 
 
 async def overlap(
-    pipe: Pipe, produce: Coroutine[Any, Any, None], consume: Callable[[], None]
+    pipe: Pipe,
+    produce: Coroutine[Any, Any, None],
+    consume: Callable[[], None],
+    threads: Threads,
 ) -> None:
     """Run the producer coroutine here and ``consume`` in a thread, until both end.
 
-    Whichever fails first, the other is told (the pipe is closed or abandoned) so that
-    neither waits forever; the first real error is raised.
+    Whichever fails first, the other is told (the pipe is closed or abandoned; a consumer
+    cancelled meanwhile has its thread stopped and waited for) so that neither waits
+    forever and no thread outlives the call; the first real error is raised.
     """
 
     def consume_then_abandon() -> None:
@@ -260,19 +271,25 @@ async def overlap(
         finally:
             pipe.abandon()
 
-    consumer = asyncio.ensure_future(asyncio.to_thread(consume_then_abandon))
-    try:
-        await produce
-    except PipeClosed:
-        pass  # the consumer stopped; its error says why
-    except BaseException as exc:
-        pipe.close(exc)
-        with contextlib.suppress(BaseException):
-            await asyncio.shield(consumer)
-        raise
-    else:
+    async def producer() -> None:
+        try:
+            await produce
+        except PipeClosed:
+            return  # the consumer stopped; its error says why
+        except BaseException as exc:
+            pipe.close(exc)  # the reader raises PipeClosed from it
+            raise
         pipe.close()
+
+    async def consumer() -> None:
+        try:
+            await threads.call(consume_then_abandon)
+        except PipeClosed as exc:
+            raise (exc.__cause__ or exc) from None
+
     try:
-        await consumer
-    except PipeClosed as exc:
-        raise (exc.__cause__ or exc) from None
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(producer())
+            tg.create_task(consumer())
+    except BaseExceptionGroup as group:
+        raise decisive(group) from None

@@ -15,6 +15,9 @@ EDGEPUB_REGISTRY* (see ``RegistrySettings``) plus:
 - ``EDGEPUB_REGISTRY_TIMEOUT_S``: per-request timeout towards the registry (default 30).
 - ``EDGEPUB_REGISTRY_RETRY_MAX_S``: longest wait between attempts while the registry is
   unreachable (default 10; the first waits are 0.5, 1, 2, 4, ... s).
+- ``EDGEPUB_STOP_GRACE_S``: on SIGTERM, how long the push in hand may still run before it
+  is cancelled (default 20; a cancelled push stops its uploads and comes back to
+  whichever registry-push runs next).
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ class PushSettings(msgspec.Struct, frozen=True, kw_only=True):
     ack_wait_s: float = 30.0
     request_timeout_s: float = 30.0
     retry_max_s: float = 10.0
+    stop_grace_s: float = 20.0
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> PushSettings:
@@ -70,6 +74,7 @@ class PushSettings(msgspec.Struct, frozen=True, kw_only=True):
             ack_wait_s=env.number("EDGEPUB_ACK_WAIT_S", 30.0),
             request_timeout_s=env.number("EDGEPUB_REGISTRY_TIMEOUT_S", 30.0),
             retry_max_s=env.number("EDGEPUB_REGISTRY_RETRY_MAX_S", 10.0),
+            stop_grace_s=env.number("EDGEPUB_STOP_GRACE_S", 20.0),
         )
         for name, value in (
             ("EDGEPUB_ACK_WAIT_S", out.ack_wait_s),
@@ -79,4 +84,6 @@ class PushSettings(msgspec.Struct, frozen=True, kw_only=True):
         ):
             if value <= 0:
                 raise ConfigError(f"{name}={value:g} must be more than 0 seconds")
+        if out.stop_grace_s < 0:
+            raise ConfigError(f"EDGEPUB_STOP_GRACE_S={out.stop_grace_s:g} must be 0 or more")
         return out

@@ -13,16 +13,16 @@ Outcomes (the runner acks by them):
 Speed: the chart is pushed while the models are; a model the registry already holds is
 not fetched at all; one it lacks is streamed from the object store into the upload.
 Every push is idempotent (content-addressed blobs, deterministic manifests), so a message
-redelivered after a crash mid-push simply pushes again and ends the same way.
+redelivered after a crash mid-push simply pushes again and ends the same way. Each attempt
+has its own registry session and stops its threads when cancelled (``session.py``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 import structlog
@@ -35,7 +35,7 @@ from edgepub.shared.errors import (
     RegistryUnavailableError,
     ServiceUnavailableError,
 )
-from edgepub.shared.oci import BlobPushed, RegistryClient, RegistryUnreachableError
+from edgepub.shared.oci import BlobPushed, RegistryUnreachableError
 from edgepub.shared.runner import Delivery, Retry, backoff
 from edgepub.shared.schemas import HelmInfo, PublishRequested, Pushed, PushFailed, PushStarted
 
@@ -43,10 +43,9 @@ from . import push
 from .cache import ModelCache
 from .config import PushSettings
 from .definition import ModelLayer, PublishPlan, plan
+from .session import PushSession, both
 
 log = structlog.get_logger("edgepub.registry_push")
-A = TypeVar("A")
-B = TypeVar("B")
 
 
 def retry_delay(attempt: int, now: float, deadline: float, cap: float) -> float:
@@ -60,39 +59,6 @@ def unreachable_reason(exc: RegistryUnavailableError, registry: str, waited_s: f
         f"registry {registry} unreachable for {waited_s:.0f} s: {cause}; check that it is "
         f"running and that EDGEPUB_REGISTRY={registry} is right"
     )
-
-
-def decisive(errors: BaseExceptionGroup[BaseException]) -> BaseException:
-    """Of errors raised side by side, the one to act on: a permanent one beats an
-    outage (fail now rather than retry), anything beats a cancellation."""
-    flat: list[BaseException] = []
-    for exc in errors.exceptions:
-        flat.extend(decisive_all(exc))
-    for exc in flat:
-        if isinstance(exc, EdgepubError) and not isinstance(exc, RegistryUnavailableError):
-            return exc
-    return next((e for e in flat if not isinstance(e, asyncio.CancelledError)), flat[0])
-
-
-def decisive_all(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [e for sub in exc.exceptions for e in decisive_all(sub)]
-    return [exc]
-
-
-async def both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
-    """Run two awaitables at once; the first failure cancels the other."""
-    try:
-        async with asyncio.TaskGroup() as tg:
-            ta = tg.create_task(_wrap(first))
-            tb = tg.create_task(_wrap(second))
-    except BaseExceptionGroup as group:
-        raise decisive(group) from None
-    return ta.result(), tb.result()
-
-
-async def _wrap(aw: Awaitable[A]) -> A:
-    return await aw
 
 
 class Unpushable(msgspec.Struct, frozen=True, kw_only=True):
@@ -122,14 +88,12 @@ class PushHandler:
     def __init__(
         self,
         js: JetStreamContext,
-        client: RegistryClient,
         cache: ModelCache,
         settings: PushSettings,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._js = js
-        self._client = client
         self._cache = cache
         self._settings = settings
         self._clock = clock
@@ -146,8 +110,9 @@ class PushHandler:
         started = PushStarted(publish_id=pid, attempt=attempt)
         await self._emit(subjects.PUBLISH_PUSH_STARTED, started, f"{pid}-started-{attempt}")
         blog.info("push_started", attempt=attempt, version=req.pipeline_version.name)
+        session = PushSession(self._settings.registry, timeout_s=self._settings.request_timeout_s)
         try:
-            pushed = await self._push(req, blog)
+            pushed = await self._push(req, session, blog)
         except RegistryUnavailableError as exc:
             await self._unavailable(req, exc, attempt, blog)
             return
@@ -156,23 +121,27 @@ class PushHandler:
         except EdgepubError as exc:
             await self._fail(pid, exc.code, exc.message, blog)
             return
+        finally:
+            session.close()  # every thread of this attempt has ended (PushSession.call)
         await self._emit(subjects.PUBLISH_PUSHED, pushed, f"{pid}-pushed")
         blog.info("push_done", pipeline_url=pushed.pipeline_url, chart_digest=pushed.chart_digest)
 
-    async def _push(self, req: PublishRequested, blog: Any) -> Pushed:
+    async def _push(self, req: PublishRequested, session: PushSession, blog: Any) -> Pushed:
         the_plan = plan(req, self._settings.registry)
         async with self._cache.using(layer.model for layer in the_plan.layers):
             # Where each model comes from, decided first: a missing model fails the publish
             # before anything is pushed (the chart included).
             sources = {
-                layer.model.sha256: await self._source(the_plan, layer) for layer in the_plan.layers
+                layer.model.sha256: await self._source(the_plan, layer, session)
+                for layer in the_plan.layers
             }
             pipeline_digest, chart_digest = await both(
-                self._push_pipeline(the_plan, sources, blog), self._push_chart(the_plan, blog)
+                self._push_pipeline(the_plan, sources, session, blog),
+                self._push_chart(the_plan, session, blog),
             )
         return self._pushed(the_plan, pipeline_digest, chart_digest)
 
-    async def _source(self, the_plan: PublishPlan, layer: ModelLayer) -> str:
+    async def _source(self, the_plan: PublishPlan, layer: ModelLayer, session: PushSession) -> str:
         """ "registry" (it has the layer), "cache" (a verified local file) or
         "object_store" (which is checked to hold it: NotFoundError otherwise).
 
@@ -181,23 +150,22 @@ class PushHandler:
         (its last bytes are held back until the check is done). So a layer the registry
         already holds was checked when it was uploaded."""
         repo = the_plan.pipeline_repository
-        if await asyncio.to_thread(self._client.has_blob, repo, layer.digest):
+        if await session.call(session.client.has_blob, repo, layer.digest):
             return "registry"
-        if await self._cache.cached(layer.model):
+        if await self._cache.cached(layer.model, session):
             return "cache"
         await self._cache.require(layer.model)
         return "object_store"
 
     async def _push_pipeline(
-        self, the_plan: PublishPlan, sources: dict[str, str], blog: Any
+        self, the_plan: PublishPlan, sources: dict[str, str], session: PushSession, blog: Any
     ) -> str:
         t0 = time.monotonic()
         for layer in the_plan.layers:
-            await self._upload_layer(the_plan, layer, sources[layer.model.sha256], blog)
+            await self._upload_layer(the_plan, layer, sources[layer.model.sha256], session, blog)
         files = {layer.model.sha256: self._cache.path(layer.model) for layer in the_plan.layers}
-        digest = await asyncio.to_thread(
-            push.push_pipeline, self._client, the_plan, files, self._blob_logger(blog, "config")
-        )
+        on_blob = self._blob_logger(blog, "config")
+        digest = await session.call(push.push_pipeline, session.client, the_plan, files, on_blob)
         blog.info(
             "pipeline_pushed",
             url=the_plan.pipeline_url,
@@ -206,10 +174,10 @@ class PushHandler:
         )
         return digest
 
-    async def _push_chart(self, the_plan: PublishPlan, blog: Any) -> str:
+    async def _push_chart(self, the_plan: PublishPlan, session: PushSession, blog: Any) -> str:
         t0 = time.monotonic()
-        digest = await asyncio.to_thread(
-            push.push_chart, self._client, the_plan, self._chart_dir, self._blob_logger(blog)
+        digest = await session.call(
+            push.push_chart, session.client, the_plan, self._chart_dir, self._blob_logger(blog)
         )
         blog.info(
             "chart_pushed",
@@ -221,18 +189,20 @@ class PushHandler:
         return digest
 
     async def _upload_layer(
-        self, the_plan: PublishPlan, layer: ModelLayer, source: str, blog: Any
+        self, the_plan: PublishPlan, layer: ModelLayer, source: str, session: PushSession, blog: Any
     ) -> None:
         """Put the layer in the registry from ``source``; a model is streamed from the
         object store into the upload (and the cache) as it arrives."""
         t0 = time.monotonic()
-        repo, client, model = the_plan.pipeline_repository, self._client, layer.model
+        repo, client, model = the_plan.pipeline_repository, session.client, layer.model
         if source == "cache":
             path = self._cache.path(model)
-            await asyncio.to_thread(push.upload_file, client, repo, layer, path)
+            await session.call(push.upload_file, client, repo, layer, path)
         elif source == "object_store":
             await self._cache.stream(
-                model, lambda reader: client.upload_blob(repo, layer.digest, model.size, reader)
+                model,
+                lambda reader: client.upload_blob(repo, layer.digest, model.size, reader),
+                session,
             )
         blog.info(
             "layer_pushed",

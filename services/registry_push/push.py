@@ -1,7 +1,8 @@
 """The blocking half of a publish: both artifacts of a plan into the registry.
 
-Runs in a worker thread (``asyncio.to_thread``); every error is already an edgepub error
-(``shared/oci.py`` translates them).
+Runs in a worker thread of the push's own session (``session.PushSession.call``: a
+cancelled push stops at the next request or body chunk); every registry error is already
+an edgepub error (``shared/oci.py`` translates them).
 """
 
 from __future__ import annotations

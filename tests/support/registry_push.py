@@ -3,13 +3,17 @@
 The service runs as ``python -m edgepub.services.registry_push`` against a real nats-server
 and a real docker-registry; a test plays the publish service's part by hand: it puts model
 bytes in the object store, publishes a PublishRequested on the work stream and reads the
-outcome events back from the stream.
+outcome events back from the stream. ``SlowLink`` puts a slow network between the service
+and the registry.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import socket
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -187,6 +191,95 @@ class PushService:
             proc.kill()
 
 
+class SlowLink:
+    """A TCP proxy on 127.0.0.1 in front of ``target``: bytes towards the target pass at
+    ``rate`` bytes/s per connection (``None``: at full speed), answers at full speed. A
+    registry behind it is a registry on a slow link; ``address`` is what the service is
+    given as EDGEPUB_REGISTRY. ``sent`` counts the bytes passed towards the target."""
+
+    CHUNK = 16 * 1024
+
+    def __init__(self, target: tuple[str, int], rate: float | None) -> None:
+        self.target = target
+        self.rate = rate
+        self.sent = 0
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # A small receive buffer: the sender feels the slow link at once.
+        self._server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen()
+        self._server.settimeout(0.2)
+        self.port = int(self._server.getsockname()[1])
+        self._spawn(self._accept)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def open_connections(self) -> int:
+        with self._lock:
+            return sum(1 for s in self._sockets if s.fileno() != -1) // 2
+
+    def _spawn(self, fn: Any, *args: Any) -> None:
+        t = threading.Thread(target=fn, args=args, daemon=True)
+        with self._lock:
+            self._threads.append(t)
+        t.start()
+
+    def _accept(self) -> None:
+        while not self._closing.is_set():
+            try:
+                client, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets += [client, upstream]
+            self._spawn(self._pump, client, upstream, True)
+            self._spawn(self._pump, upstream, client, False)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, slow: bool) -> None:
+        try:
+            while data := src.recv(self.CHUNK):
+                rate = self.rate
+                if slow and rate:
+                    time.sleep(len(data) / rate)  # the link's speed, not a synchronisation
+                dst.sendall(data)
+                if slow:
+                    with self._lock:
+                        self.sent += len(data)
+        except OSError:
+            pass  # either side closed: end both
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+    def close(self) -> None:
+        self._closing.set()
+        self._server.close()
+        with self._lock:
+            sockets, threads = list(self._sockets), list(self._threads)
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        for t in threads:
+            t.join(5)
+
+
 def read_back_pipeline(
     client: RegistryClient, pushed: Pushed, models: Sequence[ModelVersion], tmp_path: Path
 ) -> schemas.PipelineDefinition:
@@ -231,6 +324,16 @@ def push_service(
         yield service
     finally:
         service.kill()
+
+
+@pytest.fixture
+def slow_link(registry: RegistryServer) -> Iterator[SlowLink]:
+    """The registry behind a 1 MiB/s link (set ``rate`` to change it)."""
+    link = SlowLink(("127.0.0.1", registry.port), rate=float(MB))
+    try:
+        yield link
+    finally:
+        link.close()
 
 
 @pytest.fixture

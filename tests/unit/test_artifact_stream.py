@@ -1,19 +1,29 @@
 """Streaming model bytes from the event loop into an upload thread
 (services/registry_push/pipe.py, cache.overlap): both sides end whichever fails first,
-the first real error surfaces, and wrong bytes never finish an upload."""
+the first real error surfaces, wrong bytes never finish an upload, and a cancelled stream
+stops its thread before the cancellation goes on (session.in_thread)."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import io
+import socket
 import threading
 
 import numpy as np
 import pytest
+import requests
 
 from edgepub.services.registry_push.cache import overlap
 from edgepub.services.registry_push.pipe import Pipe, PipeClosed, VerifyingReader
+from edgepub.services.registry_push.session import (
+    PushCancelled,
+    StoppableAdapter,
+    StopToken,
+    Threads,
+    in_thread,
+)
 from edgepub.shared.errors import (
     DigestMismatchError,
     InvalidModelError,
@@ -22,6 +32,7 @@ from edgepub.shared.errors import (
     RegistryUnavailableError,
 )
 from edgepub.shared.onnx_scan import OnnxScanner
+from support.waiting import async_wait_for
 
 CHUNK = 64 * 1024
 DATA = bytes(range(256)) * 4096  # 1 MiB
@@ -60,7 +71,7 @@ def run(
             scanner=scanner,
         )
         await asyncio.wait_for(
-            overlap(pipe, produce(pipe, parts, fail_after), lambda: consume(reader)),  # type: ignore[operator]
+            overlap(pipe, produce(pipe, parts, fail_after), lambda: consume(reader), Threads()),  # type: ignore[operator]
             timeout=10,
         )
         return reader
@@ -216,3 +227,151 @@ def test_pipe_closed_keeps_the_cause() -> None:
         assert isinstance(err.value.__cause__, NotFoundError)
 
     asyncio.run(main())
+
+
+# --- cancellation: no thread outlives the stream --------------------------------------
+
+
+def test_a_cancelled_stream_stops_its_upload_thread_before_the_cancellation_goes_on() -> None:
+    """The fetch has ended (every byte is in the pipe) and the thread is still sending
+    when the push is cancelled: the thread stops at its next chunk, and only then does
+    the cancellation reach the caller."""
+    sending = threading.Event()
+    ended = threading.Event()
+    sent: list[int] = []
+
+    def upload(reader: VerifyingReader, stop: StopToken) -> None:
+        try:
+            while block := reader.read():
+                stop.check()  # what the push session's HTTP adapter does per body chunk
+                sent.append(len(block))
+                sending.set()
+                threading.Event().wait(0.01)  # a slow registry
+        finally:
+            ended.set()
+
+    async def main() -> None:
+        pipe = Pipe(limit=len(DATA) * 2)
+        threads = Threads()
+        reader = VerifyingReader(
+            pipe, io.BytesIO(), sha256=hashlib.sha256(DATA).hexdigest(), size=len(DATA), what="m"
+        )
+        task = asyncio.create_task(
+            overlap(
+                pipe, produce(pipe, chunks(DATA)), lambda: upload(reader, threads.stop), threads
+            )
+        )
+        await asyncio.to_thread(sending.wait, 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert ended.is_set(), "the upload thread was still running after the cancellation"
+        assert threads.stop.is_set()
+
+    asyncio.run(asyncio.wait_for(main(), timeout=20))
+    assert 0 < sum(sent) < len(DATA)
+
+
+def test_a_cancelled_fetch_unblocks_a_thread_waiting_for_bytes() -> None:
+    ended = threading.Event()
+
+    def upload(reader: VerifyingReader) -> None:
+        try:
+            read_all(reader)
+        finally:
+            ended.set()
+
+    async def never(pipe: Pipe) -> None:
+        await pipe.put(DATA[:CHUNK])
+        await asyncio.Event().wait()  # the object store goes silent
+
+    async def main() -> None:
+        pipe = Pipe()
+        reader = VerifyingReader(
+            pipe, io.BytesIO(), sha256=hashlib.sha256(DATA).hexdigest(), size=len(DATA), what="m"
+        )
+        task = asyncio.create_task(overlap(pipe, never(pipe), lambda: upload(reader), Threads()))
+        # the thread has the first chunk and waits for the next
+        await async_wait_for(lambda: reader.size > 0, 10, "the first chunk read")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert ended.is_set()
+
+    asyncio.run(asyncio.wait_for(main(), timeout=20))
+
+
+def test_in_thread_waits_for_the_thread_then_stays_cancelled() -> None:
+    started = threading.Event()
+    stopped_by: list[str] = []
+
+    def work(stop: StopToken) -> None:
+        started.set()
+        while True:
+            try:
+                stop.check()
+            except PushCancelled:
+                stopped_by.append("token")
+                raise
+            threading.Event().wait(0.005)
+
+    async def main() -> None:
+        stop = StopToken()
+        task = asyncio.create_task(in_thread(stop, work, stop, wait_s=10))
+        await asyncio.to_thread(started.wait, 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert stopped_by == ["token"]  # ended before the cancellation reached us
+
+    asyncio.run(asyncio.wait_for(main(), timeout=20))
+
+
+class _Body:
+    """A streamed request body that cancels the push after its third chunk."""
+
+    def __init__(self, size: int, stop: StopToken) -> None:
+        self._left = size
+        self._size = size
+        self._stop = stop
+        self.reads = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def read(self, n: int = -1) -> bytes:
+        self.reads += 1
+        if self.reads == 3:
+            self._stop.set()
+        take = min(self._left, 16384 if n < 0 else n)
+        self._left -= take
+        return b"x" * take
+
+
+def test_a_stopped_session_sends_no_more_of_the_body_and_no_more_requests() -> None:
+    received: list[int] = []
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+
+        def drain() -> None:
+            conn, _ = server.accept()
+            with conn:
+                total = 0
+                while data := conn.recv(65536):
+                    total += len(data)
+                received.append(total)
+
+        t = threading.Thread(target=drain, daemon=True)
+        t.start()
+        stop = StopToken()
+        session = requests.Session()
+        session.mount("http://", StoppableAdapter(stop))
+        body = _Body(4 << 20, stop)
+        with pytest.raises(PushCancelled):
+            session.put(f"http://127.0.0.1:{port}/v2/x/blobs/uploads/1", data=body, timeout=5)
+        with pytest.raises(PushCancelled):  # nothing new is sent once stopped
+            session.get(f"http://127.0.0.1:{port}/v2/", timeout=5)
+        session.close()
+        t.join(10)
+    assert body.reads == 3
+    assert received and received[0] < 4 << 20
