@@ -41,18 +41,28 @@ def routes(svc: PublishService, uploads: ModelUploads) -> dict[str, rpc.Route]:
     }
 
 
+def outcomes_spec(env: Env) -> ConsumerSpec:
+    """Push outcomes, one at a time in stream order. No deadline: an outcome is recorded
+    however late; after 20 deliveries that failed, ``on_dead_outcome`` ends the publish."""
+    return ConsumerSpec(
+        stream=subjects.WORK_STREAM,
+        durable=subjects.CONSUMER_PUBLISH_OUTCOMES,
+        filter_subjects=subjects.PUBLISH_PUSHED_OR_FAILED,
+        ack_wait_s=env.number("EDGEPUB_ACK_WAIT_S", 30.0),
+        concurrency=1,
+        batch=1,
+        max_deliver=20,
+    )
+
+
 async def body(nc: NATS, js: JetStreamContext, stop: asyncio.Event) -> None:
     svc = PublishService(js=js, state=await State.open(js))
     outcomes = Consumer(
         js,
-        ConsumerSpec(
-            stream=subjects.WORK_STREAM,
-            durable=subjects.CONSUMER_PUBLISH_OUTCOMES,
-            filter_subjects=subjects.PUBLISH_PUSHED_OR_FAILED,
-            ack_wait_s=Env().number("EDGEPUB_ACK_WAIT_S", 30.0),
-        ),
+        outcomes_spec(Env()),
         push_outcome_decoder.decode,
         svc.on_outcome,
+        svc.on_dead_outcome,
     )
     async with asyncio.TaskGroup() as tg:
         tg.create_task(rpc.serve(nc, subjects.SERVICE_PUBLISH, routes(svc, ModelUploads(js)), stop))

@@ -18,7 +18,7 @@ from edgepub.shared.errors import (
 )
 from edgepub.shared.names import check_name
 from edgepub.shared.objects import digest_hex
-from edgepub.shared.runner import Delivery, Retry
+from edgepub.shared.runner import Delivery, GaveUp, Retry, failure_text
 from edgepub.shared.schemas import (
     ModelGetRequest,
     ModelRegisterRequest,
@@ -39,7 +39,7 @@ from edgepub.shared.schemas import (
 from edgepub.shared.version import VERSION
 
 from .state import Conflict, State
-from .transitions import apply_outcome, steps_key
+from .transitions import apply_outcome, steps_key, unrecordable
 from .uploads import matches, stored_model
 
 log = structlog.get_logger("edgepub.publish")
@@ -281,6 +281,32 @@ class PublishService:
             error=changed.error,
         )
         await self._announce(changed)
+
+    async def on_dead_outcome(self, outcome: PushOutcome, gave_up: GaveUp) -> None:
+        """An outcome not recorded in ``max_deliver`` deliveries. One more try (the trouble
+        may have passed); failing that, the publish ends ``Error`` with the reason, so it
+        is never left Publishing. Raises if even that is not written: the runner keeps the
+        message and comes back to it."""
+        try:
+            await self.on_outcome(outcome, gave_up.delivery)
+            return
+        except Exception as exc:
+            error = exc
+        reason = failure_text(error, gave_up.attempts)
+        instead = unrecordable(outcome, reason)
+        log.error(
+            "outcome_unrecorded",
+            publish_id=outcome.publish_id,
+            outcome=type(outcome).__name__,
+            attempts=gave_up.attempts,
+            reason=reason,
+            instead=None if instead is None else type(instead).__name__,
+        )
+        if instead is None:
+            return  # progress only: the final outcome follows
+        if instead is outcome:
+            raise error  # nothing else to record: kept, and tried again later
+        await self.on_outcome(instead, gave_up.delivery)
 
 
 def _with_latest(record: PipelineRecord, version_id: int) -> PipelineRecord:

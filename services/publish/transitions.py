@@ -5,7 +5,8 @@ PendingPublish --PushStarted--> Publishing --Pushed--> Published
       +---------PushFailed----------+--> Error
 
 Terminal states never change again; events that arrive late or twice are ignored, so
-redelivered events are harmless.
+redelivered events are harmless. An outcome the service could not record however often it
+tried ends the publish too (``unrecordable``): never left Publishing.
 """
 
 from __future__ import annotations
@@ -59,5 +60,28 @@ def apply_outcome(
     if isinstance(outcome, PushFailed):
         return msgspec.structs.replace(
             record, status="Error", error=f"{outcome.reason} [{outcome.code}]", updated_at=now
+        )
+    raise TypeError(f"unknown push outcome {type(outcome).__name__}")
+
+
+UNRECORDED_CODE = "internal"
+
+
+def unrecordable(outcome: PushOutcome, reason: str) -> PushFailed | None:
+    """What to record instead of an outcome that could not be recorded (``reason``): for
+    a ``Pushed``, an ``Error`` that says where the artifact is; a ``PushFailed`` stands as
+    it is; a ``PushStarted`` (progress only) is dropped: the final outcome follows it."""
+    if isinstance(outcome, PushStarted):
+        return None
+    if isinstance(outcome, PushFailed):
+        return outcome
+    if isinstance(outcome, Pushed):
+        return PushFailed(
+            publish_id=outcome.publish_id,
+            code=UNRECORDED_CODE,
+            reason=(
+                f"the registry holds {outcome.pipeline_url}, but the publish service could not "
+                f"record it: {reason}; publish again to record it"
+            ),
         )
     raise TypeError(f"unknown push outcome {type(outcome).__name__}")

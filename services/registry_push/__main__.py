@@ -37,6 +37,22 @@ async def report_registry(settings: PushSettings) -> None:
         client.close()  # each push has its own session (session.PushSession)
 
 
+def consumer_spec(settings: PushSettings) -> ConsumerSpec:
+    """Fetch only the pushes it runs at once; the rest wait in the stream, not in hand."""
+    return ConsumerSpec(
+        stream=subjects.WORK_STREAM,
+        durable=subjects.CONSUMER_REGISTRY_PUSH,
+        filter_subjects=(subjects.PUBLISH_REQUESTED,),
+        ack_wait_s=settings.ack_wait_s,
+        concurrency=settings.concurrency,
+        batch=settings.concurrency,
+        max_deliver=settings.max_deliver,
+        deadline_s=settings.registry.deadline_s,
+        retry_max_s=settings.retry_max_s,
+        grace_s=settings.stop_grace_s,
+    )
+
+
 def open_cache(js: JetStreamContext, settings: PushSettings) -> ModelCache:
     """The cache directory, private (0700) and trimmed to its bound; blocking."""
     root = private_dir(Path(settings.cache_dir))
@@ -58,17 +74,9 @@ def body_for(settings: PushSettings) -> Body:
     async def body(nc: NATS, js: JetStreamContext, stop: asyncio.Event) -> None:
         cache = await asyncio.to_thread(open_cache, js, settings)
         await report_registry(settings)
+        handler = PushHandler(js, cache, settings)
         consumer = Consumer(
-            js,
-            ConsumerSpec(
-                stream=subjects.WORK_STREAM,
-                durable=subjects.CONSUMER_REGISTRY_PUSH,
-                filter_subjects=(subjects.PUBLISH_REQUESTED,),
-                ack_wait_s=settings.ack_wait_s,
-                grace_s=settings.stop_grace_s,
-            ),
-            decode_request,
-            PushHandler(js, cache, settings),
+            js, consumer_spec(settings), decode_request, handler, handler.dead_letter
         )
         await consumer.run(stop)
 

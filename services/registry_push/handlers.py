@@ -2,13 +2,18 @@
 
 Outcomes (the runner acks by them):
 
-- pushed: ``Pushed`` is published, then the message is acked;
-- registry unreachable (refused, timed out, 5xx): ``Retry`` with backoff until
-  ``requested_at + EDGEPUB_REGISTRY_DEADLINE_S``, then ``PushFailed(registry_unavailable)``;
+- pushed: ``Pushed`` is published, then the message is acked (confirmed);
+- registry unreachable (refused, timed out, 5xx): ``Retry`` with backoff;
 - anything a retry cannot fix (credentials refused, model missing or damaged, bad name,
   empty pipeline): ``PushFailed`` at once, with the error's code and a reason a person can
   act on;
-- NATS trouble: raised, so the runner naks and the message comes back.
+- anything else (NATS trouble, a full disk, a cache directory it may not write, a bug):
+  raised, so the runner naks with backoff and the message comes back.
+
+Every retry is bounded by the runner: once a message has failed on its
+``EDGEPUB_PUSH_MAX_DELIVER``-th delivery, or fails ``EDGEPUB_REGISTRY_DEADLINE_S`` after
+the server stored it, ``dead_letter`` publishes ``PushFailed`` with the last reason (and
+the message is termed only once that is stored). So every publish ends.
 
 Speed: the chart is pushed while the models are; a model the registry already holds is
 not fetched at all; one it lacks is streamed from the object store into the upload.
@@ -35,8 +40,9 @@ from edgepub.shared.errors import (
     RegistryUnavailableError,
     ServiceUnavailableError,
 )
+from edgepub.shared.logs import redact
 from edgepub.shared.oci import BlobPushed, RegistryUnreachableError
-from edgepub.shared.runner import Delivery, Retry, backoff
+from edgepub.shared.runner import Delivery, GaveUp, Retry, backoff, failure_text
 from edgepub.shared.schemas import HelmInfo, PublishRequested, Pushed, PushFailed, PushStarted
 
 from . import push
@@ -59,6 +65,32 @@ def unreachable_reason(exc: RegistryUnavailableError, registry: str, waited_s: f
         f"registry {registry} unreachable for {waited_s:.0f} s: {cause}; check that it is "
         f"running and that EDGEPUB_REGISTRY={registry} is right"
     )
+
+
+def gave_up_failure(gave_up: GaveUp, settings: PushSettings) -> tuple[str, str]:
+    """(code, reason) of the PushFailed for a message the runner gave up on (pure): the
+    last error's own code and words where it has them, else what was tried and what the
+    last attempt raised."""
+    error = gave_up.error
+    cause = error.__cause__ if isinstance(error, Retry) and error.__cause__ else error
+    if isinstance(cause, RegistryUnavailableError):
+        return cause.code, unreachable_reason(cause, settings.registry.registry, gave_up.age_s)
+    if isinstance(cause, EdgepubError):
+        return cause.code, cause.message
+    n = gave_up.attempts
+    tried = f"{n} attempt{'s' if n != 1 else ''} in {gave_up.age_s:.0f} s"
+    if gave_up.why == "deadline":
+        limit = f"EDGEPUB_REGISTRY_DEADLINE_S={settings.registry.deadline_s:g}"
+    else:
+        limit = f"EDGEPUB_PUSH_MAX_DELIVER={settings.max_deliver}"
+    reason = f"registry-push gave up after {tried} ({limit}): {failure_text(cause, n)}"
+    if isinstance(cause, OSError) and str(cause.filename or "").startswith(settings.cache_dir):
+        reason += (
+            f"; check that registry-push may write its cache directory "
+            f"EDGEPUB_CACHE_DIR={settings.cache_dir} and that its disk has room"
+        )
+    # Never a registered secret, whatever the error quoted.
+    return EdgepubError.code, str(redact(None, "", {"reason": reason})["reason"])
 
 
 class Unpushable(msgspec.Struct, frozen=True, kw_only=True):
@@ -114,8 +146,7 @@ class PushHandler:
         try:
             pushed = await self._push(req, session, blog)
         except RegistryUnavailableError as exc:
-            await self._unavailable(req, exc, attempt, blog)
-            return
+            raise self._retry(exc, delivery, blog) from exc
         except ServiceUnavailableError:
             raise
         except EdgepubError as exc:
@@ -125,6 +156,13 @@ class PushHandler:
             session.close()  # every thread of this attempt has ended (PushSession.call)
         await self._emit(subjects.PUBLISH_PUSHED, pushed, f"{pid}-pushed")
         blog.info("push_done", pipeline_url=pushed.pipeline_url, chart_digest=pushed.chart_digest)
+
+    async def dead_letter(self, req: PublishRequested | Unpushable, gave_up: GaveUp) -> None:
+        """The runner gave up on this message: its publish fails with the last reason.
+        Raises if the PushFailed is not stored (the runner then keeps the message)."""
+        code, reason = gave_up_failure(gave_up, self._settings)
+        blog = log.bind(publish_id=req.publish_id, why=gave_up.why, attempts=gave_up.attempts)
+        await self._fail(req.publish_id, code, reason, blog)
 
     async def _push(self, req: PublishRequested, session: PushSession, blog: Any) -> Pushed:
         the_plan = plan(req, self._settings.registry)
@@ -245,24 +283,21 @@ class PushHandler:
 
         return on_blob
 
-    async def _unavailable(
-        self, req: PublishRequested, exc: RegistryUnavailableError, attempt: int, blog: Any
-    ) -> None:
+    def _retry(self, exc: RegistryUnavailableError, delivery: Delivery, blog: Any) -> Retry:
+        """Try again soon; the runner ends it at the deadline (and says so via
+        ``dead_letter``)."""
         now = self._clock()
-        start = req.requested_at.timestamp()
-        deadline = start + self._settings.registry.deadline_s
-        if now < deadline:
-            delay = retry_delay(attempt, now, deadline, self._settings.retry_max_s)
-            blog.warning(
-                "push_retry",
-                attempt=attempt,
-                error=exc.message,
-                delay_s=round(delay, 3),
-                deadline_in_s=round(deadline - now, 1),
-            )
-            raise Retry(exc.message, delay=delay)
-        reason = unreachable_reason(exc, self._settings.registry.registry, now - start)
-        await self._fail(req.publish_id, exc.code, reason, blog)
+        deadline = delivery.stored_at + self._settings.registry.deadline_s
+        attempt = delivery.num_delivered
+        delay = retry_delay(attempt, now, deadline, self._settings.retry_max_s)
+        blog.warning(
+            "push_retry",
+            attempt=attempt,
+            error=exc.message,
+            delay_s=round(delay, 3),
+            deadline_in_s=round(deadline - now, 1),
+        )
+        return Retry(exc.message, delay=delay)
 
     async def _fail(self, pid: int, code: str, reason: str, blog: Any) -> None:
         failed = PushFailed(publish_id=pid, code=code, reason=reason)

@@ -1,6 +1,7 @@
 """Publishing on a bad day, end to end through the SDK: the registry gone and back, gone
-for good, refusing our password, the publish service or the broker restarted mid-publish.
-Each test asserts on what ends up in KV and in the registry."""
+for good, refusing our password, the publish service or the broker restarted mid-publish,
+registry-push unable to write its cache. Each test asserts on what ends up in KV and in
+the registry."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from edgepub.shared.artifact import parse_reference
 from edgepub.shared.oci import RegistryClient
 from edgepub.shared.schemas import ModelRef, PipelineVersion, PublishCreateRequest, PublishRecord
 from support.kv import publish_records
+from support.registry_push import start_unprivileged
 from support.servers import NatsServer, RegistryServer
 from support.services import OpsServices
 from support.waiting import wait_for
@@ -266,3 +268,39 @@ def test_resent_request_finishes_a_publish_a_crash_left_pending(
     [record] = publish_records(nats_server)
     assert record.pipeline_url is not None
     assert_in_registry(registry, record.pipeline_url, model.sha)
+
+
+def test_a_cache_directory_registry_push_may_not_write_ends_in_error(
+    model_file: Path,
+    registry: RegistryServer,
+    nats_server: NatsServer,
+    ops: OpsServices,
+    tmp_path: Path,
+) -> None:
+    """Not an edgepub error (a PermissionError), so retried; after EDGEPUB_PUSH_MAX_DELIVER
+    deliveries the publish ends Error with the last reason, and publish() says it (before,
+    the request was naked forever and publish() never returned)."""
+    cache = tmp_path / "push-cache"
+    env = {
+        "EDGEPUB_CACHE_DIR": str(cache),
+        "EDGEPUB_PUSH_MAX_DELIVER": "2",
+        "EDGEPUB_REGISTRY_RETRY_MAX_S": "1",
+    }
+    before = ops["registry_push"].count_events("cache_ready")  # the same log file
+    push = start_unprivileged(ops, "registry_push", env)
+    wait_for(lambda: push.count_events("cache_ready") > before, 30, "registry-push's cache")
+    (cache / "models").chmod(0o500)
+    s = nats_server.settings()
+    try:
+        with Client(s.url, s.user, s.password) as client:
+            model = client.upload_model("rf", model_file)
+            pipeline = client.build_pipeline("nocache").add_model_step(model)
+            pending = Background(lambda: pipeline.publish(progress=False))
+            with pytest.raises(PublishFailedError, match=r"Permission denied.*\[internal\]"):
+                pending.result(90)
+    finally:
+        (cache / "models").chmod(0o700)
+    [record] = publish_records(nats_server)
+    assert record.status == "Error" and record.error
+    assert "registry-push gave up after 2 attempts" in record.error
+    assert f"EDGEPUB_CACHE_DIR={cache}" in record.error

@@ -1,6 +1,8 @@
 """registry-push on a bad day, across real processes: the registry down (back in time, or
-not), refused credentials, the service killed mid-push. Every test ends by reading the
-registry back, so "Pushed" always means an intact artifact."""
+not), refused credentials, the service killed mid-push, a cache directory it may not
+write, pushes queued behind a slow registry. Every test that ends Pushed reads the
+registry back, so "Pushed" always means an intact artifact; every other one ends
+PushFailed with the reason."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from support.registry_push import (
     MB,
     Bus,
     PushService,
+    SlowLink,
     onnx_model,
     publish_requested,
     read_back_pipeline,
@@ -127,3 +130,107 @@ def test_killed_mid_push_and_restarted_ends_pushed_and_intact(
     assert isinstance(pushed, Pushed), pushed
     read_back_pipeline(reader, pushed, [small, big], tmp_path)  # every blob digest verified
     assert max(started_attempts(test_bus, 24)) >= 2  # redelivered after the crash
+
+
+# --- every publish ends: a failure that is not the registry's ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("limits", "why"),
+    [
+        ({"EDGEPUB_PUSH_MAX_DELIVER": "3"}, "EDGEPUB_PUSH_MAX_DELIVER=3"),
+        (
+            {"EDGEPUB_PUSH_MAX_DELIVER": "1000", "EDGEPUB_REGISTRY_DEADLINE_S": "2"},
+            "EDGEPUB_REGISTRY_DEADLINE_S=2",
+        ),
+    ],
+    ids=["max-deliver", "deadline"],
+)
+def test_a_cache_directory_it_may_not_write_ends_the_publish_with_the_reason(
+    push_service: PushService,
+    registry: RegistryServer,
+    test_bus: Bus,
+    reader: RegistryClient,
+    limits: dict[str, str],
+    why: str,
+) -> None:
+    """A PermissionError is no edgepub error: retried with backoff, then, at the bound on
+    deliveries or at the deadline (whichever the settings make first), PushFailed with
+    the last reason. Before, it was naked forever and the publish never ended."""
+    service = push_service.start_unprivileged(EDGEPUB_REGISTRY_RETRY_MAX_S="1", **limits)
+    models_dir = push_service.cache_dir / "models"
+    wait_for(lambda: service.count_events("cache_ready") == 1, what="the cache")
+    models_dir.chmod(0o500)
+    try:
+        model = test_bus.put_model("m", onnx_model(256, seed=31))
+        test_bus.send(publish_requested([model], publish_id=31))
+        failed = test_bus.wait_outcome(31, timeout=60)
+    finally:
+        models_dir.chmod(0o700)
+    assert isinstance(failed, PushFailed), failed
+    assert failed.code == "internal"
+    assert failed.reason.startswith("registry-push gave up after "), failed.reason
+    assert why in failed.reason
+    assert "PermissionError: [Errno 13] Permission denied" in failed.reason
+    assert str(models_dir) in failed.reason
+    assert f"EDGEPUB_CACHE_DIR={push_service.cache_dir}" in failed.reason
+    attempts = started_attempts(test_bus, 31)
+    assert attempts == list(range(1, len(attempts) + 1))
+    if why.startswith("EDGEPUB_PUSH_MAX_DELIVER"):
+        assert attempts == [1, 2, 3]
+    else:
+        assert 2 <= len(attempts) < 1000
+    assert service.count_events("message_dead") == 1
+    assert service.count_events("push_failed") == 1
+    assert not reader.has_blob("edgepub/pipelines/edge-pipeline", model.digest)
+
+
+# --- the runner holds only what it works on ---------------------------------------------
+
+MODEL_BYTES = 3 * MB  # each push takes 3 s on the 1 MiB/s link: longer than the ack wait
+ACK_WAIT_S = 2.0  # PushService's EDGEPUB_ACK_WAIT_S
+
+
+@pytest.mark.parametrize(
+    ("replicas", "concurrency"),
+    [(2, 1), (1, 1), (1, 2)],
+    ids=["two-replicas", "one", "two-at-once"],
+)
+def test_queued_behind_a_slow_registry_no_push_starts_twice(
+    push_service: PushService,
+    slow_link: SlowLink,
+    test_bus: Bus,
+    reader: RegistryClient,
+    tmp_path: Path,
+    replicas: int,
+    concurrency: int,
+) -> None:
+    """Three publishes queued before registry-push starts, each push outlasting the ack
+    wait. A message is fetched only when a push can start on it (and every one in hand is
+    kept alive), so none passes its ack wait in hand and comes back for a second push: in
+    one process, or to a second replica that starts while the first is busy. (Before, the
+    first process took all three and pushed one; the second was handed the other two again
+    once their ack wait passed, and both pushed them; in one process, the two waiting in
+    hand passed theirs and were delivered, and pushed, again.)"""
+    assert MODEL_BYTES / (slow_link.rate or 1) > ACK_WAIT_S
+    models = [
+        test_bus.put_model(f"queued{i}", onnx_model(MODEL_BYTES // 4, seed=40 + i))
+        for i in range(3)
+    ]
+    for i, model in enumerate(models):
+        test_bus.send(publish_requested([model], publish_id=40 + i, pipeline=f"queued{i}"))
+
+    env = {"EDGEPUB_REGISTRY": slow_link.address, "EDGEPUB_PUSH_CONCURRENCY": str(concurrency)}
+    services = [push_service.start(**env)]
+    wait_for(lambda: services[0].count_events("push_started") >= 1, what="the first push")
+    services += [push_service.start_replica(f"replica-{i}", **env) for i in range(1, replicas)]
+    for i, model in enumerate(models):
+        pushed = test_bus.wait_outcome(40 + i, timeout=120)
+        assert isinstance(pushed, Pushed), pushed
+        read_back_pipeline(reader, pushed, [model], tmp_path / str(i))
+    for i in range(3):
+        assert started_attempts(test_bus, 40 + i) == [1], test_bus.outcomes(40 + i)
+    assert sum(s.count_events("push_started") for s in services) == 3
+    assert sum(s.count_events("push_done") for s in services) == 3
+    if replicas == 2:  # both took work
+        assert all(s.count_events("push_done") >= 1 for s in services)

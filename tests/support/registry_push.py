@@ -4,7 +4,7 @@ The service runs as ``python -m edgepub.services.registry_push`` against a real 
 and a real docker-registry; a test plays the publish service's part by hand: it puts model
 bytes in the object store, publishes a PublishRequested on the work stream and reads the
 outcome events back from the stream. ``SlowLink`` puts a slow network between the service
-and the registry.
+and the registry; ``start_unprivileged`` runs a service that file modes bind even as root.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
+import shutil
 import socket
 import threading
 import time
@@ -39,6 +41,7 @@ from edgepub.shared.schemas import (
     PushOutcome,
     TensorSpec,
 )
+from support.procs import ChildProcess
 from support.servers import NatsServer, RegistryServer
 from support.services import OpsServices, ServiceProcess
 
@@ -181,14 +184,54 @@ class PushService:
 
     def __init__(self, nats: NatsServer, registry: RegistryServer, tmp_path: Path) -> None:
         self.services = OpsServices(nats, registry, tmp_path / "service-logs")
-        self.base_env = {"EDGEPUB_CACHE_DIR": str(tmp_path / "cache"), "EDGEPUB_ACK_WAIT_S": "2"}
+        self.cache_dir = tmp_path / "cache"
+        self.base_env = {"EDGEPUB_CACHE_DIR": str(self.cache_dir), "EDGEPUB_ACK_WAIT_S": "2"}
 
     def start(self, **env: str) -> ServiceProcess:
         return self.services.start("registry_push", env={**self.base_env, **env})
 
+    def start_unprivileged(self, **env: str) -> ServiceProcess:
+        return start_unprivileged(self.services, "registry_push", {**self.base_env, **env})
+
+    def start_replica(self, name: str, **env: str) -> ServiceProcess:
+        """One more registry-push process beside ``start``'s (its own log, same durable)."""
+        proc = ServiceProcess(
+            "registry_push",
+            self.services.nats,
+            self.services.registry,
+            self.services.log_dir / name,
+            env={**self.base_env, **env},
+        )
+        self.services.procs[name] = proc
+        proc.start()
+        return proc
+
     def kill(self) -> None:
         for proc in self.services.procs.values():
             proc.kill()
+
+
+def start_unprivileged(
+    services: OpsServices, name: str, env: dict[str, str] | None = None
+) -> ServiceProcess:
+    """Start (or restart) service ``name`` so that file modes bind it: as root, without the
+    capabilities that bypass them (``setpriv``), so a directory made read-only (0500)
+    after it started is one it may not write."""
+    old = services.procs.get(name)
+    if old is not None:
+        old.terminate()
+    proc = ServiceProcess(name, services.nats, services.registry, services.log_dir, env=env)
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv: file modes would not bind the service")
+        drop = "--bounding-set=-dac_override,-dac_read_search,-fowner"
+        proc.child = ChildProcess(
+            [setpriv, drop, "--", *proc.child.argv], proc.child.log_path, env=proc.env
+        )
+    services.procs[name] = proc
+    proc.start()
+    return proc
 
 
 class SlowLink:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgepub.services.publish.transitions import apply_outcome, steps_key
+from edgepub.services.publish.transitions import apply_outcome, steps_key, unrecordable
 from edgepub.shared.schemas import (
     HelmInfo,
     ModelVersion,
@@ -81,3 +81,16 @@ def test_steps_key_is_order_and_content_sensitive() -> None:
     assert steps_key([a, b]) == steps_key([_model("a", "1", "aa"), _model("b", "1", "bb")])
     assert steps_key([a, b]) != steps_key([b, a])
     assert steps_key([a]) != steps_key([_model("a", "1", "ab")])
+
+
+def test_an_unrecordable_outcome_still_ends_the_publish() -> None:
+    """What the dead letter of the outcomes consumer records instead: a Pushed it could
+    not record becomes an Error saying where the artifact is; a PushFailed stands; a
+    PushStarted (progress only) is dropped, the final outcome follows it."""
+    instead = unrecordable(PUSHED, "TypeError: boom")
+    assert isinstance(instead, PushFailed) and instead.code == "internal"
+    assert "the registry holds r/p:v" in instead.reason and "TypeError: boom" in instead.reason
+    recorded = apply_outcome(PENDING, instead, NOW)
+    assert recorded is not None and recorded.status == "Error"
+    assert unrecordable(FAILED, "x") is FAILED
+    assert unrecordable(STARTED, "x") is None
