@@ -86,7 +86,7 @@ class RegistrySettings(msgspec.Struct, frozen=True, kw_only=True):
     password: str | None = None
     email: str | None = None
     insecure: bool = False  # plain HTTP
-    deadline_s: float = 600.0  # how long an unreachable registry is retried per publish
+    deadline_s: float = 600.0  # how long after a push request was stored any failure is retried
     engine_image: str = "edgepub-edge:0.1.0"
 
     @classmethod
