@@ -95,15 +95,86 @@ def test_bytes_pass_through_hashed_and_copied() -> None:
 
 
 def test_the_writer_waits_for_the_reader_within_the_limit() -> None:
-    seen: list[int] = []
+    """The reader takes one chunk at a time, only when the test lets it. Whenever both
+    sides have settled (the reader idle, the writer stopped inside ``put``), the bytes in
+    the pipe are exactly those ``put`` took minus those ``get`` gave: never more than the
+    limit. The writer fills the pipe to its limit, then waits until the reader makes
+    room, and every byte arrives in order."""
+    limit = 4 * CHUNK  # a whole number of chunks (put takes a chunk while < limit is unread)
+    parts = chunks(DATA)
+    assert len(parts) * CHUNK > 2 * limit
 
-    def slow(reader: VerifyingReader) -> None:
-        while block := reader.read():
-            seen.append(len(block))
-            threading.Event().wait(0.001)
+    async def main() -> None:
+        pipe = Pipe(limit=limit)
+        calls = 0  # put() called
+        accepted = 0  # bytes put() took
+        got: list[bytes] = []  # what the reader took, in order
+        gets = 0  # get() called (counted before the call: a get makes room before it returns)
+        went_on_at: list[int] = []  # per put: the gets called by the time it returned
+        permits = threading.Semaphore(0)
+        permitted = 0
 
-    reader, _ = run(chunks(DATA), slow, limit=CHUNK)
-    assert sum(seen) == len(DATA) and reader.verified
+        async def writer() -> None:
+            nonlocal calls, accepted
+            for part in parts:
+                calls += 1
+                await pipe.put(part)
+                accepted += len(part)
+                went_on_at.append(gets)
+            pipe.close()
+
+        def reader() -> None:
+            nonlocal gets
+            while permits.acquire(timeout=20):
+                gets += 1
+                try:
+                    chunk = pipe.get()
+                except PipeClosed:
+                    return
+                if not chunk:
+                    return
+                got.append(chunk)
+
+        def buffered() -> int:
+            return accepted - sum(map(len, got))
+
+        def settled() -> bool:
+            """The reader has done every read it was allowed, and the writer is done or
+            waits inside put() with the pipe at (or past) its limit. On this loop the
+            writer runs only between its awaits: a put called and not returned is a put
+            waiting."""
+            if len(got) != permitted:
+                return False
+            return write.done() or (calls == len(went_on_at) + 1 and buffered() >= limit)
+
+        read = asyncio.create_task(asyncio.to_thread(reader))
+        write = asyncio.create_task(writer())
+        try:
+            await async_wait_for(settled, 10, "the writer to fill the pipe and wait")
+            # Nothing read yet: the pipe took exactly its limit, and the writer waits.
+            assert not write.done(), f"the writer handed over all {accepted} bytes unread"
+            assert accepted == limit, (accepted, limit)
+            while not write.done():
+                permitted += 1
+                permits.release()
+                await async_wait_for(settled, 10, f"read {permitted}, the writer waiting again")
+                assert buffered() <= limit, f"{buffered()} bytes in a pipe limited to {limit}"
+            # Each put past the limit went on only after a get had made room for it.
+            full = limit // CHUNK
+            assert went_on_at[:full] == [0] * full
+            assert all(at >= i - full + 1 for i, at in enumerate(went_on_at) if i >= full), (
+                went_on_at
+            )
+            for _ in range(len(parts) + 1):  # the rest, and the end
+                permits.release()
+            await asyncio.wait_for(read, 10)
+            assert b"".join(got) == DATA
+        finally:
+            pipe.close(RuntimeError("the test ended"))
+            for _ in range(len(parts) + 1):
+                permits.release()
+
+    asyncio.run(asyncio.wait_for(main(), timeout=30))
 
 
 def test_a_failing_upload_stops_the_fetch_and_is_the_error() -> None:
