@@ -12,6 +12,7 @@ from typing import TypeVar
 
 import msgspec
 import nats.errors
+import structlog
 from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import DeliverPolicy
@@ -27,6 +28,8 @@ from edgepub.shared.schemas import (
     decoder,
 )
 from edgepub.shared.settings import NatsSettings
+
+log = structlog.get_logger("edgepub.sdk")
 
 Resp = TypeVar("Resp")
 SILENCE_CHECK_S = 15  # seconds without an event before the record is read directly
@@ -63,9 +66,10 @@ class Session:
                 return await rpc.call(
                     nc, subject, request, response_type, timeout=self.request_timeout
                 )
-            except ServiceUnavailableError:
+            except ServiceUnavailableError as exc:
                 if time.monotonic() >= deadline:
                     raise
+                log.debug("request_unanswered", verb=verb, error=exc.message)
                 await asyncio.sleep(0.5)
 
     async def put_model_bytes(self, path: Path, sha256: str, size: int) -> None:
