@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from edgepub import Client, PublishFailedError
 from edgepub.samples import house_price_model
@@ -58,6 +59,9 @@ class Background:
 
         self._thread = threading.Thread(target=target, daemon=True)
         self._thread.start()
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
 
     def result(self, timeout: float) -> Any:
         self._thread.join(timeout)
@@ -160,15 +164,36 @@ def test_publish_service_down_when_the_request_is_sent(
     nats_server: NatsServer,
     ops: OpsServices,
 ) -> None:
-    """The SDK re-sends the same request until a publish service answers: one publish."""
+    """No publish service runs when the SDK sends its request: the broker says nobody
+    answers (no responders, not a timeout), and only then is the service started. The
+    SDK re-sends the same request until it answers: one publish, Published."""
     s = nats_server.settings()
     with Client(s.url, s.user, s.password) as client:
         model = client.upload_model("rf", model_file)
         pipeline = client.build_pipeline("restarted").add_model_step(model)
         ops["publish"].kill()
-        pending = Background(lambda: pipeline.publish(progress=False))
-        ops.start("publish")
-        publish = pending.result(120)
+        with capture_logs() as sdk_logs:
+
+            def unanswered() -> list[dict[str, Any]]:
+                return [
+                    e
+                    for e in list(sdk_logs)
+                    if e["event"] == "request_unanswered"
+                    and e.get("verb") == subjects.VERB_PUBLISH_CREATE
+                ]
+
+            pending = Background(lambda: pipeline.publish(progress=False))
+            wait_for(
+                lambda: unanswered() or pending.done(),
+                30,
+                "the SDK's first publish request to go unanswered",
+            )
+            assert not pending.done(), f"publish() ended with no service: {pending.result(0)}"
+            first = unanswered()[0]
+            assert not ops["publish"].running()  # and it has not run since the kill
+            assert first["error"].startswith("no publish service answers "), first
+            ops.start("publish")
+            publish = pending.result(120)
     assert publish.status == "Published"
     assert [(r.id, r.status) for r in publish_records(nats_server)] == [(publish.id, "Published")]
 
@@ -191,7 +216,9 @@ def test_broker_restart_mid_publish(
     )
 
 
-def test_services_stop_cleanly_on_sigterm(ops: OpsServices) -> None:
+def test_idle_services_stop_cleanly_on_sigterm(ops: OpsServices) -> None:
+    """With nothing in hand: exit 0 and say so. (With a push in hand: test_registry_push_faults'
+    test_sigterm_mid_push_finishes_the_push_and_exits_0.)"""
     for name in ("publish", "registry_push"):
         assert ops[name].terminate() == 0, ops[name].log_text()[-2000:]
         assert ops[name].count_events("service_stopped") == 1
