@@ -108,6 +108,14 @@ KV_PIPELINE_VERSIONS = "edgepub_pipeline_versions"
 KV_PUBLISHES = "edgepub_publishes"
 KV_REQUESTS = "edgepub_requests"
 KV_COUNTERS = "edgepub_counters"
+KV_PUBLISH_SERVICE = (  # the buckets the publish service owns
+    KV_MODELS,
+    KV_PIPELINES,
+    KV_PIPELINE_VERSIONS,
+    KV_PUBLISHES,
+    KV_REQUESTS,
+    KV_COUNTERS,
+)
 OBJECT_STORE_MODELS = "edgepub_model_files"  # verified model bytes; services write it
 # Where SDK users upload model bytes; the publish service verifies each upload while copying
 # it into OBJECT_STORE_MODELS, so no user can overwrite the bytes a publish reads.

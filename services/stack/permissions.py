@@ -108,14 +108,7 @@ def sdk(user: str) -> Permissions:
     )
 
 
-PUBLISH_KV = (
-    subjects.KV_MODELS,
-    subjects.KV_PIPELINES,
-    subjects.KV_PIPELINE_VERSIONS,
-    subjects.KV_PUBLISHES,
-    subjects.KV_REQUESTS,
-    subjects.KV_COUNTERS,
-)
+PUBLISH_KV = subjects.KV_PUBLISH_SERVICE
 
 
 def publish_service(user: str = "publish") -> Permissions:

@@ -39,14 +39,7 @@ from support.services import OpsServices
 
 pytestmark = pytest.mark.timeout(180)
 
-KV_BUCKETS = (
-    subjects.KV_MODELS,
-    subjects.KV_PIPELINES,
-    subjects.KV_PIPELINE_VERSIONS,
-    subjects.KV_PUBLISHES,
-    subjects.KV_REQUESTS,
-    subjects.KV_COUNTERS,
-)
+KV_BUCKETS = subjects.KV_PUBLISH_SERVICE
 
 
 class Raw:

@@ -156,3 +156,13 @@ def test_htpasswd_line_verifies_with_bcrypt_at_cost_5() -> None:
 def test_htpasswd_refuses_a_colon_in_the_user() -> None:
     with pytest.raises(ValueError):
         config.htpasswd_line("a:b", "pw")
+
+
+def test_the_publish_service_may_write_exactly_the_buckets_it_creates() -> None:
+    from edgepub.shared import bus, subjects
+
+    created = {c.bucket for c in bus.bucket_configs()}
+    assert created == set(subjects.KV_PUBLISH_SERVICE)
+    allowed = config.nats_users(config.generate_credentials())["publish"].permissions
+    for bucket in created:
+        assert f"$KV.{bucket}.>" in allowed.publish_allow
