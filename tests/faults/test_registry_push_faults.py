@@ -1,13 +1,13 @@
 """registry-push on a bad day, across real processes: the registry down (back in time, or
-not), refused credentials, the service killed mid-push, a cache directory it may not
-write, pushes queued behind a slow registry. Every test that ends Pushed reads the
-registry back, so "Pushed" always means an intact artifact; every other one ends
-PushFailed with the reason."""
+not), refused credentials, the service killed or stopped (SIGTERM) mid-push, a cache
+directory it may not write, pushes queued behind a slow registry. Every test that ends
+Pushed reads the registry back, so "Pushed" always means an intact artifact; every other
+one ends PushFailed with the reason."""
 
 from __future__ import annotations
 
 import re
-import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ from support.registry_push import (
     onnx_model,
     publish_requested,
     read_back_pipeline,
+    uploads_in_progress,
 )
 from support.servers import NatsServer, RegistryServer
 from support.waiting import wait_for
@@ -97,39 +98,91 @@ def test_wrong_registry_password_fails_at_once_and_never_shows_it(
         assert secret not in failed.reason
 
 
-def _upload_in_progress(registry: RegistryServer) -> bool:
-    uploads = registry.root_dir / "docker/registry/v2/repositories/edgepub/pipelines"
-    return any(p.stat().st_size > 0 for p in uploads.glob("*/_uploads/*/data"))
+BIG_WEIGHTS = MB  # a ~4 MB model: about 4 s on the 1 MiB/s link, a push long enough to watch
+PIPELINES = "edgepub/pipelines"
+
+
+def big_layer_under_way(registry: RegistryServer) -> bool:
+    """More than 1 MB of an upload in the registry: only the big model's layer is that big
+    (the small model, the config and the chart are a few KB)."""
+    return max(uploads_in_progress(registry, PIPELINES), default=0) > MB
 
 
 def test_killed_mid_push_and_restarted_ends_pushed_and_intact(
     push_service: PushService,
+    slow_link: SlowLink,
     registry: RegistryServer,
     test_bus: Bus,
     reader: RegistryClient,
     tmp_path: Path,
 ) -> None:
-    service = push_service.start()
-    big = test_bus.put_model("big", onnx_model(10 * MB, seed=7), "big.onnx")  # ~40 MB
+    """The big layer's upload is under way on a slow link (seconds long, so the test sees
+    it whatever the machine's load) when registry-push is killed; restarted, the
+    redelivered push ends Pushed with every blob intact."""
+    service = push_service.start(EDGEPUB_REGISTRY=slow_link.address)
+    big = test_bus.put_model("big", onnx_model(BIG_WEIGHTS, seed=7), "big.onnx")
     small = test_bus.put_model("small", onnx_model(4, seed=8), "small.onnx")
     req = publish_requested([small, big], publish_id=24)
     test_bus.send(req)
 
-    # Tight polling: the 40 MB upload lasts well under a second.
-    deadline = time.monotonic() + 60
-    while not _upload_in_progress(registry):
-        assert time.monotonic() < deadline, "the big layer's upload never started"
-        time.sleep(0.005)
+    wait_for(lambda: big_layer_under_way(registry), 60, "the big layer's upload under way")
     service.kill()
-    # Killed mid-push: nothing tagged yet, no Pushed.
-    assert reader.tag_digest("edgepub/pipelines/edge-pipeline", req.pipeline_version.name) is None
+    # Killed mid-push: the big layer never arrived, nothing tagged, no Pushed.
+    assert not reader.has_blob(f"{PIPELINES}/edge-pipeline", big.digest)
+    assert reader.tag_digest(f"{PIPELINES}/edge-pipeline", req.pipeline_version.name) is None
     assert not [e for e in test_bus.outcomes(24) if isinstance(e, Pushed | PushFailed)]
+    assert started_attempts(test_bus, 24) == [1]
 
-    push_service.start()
+    push_service.start()  # straight to the registry: the second push need not be slow
     pushed = test_bus.wait_outcome(24, timeout=90)
     assert isinstance(pushed, Pushed), pushed
     read_back_pipeline(reader, pushed, [small, big], tmp_path)  # every blob digest verified
-    assert max(started_attempts(test_bus, 24)) >= 2  # redelivered after the crash
+    assert started_attempts(test_bus, 24) == [1, 2]  # redelivered once after the crash
+
+
+def test_sigterm_mid_push_finishes_the_push_and_exits_0(
+    push_service: PushService,
+    slow_link: SlowLink,
+    registry: RegistryServer,
+    test_bus: Bus,
+    reader: RegistryClient,
+    tmp_path: Path,
+) -> None:
+    """SIGTERM while a push is in hand (its big layer part-way up a slow link): the push
+    finishes within EDGEPUB_STOP_GRACE_S (Pushed, acked, the artifact intact), the publish
+    queued behind it is not fetched, and the process exits 0 saying service_stopped."""
+    service = push_service.start(
+        EDGEPUB_REGISTRY=slow_link.address,
+        EDGEPUB_PUSH_CONCURRENCY="1",
+        EDGEPUB_STOP_GRACE_S="60",
+    )
+    big = test_bus.put_model("big", onnx_model(BIG_WEIGHTS, seed=50), "big.onnx")
+    test_bus.send(publish_requested([big], publish_id=50))
+    queued = test_bus.put_model("queued", onnx_model(4, seed=51))
+    test_bus.send(publish_requested([queued], publish_id=51, pipeline="queued"))
+
+    wait_for(lambda: big_layer_under_way(registry), 60, "the big layer's upload under way")
+    assert not reader.has_blob(f"{PIPELINES}/edge-pipeline", big.digest)
+    signalled_at = datetime.now(UTC)
+    code = service.terminate(timeout=90)
+    assert code == 0, service.log_text()[-3000:]
+
+    # The push in hand finished, after the signal, as Pushed with an intact artifact.
+    outcomes = test_bus.outcomes(50)
+    assert [type(e) for e in outcomes] == [PushStarted, Pushed], outcomes
+    pushed = outcomes[-1]
+    assert isinstance(pushed, Pushed)
+    read_back_pipeline(reader, pushed, [big], tmp_path)
+    # Nothing new fetched: the queued publish was never started.
+    assert test_bus.outcomes(51) == []
+    done = [e for e in service.events() if e.get("event") == "push_done"]
+    assert [e["publish_id"] for e in done] == [50], done
+    assert datetime.fromisoformat(done[0]["timestamp"]) > signalled_at
+    assert service.count_events("message_left_for_redelivery") == 0
+    assert service.count_events("service_stopped") == 1
+    # Acked (none delivered and unacked, none redelivered); the queued one still waits.
+    state = test_bus.push_consumer()
+    assert (state.num_ack_pending, state.num_redelivered, state.num_pending) == (0, 0, 1), state
 
 
 # --- every publish ends: a failure that is not the registry's ----------------------------

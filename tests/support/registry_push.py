@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 import pytest
 from nats.aio.client import Client as NATS
+from nats.js.api import ConsumerInfo
 from nats.js.errors import NotFoundError
 from onnx import TensorProto, helper, numpy_helper
 
@@ -119,13 +120,33 @@ class Bus:
         self.nc: NATS = self.run(bus.connect(nats.settings("publish"), name="registry-push-test"))
         self.js = self.nc.jetstream()
         self.run(bus.ensure_all(self.js))
+        self._push_nc: NATS | None = None
 
     def run(self, coro: Any) -> Any:
         return self.loop.run_until_complete(coro)
 
     def close(self) -> None:
+        if self._push_nc is not None:
+            self.run(self._push_nc.close())
         self.run(self.nc.close())
         self.loop.close()
+
+    def push_consumer(self) -> ConsumerInfo:
+        """registry-push's durable as the server sees it (read as the ``registry-push``
+        user, the one allowed to): what is pending, what is delivered and not acked."""
+
+        async def info() -> ConsumerInfo:
+            if self._push_nc is None:
+                settings = self.nats.settings("registry-push")
+                self._push_nc = await bus.connect(settings, name="registry-push-test-reader")
+            js = self._push_nc.jetstream()
+            got: ConsumerInfo = await js.consumer_info(
+                subjects.WORK_STREAM, subjects.CONSUMER_REGISTRY_PUSH
+            )
+            return got
+
+        result: ConsumerInfo = self.run(info())
+        return result
 
     def put_model(self, name: str, data: bytes, file_name: str = "model.onnx") -> ModelVersion:
         mv = model_version(name, data, file_name)
@@ -321,6 +342,19 @@ class SlowLink:
             sock.close()
         for t in threads:
             t.join(5)
+
+
+def uploads_in_progress(
+    registry: RegistryServer, repository: str = "edgepub/pipelines"
+) -> list[int]:
+    """The bytes each blob upload under way in ``repository`` holds so far, read from the
+    registry's own storage (an upload's data grows as its bytes arrive)."""
+    root = registry.root_dir / "docker/registry/v2/repositories" / repository
+    sizes = []
+    for data in root.glob("**/_uploads/*/data"):
+        with contextlib.suppress(FileNotFoundError):  # an upload just ended
+            sizes.append(data.stat().st_size)
+    return sizes
 
 
 def read_back_pipeline(
