@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -174,7 +174,7 @@ def test_publish_service_down_when_the_request_is_sent(
         ops["publish"].kill()
         with capture_logs() as sdk_logs:
 
-            def unanswered() -> list[dict[str, Any]]:
+            def unanswered() -> list[MutableMapping[str, Any]]:
                 return [
                     e
                     for e in list(sdk_logs)
