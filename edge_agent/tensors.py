@@ -67,10 +67,11 @@ def check_shape(spec: TensorSpec, shape: Sequence[int], *, per_record: bool) -> 
         )
 
 
-def _first_bad_record(spec: TensorSpec, values: Sequence[Any]) -> str:
-    """Which record made a column unconvertible, and why (slow path: errors only)."""
+def _first_bad_record(spec: TensorSpec, values: Sequence[Any], first: int = 0) -> str:
+    """Which record made a column unconvertible, and why (slow path: errors only); the
+    records are numbered from ``first``."""
     first_shape: tuple[int, ...] | None = None
-    for index, value in enumerate(values):
+    for index, value in enumerate(values, first):
         try:
             arr = np.asarray(value)
         except ValueError:
@@ -81,26 +82,30 @@ def _first_bad_record(spec: TensorSpec, values: Sequence[Any]) -> str:
             first_shape = arr.shape
         elif arr.shape != first_shape:
             return (
-                f"record 0 has shape {list(first_shape)} but record {index} has {list(arr.shape)}"
+                f"record {first} has shape {list(first_shape)} but record {index} has "
+                f"{list(arr.shape)}"
             )
     return "its values do not form one array"
 
 
-def column(spec: TensorSpec, values: Sequence[Any], *, typed: bool = False) -> np.ndarray[Any, Any]:
+def column(
+    spec: TensorSpec, values: Sequence[Any], *, typed: bool = False, first: int = 0
+) -> np.ndarray[Any, Any]:
     """Stack one input's per-record values into the array the model takes.
 
     ``typed``: the values were already checked to be of the input's element type (the
-    records decoder does that), so they convert in one pass.
+    records decoder does that), so they convert in one pass. ``first``: the number of
+    the first record, for messages.
     """
     target = numpy_dtype(spec.dtype)
     try:
         array = np.asarray(values, dtype=target if typed else None)
     except ValueError:
         raise BadRequest(
-            f"input {spec.name!r}: {_first_bad_record(spec, values)}", field=spec.name
+            f"input {spec.name!r}: {_first_bad_record(spec, values, first)}", field=spec.name
         ) from None
     if not typed or array.dtype != target:
-        array = convert(spec, array, target, lambda: _first_bad_record(spec, values))
+        array = convert(spec, array, target, lambda: _first_bad_record(spec, values, first))
     check_shape(spec, array.shape, per_record=True)
     return array
 

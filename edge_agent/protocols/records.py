@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Annotated, Any
 
 import msgspec
@@ -28,9 +28,10 @@ import numpy as np
 
 from edgepub.shared.schemas import TensorSpec
 
-from ..errors import BadRequest, PayloadTooLarge
+from ..errors import BadRequest, PayloadTooLarge, RequestError
 from ..runtime import Pipeline
 from ..tensors import check_shape, column, numpy_dtype, shape_text
+from . import pieces
 
 CONTENT_TYPE = b"application/json; format=pandas-records"
 _encoder = msgspec.json.Encoder()
@@ -38,6 +39,7 @@ _ELEMENT: dict[str, Any] = {"string": str, "bool": bool}
 _PATH = re.compile(r"`\$\[(\d+)\](?:\.([^.\[`]+))?")
 _MISSING = re.compile(r"missing required field `([^`]+)`")
 _UNKNOWN = re.compile(r"unknown field `([^`]+)`")
+ROWS_PER_CALL = 4096  # records converted or encoded in one call on the large-body path
 
 
 class Anomaly(msgspec.Struct, gc=False):
@@ -102,6 +104,7 @@ class RecordsCodec:
             (spec, operator.attrgetter(f"f{i}"), numpy_dtype(spec.dtype), _fixed_rows(spec))
             for i, spec in enumerate(self.inputs)
         ]
+        self.single = self.getters[0] if len(self.getters) == 1 else None
 
     def _explain(self, exc: msgspec.ValidationError) -> BadRequest:
         text = str(exc)
@@ -140,23 +143,46 @@ class RecordsCodec:
         more than ``max_records`` records a 413."""
         try:
             records = self.decoder.decode(body)
-        except msgspec.ValidationError as exc:
-            raise self._explain(exc) from None
-        except msgspec.DecodeError as exc:
-            raise BadRequest(f"request body is not valid JSON: {exc}", field="body") from None
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise self._refusal(exc) from None
         except RecursionError:  # msgspec's guard against nesting past the C stack
-            raise BadRequest(
-                "request body nests JSON too deeply for a list of records", field="body"
-            ) from None
-        if not records:
-            raise BadRequest("the list of records is empty", field="body")
-        if max_records is not None and len(records) > max_records:
-            raise PayloadTooLarge(
-                f"the request holds {len(records)} records; this edge accepts at most "
-                f"{max_records} per request (EDGEPUB_MAX_RECORDS)",
-                field="records",
-            )
+            raise _too_deep() from None
+        if not records or (max_records is not None and len(records) > max_records):
+            raise _count_refused(len(records), max_records)
         return records
+
+    def feed(
+        self, body: bytes, max_records: int
+    ) -> tuple[dict[str, np.ndarray[Any, Any]], dict[str, list[Any]], int, int]:
+        """(feed, echoed values, records, input elements) of a small body: ``decode`` and
+        ``to_feed`` in as few steps as it takes, since it is nearly every request's path."""
+        try:
+            records = self.decoder.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise self._refusal(exc) from None
+        except RecursionError:  # msgspec's guard against nesting past the C stack
+            raise _too_deep() from None
+        count = len(records)
+        if not 0 < count <= max_records:
+            raise _count_refused(count, max_records)
+        single = self.single
+        if single is None:
+            feed, echoed = self.to_feed(records)
+            return feed, echoed, count, sum(a.size for a in feed.values())
+        spec, get, dtype, rows = single
+        values = [get(record) for record in records]
+        try:
+            array = np.asarray(values, dtype=dtype)
+        except (ValueError, TypeError, OverflowError):
+            array = _array(spec, values, dtype, rows)  # says why
+        if array.shape[1:] != rows:
+            check_shape(spec, array.shape, per_record=True)
+        return {spec.name: array}, {spec.name: values}, count, array.size
+
+    def _refusal(self, exc: msgspec.ValidationError | msgspec.DecodeError) -> BadRequest:
+        if isinstance(exc, msgspec.ValidationError):
+            return self._explain(exc)
+        return BadRequest(f"request body is not valid JSON: {exc}", field="body")
 
     def to_feed(
         self, records: Sequence[Any]
@@ -166,20 +192,102 @@ class RecordsCodec:
         raw: dict[str, list[Any]] = {}
         for spec, get, dtype, rows in self.getters:
             values = [get(record) for record in records]
-            try:
-                try:
-                    array = np.asarray(values, dtype=dtype)
-                except ValueError:  # ragged: let column() say where
-                    array = column(spec, values, typed=True)
-            except (TypeError, OverflowError) as exc:  # inputs of unknown rank are untyped
-                raise BadRequest(
-                    f"input {spec.name!r} must hold {spec.dtype} values: {exc}", field=spec.name
-                ) from None
-            if array.shape[1:] != rows:
-                check_shape(spec, array.shape, per_record=True)
-            feed[spec.name] = array
+            feed[spec.name] = _array(spec, values, dtype, rows)
             raw[spec.name] = values
         return feed, raw
+
+    def feed_of_large(
+        self, body: bytes, max_records: int | None
+    ) -> tuple[dict[str, np.ndarray[Any, Any]], dict[str, Any], int]:
+        """``to_feed(decode(body))`` for a large body, a piece at a time (``pieces``): no
+        call holds the GIL for longer than one piece, so the event loop keeps running.
+
+        The echoed values come back as arrays of the decoded values, exactly (``_ECHO``),
+        not lists: millions of small lists would each be a pause of the whole process,
+        when the cycle collector walks them and when they are freed.
+        """
+        parts: dict[str, list[tuple[int, np.ndarray[Any, Any]]]] = {
+            spec.name: [] for spec in self.inputs
+        }
+
+        def each(records: list[Any], first: int) -> None:
+            if max_records is not None and first + len(records) > max_records:
+                raise _too_many(f"more than {max_records}", max_records)
+            if not records:
+                return
+            for spec, get, dtype, rows in self.getters:
+                values = [get(record) for record in records]
+                exact = _ECHO.get(dtype.kind, dtype)
+                parts[spec.name].append((first, _array(spec, values, exact, rows, first)))
+
+        try:
+            count = pieces.decode_list(body, self.decoder.decode, each)
+        except pieces.PieceError as exc:
+            raise self._refusal(exc.error) from None
+        except RecursionError:
+            raise _too_deep() from None
+        if not count:
+            raise BadRequest("the list of records is empty", field="body")
+        feed: dict[str, np.ndarray[Any, Any]] = {}
+        echoed: dict[str, Any] = {}
+        for spec, _, dtype, _ in self.getters:
+            echo = echoed[spec.name] = _joined(spec, parts.pop(spec.name))
+            feed[spec.name] = echo if echo.dtype == dtype else echo.astype(dtype)
+        return feed, echoed, count
+
+
+# The dtype that holds a decoded value exactly, by the kind of the model's dtype.
+_ECHO = {"f": np.dtype(np.float64), "i": np.dtype(np.int64), "u": np.dtype(np.uint64)}
+
+
+def _array(
+    spec: TensorSpec, values: list[Any], dtype: Any, rows: Any, first: int = 0
+) -> np.ndarray[Any, Any]:
+    try:
+        try:
+            array = np.asarray(values, dtype=dtype)
+        except ValueError:  # ragged: let column() say where
+            array = column(spec, values, typed=True, first=first)
+    except (TypeError, OverflowError) as exc:  # inputs of unknown rank are untyped
+        raise BadRequest(
+            f"input {spec.name!r} must hold {spec.dtype} values: {exc}", field=spec.name
+        ) from None
+    if array.shape[1:] != rows:
+        check_shape(spec, array.shape, per_record=True)
+    return array
+
+
+def _joined(
+    spec: TensorSpec, parts: list[tuple[int, np.ndarray[Any, Any]]]
+) -> np.ndarray[Any, Any]:
+    """One array of the pieces' arrays, which must agree on a record's shape."""
+    shape = parts[0][1].shape[1:]
+    for first, part in parts:
+        if part.shape[1:] != shape:
+            raise BadRequest(
+                f"input {spec.name!r}: record 0 has shape {list(shape)} but record {first} "
+                f"has {list(part.shape[1:])}",
+                field=spec.name,
+            )
+    return parts[0][1] if len(parts) == 1 else np.concatenate([p for _, p in parts])
+
+
+def _count_refused(count: int, max_records: int | None) -> RequestError:
+    if not count:
+        return BadRequest("the list of records is empty", field="body")
+    return _too_many(f"{count}", max_records or count)
+
+
+def _too_many(count: str, max_records: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the request holds {count} records; this edge accepts at most {max_records} per "
+        "request (EDGEPUB_MAX_RECORDS)",
+        field="records",
+    )
+
+
+def _too_deep() -> BadRequest:
+    return BadRequest("request body nests JSON too deeply for a list of records", field="body")
 
 
 def codec(target: Pipeline) -> RecordsCodec:
@@ -200,24 +308,22 @@ def _per_record(value: Any) -> list[Any]:
     return list(value)
 
 
-def encode(
+def _records(
     raw_inputs: dict[str, list[Any]],
     outputs: dict[str, Any],
     records: int,
     time_ms: int,
     metadata: Metadata,
-) -> bytes:
-    """The response records (see the module docstring)."""
+) -> list[Record]:
     if len(raw_inputs) == 1 and len(outputs) == 1:  # the common case, without inner loops
         ((in_name, in_values),) = raw_inputs.items()
         ((out_name, out_value),) = outputs.items()
-        result = [
+        return [
             Record(time_ms, {in_name: i}, {out_name: o}, _ANOMALY, _NO_FAILURES, metadata)
             for i, o in zip(in_values, _per_record(out_value), strict=True)
         ]
-        return _encoder.encode(result)
     outs = {name: _per_record(value) for name, value in outputs.items()}
-    result = [
+    return [
         Record(
             time_ms,
             {n: v[i] for n, v in raw_inputs.items()},
@@ -228,4 +334,52 @@ def encode(
         )
         for i in range(records)
     ]
-    return _encoder.encode(result)
+
+
+def encode(
+    raw_inputs: dict[str, list[Any]],
+    outputs: dict[str, Any],
+    records: int,
+    time_ms: int,
+    metadata: Metadata,
+) -> bytes:
+    """The response records (see the module docstring)."""
+    if len(raw_inputs) == 1 and len(outputs) == 1:  # the common case, in one step
+        ((in_name, in_values),) = raw_inputs.items()
+        ((out_name, out_value),) = outputs.items()
+        outs = out_value.tolist() if type(out_value) is np.ndarray else list(out_value)
+        return _encoder.encode(
+            [
+                Record(time_ms, {in_name: i}, {out_name: o}, _ANOMALY, _NO_FAILURES, metadata)
+                for i, o in zip(in_values, outs, strict=True)
+            ]
+        )
+    return _encoder.encode(_records(raw_inputs, outputs, records, time_ms, metadata))
+
+
+def encode_large(
+    raw_inputs: dict[str, Any],
+    outputs: dict[str, Any],
+    records: int,
+    time_ms: int,
+    metadata: Metadata,
+) -> list[bytes]:
+    """``encode`` as pieces of ``ROWS_PER_CALL`` records each, whose concatenation is the
+    answer; ``raw_inputs`` are per-record lists or anything sliced into them (Arrow columns
+    are, through ``to_pylist``)."""
+
+    def chunks() -> Iterator[list[Record]]:
+        for i in range(0, records, ROWS_PER_CALL):
+            j = min(records, i + ROWS_PER_CALL)
+            ins = {n: _rows(v, i, j) for n, v in raw_inputs.items()}
+            outs = {n: v[i:j] for n, v in outputs.items()}
+            yield _records(ins, outs, j - i, time_ms, metadata)
+
+    return pieces.encode_list(chunks(), _encoder.encode)
+
+
+def _rows(values: Any, start: int, stop: int) -> list[Any]:
+    part = values[start:stop]
+    if not isinstance(part, list):
+        part = part.tolist() if isinstance(part, np.ndarray) else part.to_pylist()
+    return part  # type: ignore[no-any-return]
