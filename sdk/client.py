@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from edgepub.shared import subjects
+from edgepub.shared import logs, subjects
 from edgepub.shared.errors import InvalidModelError
 from edgepub.shared.names import check_name
 from edgepub.shared.schemas import (
@@ -52,6 +52,7 @@ class Client:
         request_timeout: float = 30.0,
         auth_type: str | None = None,
     ) -> None:
+        logs.configure_unless_configured()
         settings = connection.resolve(nats_url, user, password, data_dir)
         self._loop = BackgroundLoop()
         self._session = Session(settings, request_timeout)

@@ -8,6 +8,7 @@ registered with ``register_secret`` is masked wherever it appears inside another
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import MutableMapping
 from typing import Any
@@ -87,3 +88,15 @@ def configure(*, fmt: str = "auto", level: str = "info", stream: Any = None) -> 
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=True,
     )
+
+
+def configure_unless_configured(default_level: str = "warning") -> None:
+    """For code used as a library (the SDK): an application's own structlog setup wins;
+    otherwise log redacted, at EDGEPUB_LOG_LEVEL (default: warnings and errors only), so a
+    notebook shows what needs attention and no secret, not every retry."""
+    if structlog.is_configured():
+        return
+    level = os.environ.get("EDGEPUB_LOG_LEVEL", default_level).lower()
+    if level not in {"debug", "info", "warning", "error"}:
+        level = default_level
+    configure(fmt=os.environ.get("EDGEPUB_LOG_FORMAT", "auto"), level=level)

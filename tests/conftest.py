@@ -20,6 +20,7 @@ import pytest
 
 from edgepub import Client
 from edgepub.samples import house_price_model
+from edgepub.shared import logs
 from support.loopwatch import watch_loops
 from support.procs import cmdline, descendants
 from support.servers import NatsServer, RegistryServer
@@ -59,6 +60,12 @@ def ops(nats_server: NatsServer, registry: RegistryServer, tmp_path: Path) -> It
     finally:
         for proc in services.procs.values():
             proc.kill()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _logs_at_debug() -> None:
+    """Every event reaches capture_logs in tests (the SDK alone would keep warnings only)."""
+    logs.configure(fmt="console", level="debug")
 
 
 @pytest.fixture
