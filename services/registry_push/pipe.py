@@ -38,12 +38,13 @@ class Pipe:
     # --- event loop side ---------------------------------------------------------------
 
     async def put(self, chunk: bytes) -> None:
-        """Hand over ``chunk``; waits while ``limit`` bytes are unread."""
+        """Hand over ``chunk``; waits until it fits within ``limit`` unread bytes (a chunk
+        larger than the limit alone goes through once the pipe is empty)."""
         while True:
             with self._lock:
                 if self._abandoned:
                     raise PipeClosed("the reader stopped")
-                if self._buffered < self._limit:
+                if self._buffered + len(chunk) <= self._limit or self._buffered == 0:
                     self._buffered += len(chunk)
                     break
                 self._room.clear()

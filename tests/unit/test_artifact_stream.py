@@ -100,7 +100,7 @@ def test_the_writer_waits_for_the_reader_within_the_limit() -> None:
     the pipe are exactly those ``put`` took minus those ``get`` gave: never more than the
     limit. The writer fills the pipe to its limit, then waits until the reader makes
     room, and every byte arrives in order."""
-    limit = 4 * CHUNK  # a whole number of chunks (put takes a chunk while < limit is unread)
+    limit = 4 * CHUNK  # a whole number of chunks: the pipe fills exactly to its limit
     parts = chunks(DATA)
     assert len(parts) * CHUNK > 2 * limit
 
@@ -446,3 +446,20 @@ def test_a_stopped_session_sends_no_more_of_the_body_and_no_more_requests() -> N
         t.join(10)
     assert body.reads == 3
     assert received and received[0] < 4 << 20
+
+
+def test_a_limit_that_is_not_whole_chunks_is_never_passed() -> None:
+    """A chunk goes in only if it fits: with room for 3.5 chunks the 4th waits."""
+
+    async def main() -> None:
+        pipe = Pipe(limit=3 * CHUNK + CHUNK // 2)
+        for _ in range(3):
+            await pipe.put(b"x" * CHUNK)
+        fourth = asyncio.create_task(pipe.put(b"y" * CHUNK))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not fourth.done()  # 4 chunks would be past the limit
+        assert await asyncio.to_thread(pipe.get) == b"x" * CHUNK
+        await asyncio.wait_for(fourth, 5)
+
+    asyncio.run(main())
