@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,7 +19,15 @@ import numpy as np
 import pytest
 import requests
 
-from support.edge import EdgeAgent, blob_data_path, http, make_model, model_version, publish
+from support.edge import (
+    EdgeAgent,
+    blob_data_path,
+    http,
+    make_model,
+    model_version,
+    publish,
+    serving,
+)
 from support.servers import HOST, RegistryServer
 from support.services import clean_environ
 from support.waiting import wait_for
@@ -319,10 +326,15 @@ def test_secrets_stay_out_of_the_one_line(tmp_path: Path) -> None:
     assert "EDGE_BUNDLE" in done.stderr
 
 
-def test_sigterm_during_load_lets_in_flight_requests_finish(
-    live: EdgeAgent, tmp_path: Path
-) -> None:
-    """Runs last in this module: it stops the module's agent."""
+def test_sigterm_during_load_lets_in_flight_requests_finish(tmp_path: Path) -> None:
+    """Its own agent, which it stops: the module's ``live`` agent is left serving, so this
+    test may run in any order."""
+    model = make_model(tmp_path / "m.onnx")
+    with serving(tmp_path, PIPELINE, [(model_version("m", model), model)], {}) as live:
+        sigterm_during_load(live)
+
+
+def sigterm_during_load(live: EdgeAgent) -> None:
     rows = np.random.default_rng(0).normal(size=(40_000, 18)).round(4).tolist()
     big = json.dumps([{"tensor": r} for r in rows]).encode()
     results: list[Any] = []
@@ -379,4 +391,3 @@ def test_sigterm_during_load_lets_in_flight_requests_finish(
             t.join(timeout=60)
     assert small_statuses and set(small_statuses) == {200}
     assert "engine_stopped" in live.event_names()
-    shutil.rmtree(tmp_path, ignore_errors=True)
