@@ -10,6 +10,7 @@ import gc
 import os
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -31,6 +32,7 @@ from .cache import CachedPipeline, PipelineCache
 from .config import AgentConfig
 from .inference import InferenceService
 from .inference_log import DiscardLog, LocalLog, LogHandoff, drain, pump
+from .looplag import LoopLag
 from .metrics import EdgeMetrics
 from .puller import pull
 from .runtime import Pipeline, PipelineLoadError, load_pipeline
@@ -39,6 +41,7 @@ from .web.server import make_server
 
 T = TypeVar("T")
 DRAIN_TIMEOUT_S = 5.0
+SWITCH_INTERVAL_S = 0.001  # a worker holding the GIL gives it to the loop this soon
 _CACHE_ERRORS = (
     OSError,
     msgspec.ValidationError,
@@ -123,6 +126,7 @@ def settle_heap() -> None:
     gc.freeze()
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(7_000, older, oldest)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
 class Agent:
@@ -134,12 +138,17 @@ class Agent:
         )
         self.cache = PipelineCache(config.persist_dir / "pipelines")
         self.metrics = EdgeMetrics()
-        self.handoff = LogHandoff(config.handoff_capacity)
+        self.handoff = LogHandoff(config.handoff_capacity, config.handoff_bytes)
         self.local_log: LocalLog = local_log or DiscardLog()
         partition = config.edge_name or socket.gethostname()
         self.service = InferenceService(
-            self.handoff, self.metrics, partition, workers=config.intra_op_threads
+            self.handoff,
+            self.metrics,
+            partition,
+            workers=config.intra_op_threads,
+            max_inflight=config.inflight_limit,
         )
+        self.loop_lag = LoopLag(self.metrics)
         self.metrics.gauge(
             "edgepub_edge_pipeline_ready",
             "1 when a pipeline is loaded.",
@@ -151,8 +160,14 @@ class Agent:
             lambda: float(len(self.handoff)),
         )
         self.metrics.gauge(
+            "edgepub_edge_log_handoff_queued_bytes",
+            "Bytes (request bodies and outputs) the queued inference events hold.",
+            lambda: float(self.handoff.queued_bytes),
+        )
+        self.metrics.gauge(
             "edgepub_edge_log_handoff_dropped",
-            "Inference events dropped because the hand-off was full.",
+            "Inference events dropped because the hand-off was full (EDGEPUB_LOG_QUEUE events "
+            "or EDGEPUB_LOG_QUEUE_BYTES bytes).",
             lambda: float(self.handoff.dropped),
         )
 
@@ -162,6 +177,7 @@ class Agent:
             "starting_engine",
             steps=len(cached.definition.steps),
             intra_op_threads=self.config.intra_op_threads,
+            max_inflight=self.config.inflight_limit,
         )
 
         def load() -> Pipeline:
@@ -275,11 +291,12 @@ class Agent:
             serving = tg.create_task(server.serve(sockets=[sock]))
             pumping = tg.create_task(pump(self.handoff, self.local_log))
             pulling = tg.create_task(self.keep_pulling(serving_url))
+            watching = tg.create_task(self.loop_lag.watch())
             stopping = tg.create_task(stop.wait())
             await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
             server.should_exit = True
             await serving
-            for task in (pumping, pulling, stopping):
+            for task in (pumping, pulling, watching, stopping):
                 task.cancel()
         async with asyncio.timeout(DRAIN_TIMEOUT_S):
             moved = await drain(self.handoff, self.local_log)

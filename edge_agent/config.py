@@ -27,6 +27,8 @@ DEFAULT_MAX_BODY = 64 << 20
 DEFAULT_LOG_STORAGE = 1 << 30  # when neither LOCAL_INFERENCE_STORAGE nor PLATEAU_PAGE_SIZE
 DEFAULT_PAGE_SIZE = 1000
 DEFAULT_HANDOFF_CAPACITY = 10_000
+DEFAULT_HANDOFF_BYTES = 64 << 20
+INFLIGHT_PER_WORKER = 8  # EDGEPUB_MAX_INFLIGHT's default, per CONFIG_CPUS worker thread
 DEFAULT_MAX_RECORDS = 100_000  # a 60 MiB body of 740k records peaked at 1.5 GB RSS
 DEFAULT_MAX_HEADER = 32 << 10
 DEFAULT_HEADER_TIMEOUT_S = 10
@@ -72,12 +74,22 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_records: int = DEFAULT_MAX_RECORDS
     http: HttpLimits = msgspec.field(default_factory=HttpLimits)
     handoff_capacity: int = DEFAULT_HANDOFF_CAPACITY
+    handoff_bytes: int = DEFAULT_HANDOFF_BYTES
+    max_inflight: int | None = None  # None: INFLIGHT_PER_WORKER per worker thread
     log_format: str = "auto"
 
     @property
     def intra_op_threads(self) -> int:
-        """onnxruntime intra-op threads for ``CONFIG_CPUS`` (1.25 -> 1, 4 -> 4)."""
+        """onnxruntime intra-op threads for ``CONFIG_CPUS`` (1.25 -> 1, 4 -> 4), and as many
+        worker threads for requests served off the event loop."""
         return max(1, math.floor(self.cpus))
+
+    @property
+    def inflight_limit(self) -> int:
+        """Large or slow requests worked on off the event loop at once (503 past it)."""
+        if self.max_inflight is not None:
+            return self.max_inflight
+        return INFLIGHT_PER_WORKER * self.intra_op_threads
 
     @property
     def edge_name(self) -> str | None:
@@ -124,6 +136,10 @@ def _whole(env: Mapping[str, str], name: str, default: int, low: int, high: int)
     if not _digits(raw) or not low <= int(raw) <= high:
         raise _bad(name, raw, f"a whole number from {low} to {high}")
     return int(raw)
+
+
+def _optional_whole(env: Mapping[str, str], name: str, low: int, high: int) -> int | None:
+    return None if _get(env, name) is None else _whole(env, name, low, low, high)
 
 
 def parse_cpus(raw: str | None) -> float:
@@ -292,5 +308,7 @@ def parse_env(env: Mapping[str, str]) -> AgentConfig:
         max_records=_whole(env, "EDGEPUB_MAX_RECORDS", DEFAULT_MAX_RECORDS, 1, 1_000_000_000),
         http=parse_http_limits(env),
         handoff_capacity=_whole(env, "EDGEPUB_LOG_QUEUE", DEFAULT_HANDOFF_CAPACITY, 1, 10_000_000),
+        handoff_bytes=_size(env, "EDGEPUB_LOG_QUEUE_BYTES", DEFAULT_HANDOFF_BYTES),
+        max_inflight=_optional_whole(env, "EDGEPUB_MAX_INFLIGHT", 1, 100_000),
         log_format=_log_format(env),
     )

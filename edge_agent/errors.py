@@ -16,6 +16,10 @@ class RequestError(EdgepubError):
         super().__init__(message)
         self.field = field
 
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """Response headers the answer needs besides the JSON body's."""
+        return []
+
 
 class BadRequest(RequestError, InvalidRequestError):
     status = 400
@@ -48,3 +52,17 @@ class NotReady(RequestError):
 
     status = 503
     code = "not_ready"
+
+
+class Overloaded(RequestError):
+    """As many large or slow requests in the works as the edge allows (EDGEPUB_MAX_INFLIGHT)."""
+
+    status = 503
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message, field=None)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", b"%d" % self.retry_after_s)]

@@ -1,30 +1,35 @@
 """The inference path shared by every protocol: pick the target, run it, hand the log off.
 
-Small requests run on the event loop's thread (a ~20 µs onnxruntime call costs less than a
-thread hop); large ones run in a worker thread so the loop keeps answering health checks.
+``run`` and ``event`` may be called from any thread (a request served off the event loop
+runs in a worker, ``offload.py``); ``record`` hands the event to the log and is called on
+the event loop's thread only.
 """
 
 from __future__ import annotations
 
-import asyncio
 import operator
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from .config import INFLIGHT_PER_WORKER
 from .errors import NotReady, UnknownTarget
 from .inference_log import InferenceEvent, LogHandoff
 from .metrics import EdgeMetrics
+from .offload import Offload
 from .protocols.oip import version_of
 from .runtime import Pipeline
 
-OFFLOAD_ELEMENTS = 65_536
 _SIZE = operator.attrgetter("size")
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def elements(feed: Mapping[str, Any]) -> int:
+    """Input elements of a feed: what a run's cost is measured against."""
+    return sum(map(_SIZE, feed.values()))
 
 
 class InferenceService:
@@ -34,13 +39,15 @@ class InferenceService:
         metrics: EdgeMetrics,
         partition: str,
         workers: int = 1,
+        max_inflight: int | None = None,
     ) -> None:
         self.handoff = handoff
         self.metrics = metrics
         self.partition = partition
         self.pipeline: Pipeline | None = None
         self.waiting_reason = "pulling the pipeline"
-        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="infer")
+        limit = INFLIGHT_PER_WORKER * max(1, workers) if max_inflight is None else max_inflight
+        self.offload = Offload(workers, limit)
 
     @property
     def ready(self) -> bool:
@@ -74,40 +81,17 @@ class InferenceService:
             )
         return target
 
-    async def infer(
-        self,
-        target: Pipeline,
-        feed: Mapping[str, Any],
-        records: int,
-        arrived_ms: int,
-        logged_inputs: Mapping[str, Any] | None = None,
+    @staticmethod
+    def run(
+        target: Pipeline, feed: Mapping[str, Any], records: int, size: int
     ) -> tuple[dict[str, Any], list[int]]:
-        """Run ``feed`` (``records`` stacked records) and hand the log event off."""
-        if self.small(feed):
-            return self.infer_now(target, feed, records, arrived_ms, logged_inputs)
-        loop = asyncio.get_running_loop()
-        outputs, elapsed = await loop.run_in_executor(self._pool, target.run, feed, records)
-        self._log(target, records, arrived_ms, logged_inputs or feed, outputs, elapsed)
-        return outputs, elapsed
-
-    def small(self, feed: Mapping[str, Any]) -> bool:
-        """Whether ``feed`` is small enough to run on the event loop's thread."""
-        return sum(map(_SIZE, feed.values())) <= OFFLOAD_ELEMENTS  # type: ignore[no-any-return]
-
-    def infer_now(
-        self,
-        target: Pipeline,
-        feed: Mapping[str, Any],
-        records: int,
-        arrived_ms: int,
-        logged_inputs: Mapping[str, Any] | None = None,
-    ) -> tuple[dict[str, Any], list[int]]:
-        """``infer`` on this thread, for small requests (no coroutine, no thread hop)."""
+        """Outputs and ns per step for ``records`` stacked records of ``size`` elements;
+        the time is measured into the pipeline's ``RunCost``."""
         outputs, elapsed = target.run(feed, records)
-        self._log(target, records, arrived_ms, logged_inputs or feed, outputs, elapsed)
+        target.cost.observe(size, sum(elapsed))
         return outputs, elapsed
 
-    def _log(
+    def event(
         self,
         target: Pipeline,
         records: int,
@@ -115,8 +99,8 @@ class InferenceService:
         inputs: Mapping[str, Any],
         outputs: dict[str, Any],
         elapsed: list[int],
-    ) -> None:
-        event = InferenceEvent(
+    ) -> InferenceEvent:
+        return InferenceEvent(
             time=arrived_ms,
             pipeline=target.pipeline_name,
             pipeline_version=target.version,
@@ -127,9 +111,12 @@ class InferenceService:
             model_versions=target.models,
             partition=self.partition,
         )
-        self.handoff.offer(event)
+
+    def record(self, event: InferenceEvent, size: int) -> None:
+        """Hand ``event`` (``size`` bytes) to the log and count its records (loop thread)."""
+        self.handoff.offer(event, size)
         counter = self.metrics.records.values
-        counter[()] = counter.get((), 0.0) + records
+        counter[()] = counter.get((), 0.0) + event.records
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.offload.close()

@@ -3,7 +3,8 @@
 Every inference request produces one ``InferenceEvent`` (columnar: n records at once, so
 the request path allocates one object, not n). ``rows_of`` splits it into the per-record
 ``InferenceLogRow``s a local log stores. ``LogHandoff.offer`` never blocks and never
-waits on disk or network: when the queue is full the event is dropped and counted.
+waits on disk or network: when the queue holds its count of events, or its bytes (an event
+weighs what its request body and outputs took), the event is dropped and counted.
 A ``LocalLog`` (SQLite in a later issue) receives batches from ``pump``.
 """
 
@@ -111,30 +112,38 @@ class DiscardLog:
 
 
 class LogHandoff:
-    """A bounded FIFO between the request path (``offer``) and one consumer (``take``).
+    """A bounded FIFO between the request path (``offer``) and one consumer (``take``),
+    bounded in events and in bytes: 10,000 queued events could otherwise pin 10,000
+    request bodies.
 
     Used from the event loop's thread only. ``offer`` is O(1) and never awaits.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_bytes: int = 64 << 20) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self.offered = 0
         self.dropped = 0
+        self.queued_bytes = 0
         self._items: collections.deque[InferenceEvent] = collections.deque()
+        self._sizes: collections.deque[int] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def offer(self, event: InferenceEvent) -> bool:
-        """Queue ``event``; when full, drop it, count it and return False."""
+    def offer(self, event: InferenceEvent, size: int = 0) -> bool:
+        """Queue ``event`` of ``size`` bytes; when that would pass either bound, drop it,
+        count it and return False."""
         items = self._items
-        if len(items) >= self.capacity:
+        if len(items) >= self.capacity or self.queued_bytes + size > self.max_bytes:
             self.dropped += 1
             return False
         items.append(event)
+        self._sizes.append(size)
+        self.queued_bytes += size
         self.offered += 1
         if self._waiter is not None:
             self._wake()
@@ -146,9 +155,11 @@ class LogHandoff:
             waiter.set_result(None)
 
     def take_nowait(self, max_items: int) -> list[InferenceEvent]:
-        items = self._items
+        items, sizes = self._items, self._sizes
         count = min(max_items, len(items))
-        return [items.popleft() for _ in range(count)]
+        taken = [items.popleft() for _ in range(count)]
+        self.queued_bytes -= sum(sizes.popleft() for _ in range(count))
+        return taken
 
     async def take(self, max_items: int) -> list[InferenceEvent]:
         """Wait for at least one event; return up to ``max_items`` in order."""

@@ -51,7 +51,8 @@ class Counter:
 
 
 class Gauge:
-    """Values read at scrape time: ``read`` gives one number, or one per label key."""
+    """Values read at scrape time: ``read`` gives one number, or one per label key (a
+    ``kind="counter"`` one reads a count kept elsewhere, where an update must be cheap)."""
 
     def __init__(
         self,
@@ -59,11 +60,13 @@ class Gauge:
         help_text: str,
         read: Callable[[], float | Mapping[tuple[str, ...], float]],
         labels: Sequence[str] = (),
+        kind: str = "gauge",
     ) -> None:
         self.name, self.help, self.read, self.label_names = name, help_text, read, tuple(labels)
+        self.kind = kind
 
     def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} gauge"]
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
         value = self.read()
         values = value if isinstance(value, Mapping) else {(): value}
         for key, number in sorted(values.items()):
@@ -135,6 +138,7 @@ class EdgeMetrics:
             "edgepub_edge_inference_records_total", "Records inferred (rows in, rows out)."
         )
         self.gauges: list[Gauge] = []
+        self.others: list[Counter | Histogram] = []  # added by the parts that update them
         self._latency: dict[str, list[float]] = {}
 
     def observe(self, protocol: str, status: int, seconds: float) -> None:
@@ -157,14 +161,17 @@ class EdgeMetrics:
         help_text: str,
         read: Callable[[], float | Mapping[tuple[str, ...], float]],
         labels: Sequence[str] = (),
+        kind: str = "gauge",
     ) -> None:
-        self.gauges.append(Gauge(name, help_text, read, labels))
+        self.gauges.append(Gauge(name, help_text, read, labels, kind))
+
+    def add(self, metric: Counter | Histogram) -> None:
+        self.others.append(metric)
 
     def render(self) -> str:
         lines: list[str] = []
-        for metric in (self.requests, self.errors, self.records):
+        for metric in (self.requests, self.errors, self.records, self.latency, *self.others):
             lines.extend(metric.render())
-        lines.extend(self.latency.render())
         for gauge in self.gauges:
             lines.extend(gauge.render())
         return "\n".join(lines) + "\n"

@@ -22,6 +22,7 @@ from edgepub.shared.schemas import PipelineDefinition, TensorSpec
 
 from .errors import BadRequest, UnknownTarget
 from .inference_log import ModelUsed
+from .offload import RunCost
 from .tensors import numpy_dtype
 
 
@@ -77,6 +78,7 @@ class Pipeline:
         self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
         self.memo: dict[str, Any] = {}  # per-pipeline helpers the protocols build once
         self.single = self.steps[0] if len(self.steps) == 1 else None  # the one-step fast path
+        self.cost = RunCost()  # measured by every run, to decide where the next one runs
 
     def step_named(self, model_name: str) -> Pipeline:
         """A one-step view (OIP ``/v2/models/<model>``) sharing this pipeline's session."""
@@ -124,8 +126,11 @@ class Pipeline:
                 raise BadRequest(
                     f"model {step.model.name!r} refused the input: {exc}", field=step.model.name
                 ) from None
+            elapsed = [time.perf_counter_ns() - started]
             names = step.output_names
-            return dict(zip(names, results, strict=True)), [time.perf_counter_ns() - started]
+            if len(names) == 1:
+                return {names[0]: results[0]}, elapsed
+            return dict(zip(names, results, strict=True)), elapsed
         if records % batch:
             raise BadRequest(
                 f"input {self.inputs[0].name!r}: the model takes records in batches of {batch}; "

@@ -231,9 +231,17 @@ def _metadata_type() -> Any:
     )
 
 
-def column_of(values: list[Any]) -> Any:
-    """An Arrow column from JSON values (records in, Arrow out)."""
-    return _pa().chunked_array([_pa().array(values)])
+def column_of(values: list[Any] | np.ndarray[Any, Any]) -> Any:
+    """An Arrow column from JSON values (records in, Arrow out): per-record lists, or the
+    array they were decoded into (a large body), as the same Arrow type (nested lists)."""
+    pa = _pa()
+    if not isinstance(values, np.ndarray):
+        return pa.chunked_array([pa.array(values)])
+    column = pa.array(values.reshape(-1)) if values.ndim > 1 else pa.array(values)
+    for size in reversed(values.shape[1:]):
+        offsets = np.arange(0, len(column) + 1, size, dtype=np.int32)
+        column = pa.ListArray.from_arrays(pa.array(offsets), column)
+    return pa.chunked_array([column])
 
 
 def _arrow_column(value: Any) -> Any:
@@ -248,6 +256,36 @@ def _arrow_column(value: Any) -> Any:
     return flat
 
 
+def _repeated(value: Any, kind: Any, count: int) -> Any:
+    return _pa().repeat(_pa().scalar(value, type=kind), count)
+
+
+def _lists(items: Sequence[Any], kind: Any, count: int) -> Any:
+    """``count`` copies of the list ``items``, without a Python object per copy."""
+    pa = _pa()
+    width = len(items)
+    offsets = pa.array(np.arange(0, (count + 1) * width, width or 1, dtype=np.int32))
+    if not width:
+        offsets = pa.array(np.zeros(count + 1, dtype=np.int32))
+    one = pa.array(list(items), type=kind)
+    values = one if not width else pa.array(np.tile(one.to_numpy(zero_copy_only=False), count))
+    return pa.ListArray.from_arrays(offsets, values.cast(kind))
+
+
+def _metadata(metadata: dict[str, Any], count: int) -> Any:
+    pa = _pa()
+    return pa.StructArray.from_arrays(
+        [
+            _repeated(metadata["last_model"], pa.string(), count),
+            _repeated(metadata["pipeline_version"], pa.string(), count),
+            _lists(metadata["elapsed"], pa.int64(), count),
+            _lists(metadata["dropped"], pa.string(), count),
+            _repeated(metadata["partition"], pa.string(), count),
+        ],
+        fields=list(_metadata_type()),
+    )
+
+
 def encode(
     echoed: dict[str, Any],
     outputs: dict[str, Any],
@@ -255,7 +293,10 @@ def encode(
     time_ms: int,
     metadata: dict[str, Any],
     stream: bool,
-) -> bytes:
+) -> Any:
+    """The answer table as an IPC buffer (``pyarrow.Buffer``, not copied into ``bytes``);
+    columns that repeat one value per record are built by Arrow, not from a Python list
+    per record (a batch of a million would hold the GIL for a second)."""
     pa = _pa()
     ins = pa.StructArray.from_arrays(
         [c.combine_chunks() for c in echoed.values()], names=list(echoed)
@@ -263,18 +304,17 @@ def encode(
     outs = pa.StructArray.from_arrays(
         [_arrow_column(v) for v in outputs.values()], names=list(outputs)
     )
-    meta = pa.array([metadata] * records, type=_metadata_type())
     table = pa.table(
         {
-            "time": pa.array([time_ms] * records, type=pa.timestamp("ms")),
+            "time": _repeated(time_ms, pa.timestamp("ms"), records),
             "in": ins,
             "out": outs,
-            "check_failures": pa.array([[]] * records, type=pa.list_(pa.string())),
-            "metadata": meta,
+            "check_failures": _lists([], pa.string(), records),
+            "metadata": _metadata(metadata, records),
         }
     )
     sink = pa.BufferOutputStream()
     opener = pa.ipc.new_stream if stream else pa.ipc.new_file
     with opener(sink, table.schema) as writer:
         writer.write_table(table)
-    return bytes(sink.getvalue().to_pybytes())
+    return sink.getvalue()

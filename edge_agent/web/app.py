@@ -1,47 +1,68 @@
-"""The edge's HTTP surface as one raw ASGI application.
+"""The edge's HTTP surface: a raw ASGI application, and the same answers without ASGI for
+requests that arrive whole and are quick.
 
-No framework: the routes are a dict and a few prefixes (``routes.py``), and each request
-costs one routing call, one body read and one response. Errors a client can fix are
-``RequestError``s answered with their status and ``{"error", "code", "field"}``, counted by
-code and logged one line each (no traceback) through a ``LogThrottle``; a 500 is left for
-the agent's own bugs.
+No framework: the routes are a dict and a few prefixes (``routes.py``). Every handler is a
+plain function from a ``Request`` (and its body) to a ``Reply``; two shells run them:
+
+- ``__call__`` (ASGI): reads the body, works off the event loop what is not known to be
+  quick (``offload.py``), sends the reply;
+- ``answer_now``: the protocol's quick path (``protocol.py``) calls it from the parser's
+  callback with a small body already read, and writes the reply itself, with no task and
+  no ASGI messages (uvicorn's per-request machinery was the largest cost of a small
+  request; ``bench/inference.py``). It returns None, having done nothing, when the request
+  needs the event loop's help (a slow model): the protocol then serves it over ASGI.
+
+Errors a client can fix are ``RequestError``s answered with their status and
+``{"error", "code", "field"}``, counted by code and logged one line each (no traceback)
+through a ``LogThrottle``; a 500 is left for the agent's own bugs.
 """
 
 from __future__ import annotations
 
-import operator
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import msgspec
 import structlog
 
+from .. import answers
+from ..answers import Answer, Answerer, Ask, Fed, Feeder
 from ..config import DEFAULT_MAX_RECORDS
 from ..errors import (
     MethodNotAllowed,
+    Overloaded,
     PayloadTooLarge,
     RequestError,
     UnknownTarget,
     UnsupportedMediaType,
 )
-from ..inference import OFFLOAD_ELEMENTS, InferenceService, now_ms
+from ..inference import InferenceService
 from ..metrics import EdgeMetrics
-from ..protocols import arrow, oip, records
-from .exchange import ClientGone, Receive, Request, Scope, Send, error_body
+from ..offload import INLINE_BYTES, INLINE_RUN_NS
+from ..protocols import arrow, oip
+from ..runtime import Pipeline
+from .exchange import (
+    ClientGone,
+    Receive,
+    Reply,
+    Request,
+    Scope,
+    Send,
+    check_length,
+    error_body,
+    json_reply,
+)
 from .routes import Route, route
 from .throttle import LogThrottle
 
 log = structlog.get_logger("edgepub.edge.http")
-Handler = Callable[[Request], Awaitable[int]]
+Plan = tuple[Pipeline, Feeder, Answerer, Ask]
 _ARROW = {arrow.FILE, arrow.STREAM}
 _JSON_TYPES = {"", "application/json", "text/json"}
 _PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
-_OCTETS = b"application/octet-stream"
-
-
-_SIZE = operator.attrgetter("size")
+_CLOSE = (b"connection", b"close")
 _PIPELINE_ENDPOINTS = frozenset({"infer", "pipeline_infer"})
+_INFER_ENDPOINTS = frozenset({"infer", "pipeline_infer", "model_infer"})
 _OIP_ENDPOINTS = frozenset({"model_metadata", "model_ready", "model_infer"})
 
 
@@ -51,6 +72,15 @@ def _refusal(request: Request, found: Route | None) -> RequestError:
     return MethodNotAllowed(
         f"{request.method} is not allowed on {request.path}; use {found.method}", field="method"
     )
+
+
+def _protocol(found: Route | None, media_type: str) -> str:
+    """The protocol a request is counted under in ``/metrics``."""
+    if found is None:
+        return "admin"
+    if found.endpoint in _PIPELINE_ENDPOINTS:
+        return "arrow" if media_type in _ARROW else "records"
+    return "oip" if found.endpoint in _OIP_ENDPOINTS else "admin"
 
 
 def _arrow_reply(request: Request) -> str | None:
@@ -76,8 +106,10 @@ class EdgeApp:
         self.metrics = metrics
         self.max_body = max_body  # on the wire, and what an Arrow body decodes to
         self.max_records = max_records
+        self.ask = Ask(max_body, max_records)  # what most requests ask for
         self.throttle = LogThrottle(log)
-        # inference requests inside the app right now, by protocol
+        # inference requests inside the ASGI app right now, by protocol (the quick path's
+        # are never in flight: each is answered within one call)
         self.in_flight = dict.fromkeys(("records", "arrow", "oip", "admin"), 0)
         metrics.gauge(
             "edgepub_edge_inference_requests_in_flight",
@@ -85,9 +117,19 @@ class EdgeApp:
             lambda: {(p,): float(n) for p, n in self.in_flight.items() if p != "admin"},
             ("protocol",),
         )
-        self.handlers: dict[str, Handler] = {
-            "infer": self.pipeline_infer,
-            "pipeline_infer": self.pipeline_infer,
+        offload = service.offload
+        metrics.gauge(
+            "edgepub_edge_offloaded_requests",
+            "Inference requests worked on off the event loop now, waiting or running "
+            f"(at most {offload.max_inflight}, EDGEPUB_MAX_INFLIGHT; 503 past it).",
+            lambda: float(offload.inflight),
+        )
+        self.planners: dict[str, Callable[[Request], Plan]] = {
+            "infer": self._plan_pipeline,
+            "pipeline_infer": self._plan_pipeline,
+            "model_infer": self._plan_model,
+        }
+        self.handlers: dict[str, Callable[[Request], Reply]] = {
             "list_pipelines": self.list_pipelines,
             "list_models": self.list_models,
             "metrics": self.metrics_text,
@@ -96,64 +138,99 @@ class EdgeApp:
             "ready": self.ready,
             "model_metadata": self.model_metadata,
             "model_ready": self.model_ready,
-            "model_infer": self.model_infer,
         }
+
+    # --- the two shells ------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
         started = time.perf_counter()
         found = route(scope["path"])
-        request = Request(scope, receive, send, found)
-        if found is None:
-            protocol = "admin"
-        elif found.endpoint in _PIPELINE_ENDPOINTS:
-            protocol = "arrow" if request.media_type in _ARROW else "records"
-        else:
-            protocol = "oip" if found.endpoint in _OIP_ENDPOINTS else "admin"
-        flight = self.in_flight
+        request = Request(scope["method"], scope["path"], scope["headers"], found, receive, send)
+        protocol = _protocol(found, request.media_type)
         try:
             if found is None or request.method != found.method:
                 raise _refusal(request, found)
-            if found.method == "POST":
+            if found.endpoint in _INFER_ENDPOINTS:
+                flight = self.in_flight
                 flight[protocol] += 1
                 try:
-                    status = await self.handlers[found.endpoint](request)
+                    reply = await self._infer(request)
                 finally:
                     flight[protocol] -= 1
             else:
-                status = await self.handlers[found.endpoint](request)
+                reply = self.handlers[found.endpoint](request)
         except RequestError as exc:
-            status = exc.status
-            self.metrics.errors.inc((protocol, exc.code))
-            self.throttle.emit(
-                exc.code,
-                "request_refused",
-                status=status,
-                field=exc.field,
-                path=request.path,
-                protocol=protocol,
-                error=exc.message[:300],
-            )
-            # After a 413 the rest of the body is not worth reading: close instead.
-            extra = [(b"connection", b"close")] if isinstance(exc, PayloadTooLarge) else None
-            await request.respond(status, error_body(exc.message, exc.code, exc.field), extra=extra)
+            reply = self._refused(request, protocol, exc)
         except ClientGone:
             return
         except Exception as exc:
-            status = 500
-            self.metrics.errors.inc((protocol, "internal"))
-            self.throttle.emit(
-                "internal", "request_failed", level="error", exc_info=True, path=request.path
-            )
-            await request.respond(500, error_body(f"internal error: {exc}", "internal", None))
-        self.metrics.observe(protocol, status, time.perf_counter() - started)
+            reply = self._failed(request, protocol, exc)
+        await request.send_reply(reply)
+        self.metrics.observe(protocol, reply.status, time.perf_counter() - started)
 
-    # --- pandas-records and Arrow -------------------------------------------------------
+    def answer_now(
+        self, method: str, path: str, headers: Sequence[tuple[bytes, bytes]], body: bytes
+    ) -> Reply | None:
+        """The reply to a request whose whole (small) body is ``body``, or None (nothing
+        done) if it should be served over ASGI instead."""
+        started = time.perf_counter()
+        found = route(path)
+        request = Request(method, path, headers, found)
+        request.consumed = True
+        protocol = _protocol(found, request.media_type)
+        try:
+            if found is None or method != found.method:
+                raise _refusal(request, found)
+            if found.endpoint in _INFER_ENDPOINTS:
+                arrived = time.time_ns() // 1_000_000
+                plan = self.planners[found.endpoint](request)
+                done = self._infer_inline(plan, body, arrived)
+                if type(done) is Fed:
+                    return None  # a slow model: the ASGI path runs it off the loop
+                reply: Reply = done  # type: ignore[assignment]
+            else:
+                reply = self.handlers[found.endpoint](request)
+        except RequestError as exc:
+            reply = self._refused(request, protocol, exc)
+        except Exception as exc:
+            reply = self._failed(request, protocol, exc)
+        self.metrics.observe(protocol, reply.status, time.perf_counter() - started)
+        return reply
 
-    async def pipeline_infer(self, request: Request) -> int:
+    def _refused(self, request: Request, protocol: str, exc: RequestError) -> Reply:
+        status = exc.status
+        self.metrics.errors.inc((protocol, exc.code))
+        self.throttle.emit(
+            exc.code,
+            "request_refused",
+            status=status,
+            field=exc.field,
+            path=request.path,
+            protocol=protocol,
+            error=exc.message[:300],
+        )
+        # After a 413, or a 503 before the body was read, the rest of the body is not worth
+        # reading: close instead.
+        extra = exc.headers()
+        if isinstance(exc, PayloadTooLarge) or (
+            isinstance(exc, Overloaded) and not request.consumed
+        ):
+            extra.append(_CLOSE)
+        return Reply(status, error_body(exc.message, exc.code, exc.field), extra=extra or None)
+
+    def _failed(self, request: Request, protocol: str, exc: Exception) -> Reply:
+        self.metrics.errors.inc((protocol, "internal"))
+        self.throttle.emit(
+            "internal", "request_failed", level="error", exc_info=True, path=request.path
+        )
+        return Reply(500, error_body(f"internal error: {exc}", "internal", None))
+
+    # --- inference: pandas-records, Arrow, OIP ----------------------------------------
+
+    def _plan_pipeline(self, request: Request) -> Plan:
         """``POST /pipelines/<name>`` and ``POST /infer``: pandas-records JSON or Arrow."""
-        arrived = now_ms()
         service = self.service
         name = request.route.name  # type: ignore[union-attr]
         target = service.pipeline
@@ -161,128 +238,105 @@ class EdgeApp:
             target = service.current() if name is None else service.pipeline_named(name)
         kind = request.media_type
         if kind in _ARROW:
-            return await self._arrow_infer(request, target, arrived, kind)
+            ask = Ask(self.max_body, self.max_records, kind == arrow.STREAM, _arrow_reply(request))
+            return target, answers.arrow_feed, answers.arrow_answer, ask
         if kind not in _JSON_TYPES and not kind.endswith("+json"):
             raise UnsupportedMediaType(
                 f"Content-Type {kind!r} is not supported; send 'application/json; "
                 f"format=pandas-records', {arrow.FILE!r} or {arrow.STREAM!r}",
                 field="Content-Type",
             )
-        codec = records.codec(target)
-        body = await request.body(self.max_body)
-        feed, echoed = codec.to_feed(codec.decode(body, self.max_records))
-        count = len(next(iter(echoed.values()))) if echoed else 0
-        if sum(map(_SIZE, feed.values())) <= OFFLOAD_ELEMENTS:
-            outputs, elapsed = service.infer_now(target, feed, count, arrived, echoed)
-        else:
-            outputs, elapsed = await service.infer(target, feed, count, arrived, echoed)
-        metadata = records.Metadata(
-            target.last_model, target.version, elapsed, [], service.partition
-        )
-        if b"accept" in request.headers and _arrow_reply(request) is not None:
-            columns = {n: arrow.column_of(v) for n, v in echoed.items()}
-            return await self._arrow_answer(request, columns, outputs, count, arrived, metadata)
-        out = records.encode(echoed, outputs, count, arrived, metadata)
-        await request.respond(200, out, records.CONTENT_TYPE)
-        return 200
+        ask = self.ask
+        if b"accept" in request.headers:
+            ask = Ask(self.max_body, self.max_records, reply=_arrow_reply(request))
+        return target, answers.records_feed, answers.records_answer, ask
 
-    async def _arrow_infer(self, request: Request, target: Any, arrived: int, kind: str) -> int:
+    def _plan_model(self, request: Request) -> Plan:
+        """``POST /v2/models/<name>/infer``: the Open Inference Protocol."""
+        target = self._model(request)
+        split = request.int_header(oip.HEADER_LENGTH, "Inference-Header-Content-Length")
+        oip.check_media_type(request.media_type, split)
+        ask = self.ask if split is None else Ask(self.max_body, self.max_records, split=split)
+        return target, answers.oip_feed, answers.oip_answer, ask
+
+    def _infer_inline(self, plan: Plan, body: bytes, arrived: int) -> Reply | Fed:
+        """A small body's request on this thread: its reply, or (the model's measured cost
+        says the run would be slow) its feed, for a worker to finish."""
+        target, feeder, answerer, ask = plan
+        fed = feeder(target, body, ask)
+        cost = target.cost.ns_per_element
+        if cost < 0.0 or cost * fed.size > INLINE_RUN_NS:
+            return fed
+        return self._reply(answerer(self.service, target, fed, arrived, ask, len(body)))
+
+    def _reply(self, answer: Answer) -> Reply:
+        self.service.record(answer.event, answer.weight)
+        return Reply(200, answer.body, answer.content_type, answer.extra)
+
+    async def _infer(self, request: Request) -> Reply:
+        """Over ASGI: a small body as ``answer_now`` would; the rest off the loop, holding
+        one of ``EDGEPUB_MAX_INFLIGHT`` places (taken before a large body is read)."""
+        arrived = time.time_ns() // 1_000_000
+        plan = self.planners[request.route.endpoint](request)  # type: ignore[union-attr]
+        target, feeder, answerer, ask = plan
         service = self.service
-        body = await request.body(self.max_body)
-        table = arrow.decode(body, kind == arrow.STREAM, self.max_body, self.max_records)
-        feed, echoed = arrow.to_feed(table, target.inputs)
-        count = table.num_rows
-        outputs, elapsed = await service.infer(target, feed, count, arrived)
-        metadata = records.Metadata(
-            target.last_model, target.version, elapsed, [], service.partition
-        )
-        if _arrow_reply(request) is None:  # Accept asked for JSON
-            rows = {n: col.to_pylist() for n, col in echoed.items()}
-            out = records.encode(rows, outputs, count, arrived, metadata)
-            await request.respond(200, out, records.CONTENT_TYPE)
-            return 200
-        return await self._arrow_answer(request, echoed, outputs, count, arrived, metadata)
+        offload = service.offload
+        declared = request.length()
+        if declared is not None and declared <= INLINE_BYTES:
+            body = await request.body(self.max_body, declared)
+            done = self._infer_inline(plan, body, arrived)
+            if type(done) is not Fed:
+                return done  # type: ignore[return-value]
+            with offload.slot():
+                answer = await offload.run(answerer, service, target, done, arrived, ask, len(body))
+            return self._reply(answer)
+        check_length(declared, self.max_body)
+        with offload.slot():  # before reading: a 503 costs the edge nothing
+            parts = await request.body_parts(self.max_body, declared)
+            answer = await offload.run(
+                answers.whole, feeder, answerer, service, target, parts, arrived, ask
+            )
+        return self._reply(answer)
 
-    async def _arrow_answer(
-        self,
-        request: Request,
-        echoed: dict[str, Any],
-        outputs: dict[str, Any],
-        count: int,
-        arrived: int,
-        metadata: records.Metadata,
-    ) -> int:
-        reply = _arrow_reply(request) or arrow.FILE
-        meta = msgspec.structs.asdict(metadata)
-        out = arrow.encode(echoed, outputs, count, arrived, meta, reply == arrow.STREAM)
-        await request.respond(200, out, reply.encode())
-        return 200
+    # --- the rest ------------------------------------------------------------------------
 
-    async def list_pipelines(self, request: Request) -> int:
+    def list_pipelines(self, request: Request) -> Reply:
         pipeline = self.service.pipeline
         items = [] if pipeline is None else [{"id": pipeline.name, "status": "Running"}]
-        await request.respond_json(200, {"pipelines": items})
-        return 200
+        return json_reply(200, {"pipelines": items})
 
-    async def list_models(self, request: Request) -> int:
+    def list_models(self, request: Request) -> Reply:
         pipeline = self.service.pipeline
         models = [
             {"name": m.name, "sha": m.sha256, "status": "Running", "version": m.version}
             for m in (pipeline.models if pipeline is not None else ())
         ]
-        await request.respond_json(200, {"models": models})
-        return 200
+        return json_reply(200, {"models": models})
 
-    async def metrics_text(self, request: Request) -> int:
-        await request.respond(200, self.metrics.render().encode(), _PROMETHEUS)
-        return 200
+    def metrics_text(self, request: Request) -> Reply:
+        return Reply(200, self.metrics.render().encode(), _PROMETHEUS)
 
-    # --- Open Inference Protocol ---------------------------------------------------------
+    def server_metadata(self, request: Request) -> Reply:
+        return json_reply(200, oip.server_metadata())
 
-    async def server_metadata(self, request: Request) -> int:
-        await request.respond_json(200, oip.server_metadata())
-        return 200
+    def live(self, request: Request) -> Reply:
+        return json_reply(200, {"live": True})
 
-    async def live(self, request: Request) -> int:
-        await request.respond_json(200, {"live": True})
-        return 200
-
-    async def ready(self, request: Request) -> int:
+    def ready(self, request: Request) -> Reply:
         ready = self.service.ready
         body: dict[str, Any] = {"ready": ready}
         if not ready:
             body["reason"] = self.service.waiting_reason
-        status = 200 if ready else 503
-        await request.respond_json(status, body)
-        return status
+        return json_reply(200 if ready else 503, body)
 
     def _model(self, request: Request) -> Any:
         found = request.route
         assert found is not None  # routed requests only
         return self.service.model_named(found.name or "", found.version)
 
-    async def model_metadata(self, request: Request) -> int:
-        await request.respond_json(200, oip.model_metadata(self._model(request)))
-        return 200
+    def model_metadata(self, request: Request) -> Reply:
+        return json_reply(200, oip.model_metadata(self._model(request)))
 
-    async def model_ready(self, request: Request) -> int:
+    def model_ready(self, request: Request) -> Reply:
         target = self._model(request)
-        await request.respond_json(200, {"name": target.name, "ready": True})
-        return 200
-
-    async def model_infer(self, request: Request) -> int:
-        arrived = now_ms()
-        target = self._model(request)
-        split = request.int_header(oip.HEADER_LENGTH, "Inference-Header-Content-Length")
-        oip.check_media_type(request.media_type, split)
-        body = await request.body(self.max_body)
-        parsed, binary = oip.decode(body, split)
-        feed, count = oip.to_feed(parsed, binary, target.inputs, self.max_records)
-        outputs, _ = await self.service.infer(target, feed, count, arrived)
-        out, header_length = oip.encode(target, parsed, outputs)
-        if header_length is None:
-            await request.respond(200, out)
-        else:
-            length = (oip.HEADER_LENGTH, b"%d" % header_length)
-            await request.respond(200, out, _OCTETS, extra=[length])
-        return 200
+        return json_reply(200, {"name": target.name, "ready": True})

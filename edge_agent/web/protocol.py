@@ -15,11 +15,22 @@ response), and accepts connections until file descriptors run out. Here:
 Each refusal is counted in ``edgepub_edge_request_errors_total{protocol="http",code=...}``
 and logged through a ``LogThrottle``. The timers are armed only when a read leaves headers
 or body incomplete, so a request that arrives in one read costs no timer at all.
+
+The quick path: uvicorn's per-request machinery (a task, a request-response cycle, ASGI
+messages, header checks) costs more than a small inference itself. A GET or POST on an
+idle keep-alive HTTP/1.1 connection, with no ``Expect``, is held back from uvicorn at its
+headers; its body (up to ``QUICK_BYTES``) is kept here, and once complete the app's
+``answer_now`` answers it on the spot and the reply is written straight to the transport.
+When the app declines (its answer needs the event loop: a slow model), when the body grows
+past ``QUICK_BYTES``, or when anything about the request is unusual, the request is handed
+to uvicorn as if it had just arrived, headers and body so far, and served over ASGI.
 """
 
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import httptools
@@ -27,11 +38,15 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from ..config import HttpLimits
 from ..metrics import EdgeMetrics
-from .exchange import error_body
+from ..offload import INLINE_BYTES
+from .exchange import Reply, error_body
 from .throttle import LogThrottle
 
 # where a connection is in its current request
 _IDLE, _HEADERS, _BODY = 0, 1, 2
+QUICK_BYTES = INLINE_BYTES  # a body up to this may be answered without ASGI
+_QUICK_METHODS = (b"GET", b"POST")
+Quick = Callable[[str, str, Sequence[tuple[bytes, bytes]], bytes], Reply | None]
 
 
 def canned(status: int, message: str, code: str, field: str | None) -> bytes:
@@ -44,11 +59,15 @@ def canned(status: int, message: str, code: str, field: str | None) -> bytes:
 class Gate:
     """What every connection of one server shares: its limits, the count, the refusals."""
 
-    def __init__(self, limits: HttpLimits, metrics: EdgeMetrics, log: Any) -> None:
+    def __init__(
+        self, limits: HttpLimits, metrics: EdgeMetrics, log: Any, quick: Quick | None = None
+    ) -> None:
         self.limits = limits
         self.metrics = metrics
         self.throttle = LogThrottle(log)
+        self.quick = quick  # the app's answer_now: the quick path (none: ASGI only)
         self.open = 0
+        self.answered_quick = 0  # requests answered on the quick path
 
     def refused(self, code: str, status: int, message: str, client: Any) -> None:
         self.metrics.errors.inc(("http", code))
@@ -72,6 +91,9 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         self._phase = _HEADERS  # a new connection owes its first request's headers
         self._received = 0  # bytes read while headers were incomplete
         self._deadline: asyncio.TimerHandle | None = None
+        self._quick: list[bytes] | None = None  # the body so far, on the quick path
+        self._quick_size = 0
+        self._close_after = False  # shutting down: close once the quick answer is out
 
     # --- connection ------------------------------------------------------------------------
 
@@ -94,6 +116,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._quick = None
         if not self._admitted:
             return
         self._admitted = False
@@ -101,20 +124,27 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if not self._admitted or self.parser is None:
+        # On every request's path: locals, and the usual case (a request that arrived
+        # whole, leaving the connection idle) decided first.
+        parser = self.parser
+        if parser is None or not self._admitted:
             return
-        self._unset_keepalive_if_required()
+        if self.timeout_keep_alive_task is not None:
+            self._unset_keepalive_if_required()
         if self._phase != _BODY:
             self._received += len(data)
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             pass  # no protocol upgrades here: the request is served as plain HTTP/1.1
         except httptools.HttpParserError as exc:
             self._refuse(400, "invalid_http", f"not a valid HTTP/1.1 request: {exc}", None)
             return
+        phase = self._phase
+        if phase == _IDLE:
+            return
         limits = self.gate.limits
-        if self._phase == _HEADERS:
+        if phase == _HEADERS:
             if self._received > limits.max_header_bytes:
                 message = (
                     f"request line and headers exceed {limits.max_header_bytes} bytes "
@@ -123,21 +153,35 @@ class EdgeHttpProtocol(HttpToolsProtocol):
                 self._refuse(431, "header_too_large", message, "headers")
             elif self._deadline is None:
                 self._arm(limits.header_timeout_s, self._headers_late)
-        elif self._phase == _BODY and self._deadline is None:
+        elif self._deadline is None:
             self._arm(limits.body_timeout_s, self._body_late)
 
-    # --- parser callbacks ------------------------------------------------------------------
+    # --- parser callbacks (each calls its base directly: cheaper than super()) -------------
 
     def on_message_begin(self) -> None:
         self._phase = _HEADERS
-        super().on_message_begin()
+        HttpToolsProtocol.on_message_begin(self)
 
     def on_headers_complete(self) -> None:
-        if self._deadline is not None:  # (inline: on every request's path)
+        if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
         self._phase = _BODY
-        super().on_headers_complete()
+        if self._may_be_quick():
+            self._quick = []
+            self._quick_size = 0
+            return
+        HttpToolsProtocol.on_headers_complete(self)
+
+    def on_body(self, body: bytes) -> None:
+        quick = self._quick
+        if quick is None:
+            HttpToolsProtocol.on_body(self, body)
+            return
+        self._quick_size += len(body)
+        quick.append(body)
+        if self._quick_size > QUICK_BYTES:
+            self._to_asgi()
 
     def on_message_complete(self) -> None:
         if self._deadline is not None:
@@ -145,7 +189,84 @@ class EdgeHttpProtocol(HttpToolsProtocol):
             self._deadline = None
         self._phase = _IDLE
         self._received = 0
-        super().on_message_complete()
+        quick = self._quick
+        if quick is not None:
+            self._quick = None
+            if self._answer_now(quick):
+                return
+            self._quick = quick
+            self._to_asgi()
+        HttpToolsProtocol.on_message_complete(self)
+
+    def shutdown(self) -> None:
+        if self._quick is not None:  # answer the request being read, then close
+            self._close_after = True
+            return
+        super().shutdown()
+
+    # --- the quick path --------------------------------------------------------------------
+
+    def _may_be_quick(self) -> bool:
+        for name, value in self.headers:  # a large body goes to ASGI now: admission first
+            if name == b"content-length" and (len(value) > 5 or int(value) > QUICK_BYTES):
+                return False
+        cycle = self.cycle
+        parser = self.parser
+        return (
+            self.gate.quick is not None
+            and (cycle is None or cycle.response_complete)  # nothing before it to answer
+            and not self.flow.write_paused
+            and not self.expect_100_continue
+            and parser.get_method() in _QUICK_METHODS
+            and parser.get_http_version() == "1.1"
+            and parser.should_keep_alive()
+            and not parser.should_upgrade()
+        )
+
+    def _to_asgi(self) -> None:
+        """Hand the request to uvicorn as if its headers had just arrived, with the body
+        read so far."""
+        parts, self._quick = self._quick or [], None
+        HttpToolsProtocol.on_headers_complete(self)
+        for part in parts:
+            HttpToolsProtocol.on_body(self, part)
+
+    def _answer_now(self, parts: list[bytes]) -> bool:
+        """Answer from here if the app can; False (nothing done) if it cannot."""
+        try:
+            raw = httptools.parse_url(self.url).path.decode("ascii")
+        except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
+            return False  # uvicorn decides what to make of it
+        path = urllib.parse.unquote(raw) if "%" in raw else raw
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        method = self.parser.get_method().decode("ascii")
+        quick = self.gate.quick
+        assert quick is not None  # (_may_be_quick)
+        reply = quick(method, self.root_path + path, self.headers, body)
+        if reply is None:
+            return False
+        self._write(reply)
+        self.gate.answered_quick += 1
+        return True
+
+    def _write(self, reply: Reply) -> None:
+        body = reply.body if isinstance(reply.body, bytes) else b"".join(reply.body)
+        head = [STATUS_LINE[reply.status]]
+        for name, value in self.server_state.default_headers:  # the date (uvicorn's)
+            head += (name, b": ", value, b"\r\n")
+        head.append(b"content-type: %s\r\n" % reply.content_type)
+        head.append(b"content-length: %d\r\n" % len(body))
+        close = self._close_after
+        for name, value in reply.extra or ():
+            head += (name, b": ", value, b"\r\n")
+            close = close or (name == b"connection" and value == b"close")
+        head += (b"\r\n", body)
+        self.transport.write(b"".join(head))
+        if close:
+            self.server_state.total_requests += 1
+            self.transport.close()
+        else:
+            self.on_response_complete()  # keep-alive timer, as after any answer
 
     # --- deadlines -------------------------------------------------------------------------
 
@@ -178,8 +299,14 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         transport = self.transport
         if transport.is_closing():
             return
-        cycle = self.cycle
-        started = cycle is not None and cycle.response_started
+        cycle = self.cycle  # the current request's, or the last one's if it was answered
+        started = (
+            self._quick is None
+            and cycle is not None
+            and cycle.response_started
+            and not cycle.response_complete
+        )
+        self._quick = None
         if answer and not started:
             transport.write(canned(status, message, code, field))
         if cycle is not None:  # the app, if still reading or about to answer, sees a disconnect

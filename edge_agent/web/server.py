@@ -5,7 +5,8 @@ measured alike (~20 k req/s at c16), and uvicorn adds the least: no framework, g
 shutdown of in-flight requests, small RSS. The agent owns the signals: uvicorn's own
 handler would re-raise SIGTERM after a graceful stop and the process would not exit 0.
 
-The HTTP protocol is uvicorn's httptools one with the bounds it lacks (``protocol.py``).
+The HTTP protocol is uvicorn's httptools one with the bounds it lacks, and a quick path
+that answers a small request arriving whole without an ASGI task (``protocol.py``).
 """
 
 from __future__ import annotations
@@ -55,9 +56,15 @@ def make_server(app: EdgeApp, config: AgentConfig) -> EdgeServer:
             used=limits.max_connections,
             fd_limit=soft,
         )
-    gate = Gate(limits, app.metrics, log)
+    gate = Gate(limits, app.metrics, log, quick=app.answer_now)
     app.metrics.gauge(
         "edgepub_edge_open_connections", "HTTP connections open now.", lambda: float(gate.open)
+    )
+    app.metrics.gauge(
+        "edgepub_edge_quick_requests_total",
+        "Requests that arrived whole and were answered at once, without an ASGI task.",
+        lambda: float(gate.answered_quick),
+        kind="counter",
     )
     return EdgeServer(
         uvicorn.Config(

@@ -162,6 +162,9 @@ def test_defaults() -> None:
     )
     assert cfg.max_body_bytes == 64 << 20 and cfg.bundle is None
     assert cfg.max_records == 100_000
+    assert (cfg.handoff_capacity, cfg.handoff_bytes) == (10_000, 64 << 20)
+    assert cfg.max_inflight is None and cfg.inflight_limit == 8  # 8 per CONFIG_CPUS worker
+    assert parse_env(env(CONFIG_CPUS="2.5")).inflight_limit == 16
     assert cfg.http == HttpLimits(
         max_header_bytes=32 << 10,
         header_timeout_s=10,
@@ -180,9 +183,12 @@ def test_the_request_bounds() -> None:
             EDGEPUB_BODY_TIMEOUT_S="3",
             EDGEPUB_KEEP_ALIVE_S="4",
             EDGEPUB_MAX_CONNECTIONS="50",
+            EDGEPUB_MAX_INFLIGHT="3",
+            EDGEPUB_LOG_QUEUE_BYTES="1Mi",
         )
     )
     assert cfg.max_records == 5000
+    assert cfg.inflight_limit == 3 and cfg.handoff_bytes == 1 << 20
     assert cfg.http == HttpLimits(
         max_header_bytes=8192,
         header_timeout_s=2,
@@ -239,6 +245,9 @@ def test_a_loopback_registry_is_plain_http() -> None:
         ({"EDGEPUB_KEEP_ALIVE_S": "forever"}, ["EDGEPUB_KEEP_ALIVE_S='forever'"]),
         ({"EDGEPUB_MAX_CONNECTIONS": "²"}, ["EDGEPUB_MAX_CONNECTIONS='²'"]),
         ({"EDGEPUB_LOG_FORMAT": "xml"}, ["EDGEPUB_LOG_FORMAT='xml'"]),
+        ({"EDGEPUB_MAX_INFLIGHT": "0"}, ["EDGEPUB_MAX_INFLIGHT='0'", "from 1"]),
+        ({"EDGEPUB_MAX_INFLIGHT": "many"}, ["EDGEPUB_MAX_INFLIGHT='many'"]),
+        ({"EDGEPUB_LOG_QUEUE_BYTES": "64MB"}, ["EDGEPUB_LOG_QUEUE_BYTES='64MB'", "Mi"]),
     ],
 )
 def test_each_bad_value_is_named(values: dict[str, str], words: list[str]) -> None:
