@@ -7,8 +7,8 @@ import asyncio
 import sys
 
 from edgepub.services.stack.probes import nats_ready, registry_ready
-from edgepub.shared.stack_file import load_stack_info
 from edgepub.shared.errors import ConfigError
+from edgepub.shared.stack_file import load_stack_info
 
 
 async def problem() -> str | None:

@@ -18,8 +18,8 @@ import pytest
 
 from edgepub import Client
 from edgepub.samples import house_price_model
-from edgepub.shared.stack_file import StackInfo
 from edgepub.shared.artifact import parse_reference
+from edgepub.shared.stack_file import StackInfo
 from support import docker
 from support.procs import free_port
 from support.servers import registry_get
