@@ -180,17 +180,21 @@ class Agent:
             max_inflight=self.config.inflight_limit,
         )
 
-        def load() -> Pipeline:
+        def load() -> tuple[Pipeline, bool]:
             self.cache.verify(cached)
-            return load_pipeline(cached.definition, cached.models_dir, self.config.intra_op_threads)
+            loaded = load_pipeline(
+                cached.definition, cached.models_dir, self.config.intra_op_threads
+            )
+            return loaded, loaded.warm_up()
 
-        pipeline = await in_thread(load)
+        pipeline, warm = await in_thread(load)
         self.service.pipeline = pipeline
         self.log.info(
             "engine_ready",
             port=self.config.port,
             digest=cached.source.manifest_digest,
             models=[m.name for m in pipeline.models],
+            run_ns_per_element=round(pipeline.cost.ns_per_element, 1) if warm else None,
         )
         return pipeline
 

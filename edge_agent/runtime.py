@@ -80,6 +80,30 @@ class Pipeline:
         self.single = self.steps[0] if len(self.steps) == 1 else None  # the one-step fast path
         self.cost = RunCost()  # measured by every run, to decide where the next one runs
 
+    def warm_up(self) -> bool:
+        """Run once on zeros of the declared shapes (free dimensions 1), off the event loop
+        at load: onnxruntime's first-run allocations are made, and the run's cost is
+        measured before the first request, so a burst of first requests is not all sent to
+        the workers (and, past EDGEPUB_MAX_INFLIGHT, refused). False if the model refuses
+        zeros: its first request is measured instead."""
+        records = self.fixed_batch or 1
+        feed = {
+            spec.name: np.zeros(
+                [records] + [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape[1:]],
+                dtype=numpy_dtype(spec.dtype),
+            )
+            for spec in self.inputs
+        }
+        for name, spec in zip(feed, self.inputs, strict=True):
+            if spec.dtype == "string":
+                feed[name][...] = ""
+        try:
+            _, elapsed = self.run(feed, records)
+        except Exception:  # onnxruntime's own untyped errors: the cost stays unmeasured
+            return False
+        self.cost.observe(sum(a.size for a in feed.values()), sum(elapsed))
+        return True
+
     def step_named(self, model_name: str) -> Pipeline:
         """A one-step view (OIP ``/v2/models/<model>``) sharing this pipeline's session."""
         view = self.memo.get(f"step:{model_name}")

@@ -9,7 +9,8 @@ response), and accepts connections until file descriptors run out. Here:
 - headers not complete ``header_timeout_s`` after the connection opened (or after the first
   byte of a later request): 408, closed (closed quietly if nothing was sent);
 - a body not complete ``body_timeout_s`` after its headers: 408, closed;
-- idle ``keep_alive_s`` between requests: closed (uvicorn's own timer);
+- idle ``keep_alive_s`` between requests: closed (one timer per connection, moved on
+  rather than made anew for every request as uvicorn's is);
 - bytes that are not HTTP: 400, closed.
 
 Each refusal is counted in ``edgepub_edge_request_errors_total{protocol="http",code=...}``
@@ -68,6 +69,16 @@ class Gate:
         self.quick = quick  # the app's answer_now: the quick path (none: ASGI only)
         self.open = 0
         self.answered_quick = 0  # requests answered on the quick path
+        self._defaults: tuple[list[tuple[bytes, bytes]] | None, bytes] = (None, b"")
+
+    def default_lines(self, headers: list[tuple[bytes, bytes]]) -> bytes:
+        """uvicorn's default headers (the date) as lines, remade when uvicorn renews them
+        (its server replaces the list once a second)."""
+        seen, lines = self._defaults
+        if seen is not headers:
+            lines = b"".join(b"%s: %s\r\n" % pair for pair in headers)
+            self._defaults = (headers, lines)
+        return lines
 
     def refused(self, code: str, status: int, message: str, client: Any) -> None:
         self.metrics.errors.inc(("http", code))
@@ -94,6 +105,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         self._quick: list[bytes] | None = None  # the body so far, on the quick path
         self._quick_size = 0
         self._close_after = False  # shutting down: close once the quick answer is out
+        self._idle_since = 0.0  # when the last answer went out (keep-alive)
 
     # --- connection ------------------------------------------------------------------------
 
@@ -129,8 +141,6 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         parser = self.parser
         if parser is None or not self._admitted:
             return
-        if self.timeout_keep_alive_task is not None:
-            self._unset_keepalive_if_required()
         if self._phase != _BODY:
             self._received += len(data)
         try:
@@ -160,7 +170,18 @@ class EdgeHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         self._phase = _HEADERS
+        # uvicorn's, but for its ASGI scope, built only for a request served over ASGI
+        # (``_scoped``): the quick path does without
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+
+    def _scoped(self) -> None:
+        """uvicorn's scope for this request, its URL and headers as already parsed."""
+        url, headers, expect = self.url, self.headers, self.expect_100_continue
         HttpToolsProtocol.on_message_begin(self)
+        self.url, self.headers, self.expect_100_continue = url, headers, expect
+        self.scope["headers"] = headers
 
     def on_headers_complete(self) -> None:
         if self._deadline is not None:
@@ -171,6 +192,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
             self._quick = []
             self._quick_size = 0
             return
+        self._scoped()
         HttpToolsProtocol.on_headers_complete(self)
 
     def on_body(self, body: bytes) -> None:
@@ -197,6 +219,39 @@ class EdgeHttpProtocol(HttpToolsProtocol):
             self._quick = quick
             self._to_asgi()
         HttpToolsProtocol.on_message_complete(self)
+
+    def on_response_complete(self) -> None:
+        # uvicorn's, but its keep-alive timer is armed once and then only moved on (not made
+        # and cancelled for every request): ``_keep_alive_due`` closes an idle connection
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_since = self.loop.time()
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self._keep_alive_due
+            )
+
+    def _keep_alive_due(self) -> None:
+        self.timeout_keep_alive_task = None
+        cycle = self.cycle
+        idle = (
+            self._phase == _IDLE
+            and self._quick is None
+            and (cycle is None or cycle.response_complete)
+        )
+        left = self.timeout_keep_alive - (self.loop.time() - self._idle_since)
+        if idle and left <= 0:
+            self.timeout_keep_alive_handler()
+            return
+        self.timeout_keep_alive_task = self.loop.call_later(
+            left if idle else self.timeout_keep_alive, self._keep_alive_due
+        )
 
     def shutdown(self) -> None:
         if self._quick is not None:  # answer the request being read, then close
@@ -227,6 +282,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         """Hand the request to uvicorn as if its headers had just arrived, with the body
         read so far."""
         parts, self._quick = self._quick or [], None
+        self._scoped()
         HttpToolsProtocol.on_headers_complete(self)
         for part in parts:
             HttpToolsProtocol.on_body(self, part)
@@ -251,11 +307,11 @@ class EdgeHttpProtocol(HttpToolsProtocol):
 
     def _write(self, reply: Reply) -> None:
         body = reply.body if isinstance(reply.body, bytes) else b"".join(reply.body)
-        head = [STATUS_LINE[reply.status]]
-        for name, value in self.server_state.default_headers:  # the date (uvicorn's)
-            head += (name, b": ", value, b"\r\n")
-        head.append(b"content-type: %s\r\n" % reply.content_type)
-        head.append(b"content-length: %d\r\n" % len(body))
+        head = [
+            STATUS_LINE[reply.status],
+            self.gate.default_lines(self.server_state.default_headers),
+        ]
+        head.append(b"content-type: %s\r\ncontent-length: %d\r\n" % (reply.content_type, len(body)))
         close = self._close_after
         for name, value in reply.extra or ():
             head += (name, b": ", value, b"\r\n")

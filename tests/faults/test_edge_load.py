@@ -210,3 +210,4 @@ def test_small_requests_are_answered_at_once_validated_counted_and_logged(
         answers = [read_until_length(sock), read_until_length(sock)]
     counts = [len(json.loads(a.partition(b"\r\n\r\n")[2])) for a in answers]
     assert counts == [1, 3]
+    assert all(b"\r\ndate: " in a.partition(b"\r\n\r\n")[0] for a in answers)

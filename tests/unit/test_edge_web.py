@@ -14,7 +14,8 @@ from uvicorn.server import ServerState
 
 from edgepub.edge_agent.config import HttpLimits
 from edgepub.edge_agent.metrics import EdgeMetrics
-from edgepub.edge_agent.web.protocol import Gate, bound_to, canned
+from edgepub.edge_agent.web.exchange import Reply
+from edgepub.edge_agent.web.protocol import QUICK_BYTES, Gate, bound_to, canned
 from edgepub.edge_agent.web.server import FD_RESERVE, fit_descriptors
 from edgepub.edge_agent.web.throttle import LogThrottle
 
@@ -110,14 +111,19 @@ async def ok_app(scope: Any, receive: Any, send: Any) -> None:
 
 
 class Server:
-    def __init__(self, **limits: Any) -> None:
+    def __init__(self, quick: Any = None, keep_alive: int = 5, **limits: Any) -> None:
         self.metrics = EdgeMetrics()
         import structlog
 
-        self.gate = Gate(HttpLimits(**limits), self.metrics, structlog.get_logger("t"))
+        self.gate = Gate(HttpLimits(**limits), self.metrics, structlog.get_logger("t"), quick)
         self.cls = bound_to(self.gate)
         self.config = uvicorn.Config(
-            ok_app, http=self.cls, ws="none", lifespan="off", log_config=None
+            ok_app,
+            http=self.cls,
+            ws="none",
+            lifespan="off",
+            log_config=None,
+            timeout_keep_alive=keep_alive,
         )
         self.config.load()
         self.state = ServerState()
@@ -248,5 +254,101 @@ def test_bytes_that_are_not_http_get_a_400() -> None:
         t.protocol.data_received(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # TLS hello
         assert t.closed and t.out.startswith(b"HTTP/1.1 400")
         assert server.errors("invalid_http") == 1
+
+    run(go())
+
+
+# --- the quick path ---------------------------------------------------------------------------
+
+
+class Quick:
+    """An app's ``answer_now``: answers what it is given, but for the paths it declines."""
+
+    def __init__(self, decline: str = "/slow") -> None:
+        self.seen: list[tuple[str, str, bytes]] = []
+        self.decline = decline
+
+    def __call__(self, method: str, path: str, headers: Any, body: bytes) -> Reply | None:
+        if path == self.decline:
+            return None
+        self.seen.append((method, path, body))
+        return Reply(200, b'{"quick":"%s"}' % body, extra=[(b"x-quick", b"1")])
+
+
+def post(path: bytes, body: bytes) -> bytes:
+    return b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (path, len(body), body)
+
+
+def test_a_small_request_is_answered_at_once_and_in_order() -> None:
+    async def go() -> None:
+        quick = Quick()
+        server = Server(quick)
+        t = server.connect()
+        t.protocol.data_received(post(b"/a", b"1") + post(b"/b", b"22")[:30])
+        assert b'{"quick":"1"}' in t.out and server.gate.answered_quick == 1  # no task
+        t.protocol.data_received(post(b"/b", b"22")[30:])
+        answers = t.out.split(b"HTTP/1.1 200 OK\r\n")[1:]
+        assert [a.rsplit(b"\r\n\r\n", 1)[1] for a in answers] == [
+            b'{"quick":"1"}',
+            b'{"quick":"22"}',
+        ]
+        assert b"x-quick: 1" in answers[0]
+        assert quick.seen == [("POST", "/a", b"1"), ("POST", "/b", b"22")] and not t.closed
+
+    run(go())
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        post(b"/slow", b"x"),  # the app declines: served over ASGI, body and all
+        post(b"/big", b"x" * (QUICK_BYTES + 1)),  # too large for the quick path
+        b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"%x\r\n" % (QUICK_BYTES + 10)
+        + b"y" * (QUICK_BYTES + 10)
+        + b"\r\n0\r\n\r\n",
+        b"POST /e HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx",
+        b"PUT /p HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx",
+        b"POST /h HTTP/1.0\r\nHost: x\r\nContent-Length: 1\r\n\r\nx",
+    ],
+    ids=["declined", "large", "chunked", "expect", "put", "http-1.0"],
+)
+def test_what_the_quick_path_does_not_take_is_served_over_asgi(raw: bytes) -> None:
+    async def go() -> None:
+        quick = Quick()
+        server = Server(quick)
+        t = server.connect()
+        t.protocol.data_received(raw)
+        await asyncio.sleep(0.05)
+        assert t.out.endswith(b"ok") and b"quick" not in t.out  # ok_app's answer
+        assert server.gate.answered_quick == 0 and not quick.seen
+
+    run(go())
+
+
+def test_a_quick_body_that_does_not_arrive_in_time_gets_its_408() -> None:
+    async def go() -> None:
+        server = Server(Quick(), body_timeout_s=0.05)
+        t = server.connect()
+        t.protocol.data_received(post(b"/a", b"1"))  # one answered request first
+        t.protocol.data_received(post(b"/b", b"12345")[:-2])
+        await asyncio.sleep(0.2)
+        assert t.closed and t.out.count(b"HTTP/1.1 408") == 1
+
+    run(go())
+
+
+def test_an_idle_connection_is_closed_after_keep_alive_but_not_a_busy_one() -> None:
+    async def go() -> None:
+        server = Server(Quick(), keep_alive=1)
+        idle, busy = server.connect(), server.connect()
+        idle.protocol.data_received(post(b"/a", b"1"))
+        busy.protocol.data_received(post(b"/a", b"1"))
+        for _ in range(12):  # busy: a request every 0.1 s, so never idle for 1 s
+            await asyncio.sleep(0.1)
+            busy.protocol.data_received(post(b"/a", b"1"))
+        assert idle.closed and not busy.closed
+        await asyncio.sleep(1.5)
+        assert busy.closed
 
     run(go())
