@@ -81,6 +81,9 @@ def test_start_up_tells_the_seed_story(deployment: Deployment) -> None:
     assert layer["pipeline"] == PIPELINE and layer["pipeline_version"]
     engine = next(e for e in deployment.agent.events() if e["event"] == "starting_engine")
     assert engine["intra_op_threads"] == 2  # CONFIG_CPUS
+    assert engine["max_inflight"] == 16  # 8 per worker thread
+    ready = next(e for e in deployment.agent.events() if e["event"] == "engine_ready")
+    assert ready["run_ns_per_element"] > 0  # measured at load, before the first request
     log = deployment.agent.child.log_text()
     assert deployment.agent.env["OCI_PASSWORD"] not in log
 
