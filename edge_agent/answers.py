@@ -191,7 +191,8 @@ def _arrow_body(
 
 
 def oip_feed(target: Pipeline, body: bytes, ask: Ask) -> Fed:
-    parsed, binary = oip.decode(body, ask.split)
+    decode = oip.decode if len(body) <= INLINE_BYTES else oip.decode_large
+    parsed, binary = decode(body, ask.split)
     feed, count = oip.to_feed(parsed, binary, target.inputs, ask.max_records)
     return Fed(feed, parsed, count, elements(feed))
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -28,6 +29,7 @@ from edgepub.shared.version import VERSION
 from ..errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from ..runtime import Pipeline
 from ..tensors import DTYPES_BY_OIP, OIP_DATATYPES, check_shape, convert, numpy_dtype
+from . import pieces
 
 HEADER_LENGTH = b"inference-header-content-length"
 PLATFORM = "onnxruntime_onnx"
@@ -84,21 +86,32 @@ def version_of(target: Pipeline) -> str:
 
 def decode(body: bytes, header_length: int | None) -> tuple[InferRequest, memoryview]:
     """The JSON part (validated) and the binary part (possibly empty)."""
+    split = _split(body, header_length)
+    view = memoryview(body)
+    return _checked(_header(view[:split])), view[split:]
+
+
+def _split(body: bytes, header_length: int | None) -> int:
     if header_length is not None and not 0 < header_length <= len(body):
         raise BadRequest(
             f"Inference-Header-Content-Length={header_length} does not fit a {len(body)}-byte body",
             field="Inference-Header-Content-Length",
         )
-    split = len(body) if header_length is None else header_length
-    view = memoryview(body)
+    return len(body) if header_length is None else header_length
+
+
+def _header(json: bytes | memoryview) -> InferRequest:
     try:
-        request = _request_decoder.decode(view[:split])
+        return _request_decoder.decode(json)
     except msgspec.ValidationError as exc:
         raise BadRequest(f"invalid inference request: {exc}", field="inputs") from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}", field="body") from None
     except RecursionError:  # msgspec's guard against nesting past the C stack
         raise BadRequest("request body nests JSON too deeply", field="body") from None
+
+
+def _checked(request: InferRequest) -> InferRequest:
     if not request.inputs:
         raise BadRequest("the request has no inputs", field="inputs")
     seen: set[str] = set()
@@ -106,7 +119,82 @@ def decode(body: bytes, header_length: int | None) -> tuple[InferRequest, memory
         if tensor.name in seen:
             raise BadRequest(f"input {tensor.name!r} is named twice", field=tensor.name)
         seen.add(tensor.name)
-    return request, view[split:]
+    return request
+
+
+# --- a large JSON body: each input's flat list of numbers a piece at a time ---------------
+
+_DATA = b'"data"'
+_VALUE = re.compile(rb"\s*:\s*\[")
+_PLACE = "\x00edgepub-data:"  # no client sends a NUL in a "data" string by accident
+_NUMBERS: dict[str, Any] = {"BOOL": msgspec.json.Decoder(list[bool]).decode}
+_NUMBERS.update(dict.fromkeys(("FP16", "FP32", "FP64"), msgspec.json.Decoder(list[float]).decode))
+_NUMBERS.update(
+    dict.fromkeys(
+        ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"),
+        msgspec.json.Decoder(list[int]).decode,
+    )
+)
+
+
+def _data_spans(body: bytes, split: int, least: int) -> list[tuple[int, int]]:
+    """Where the ``"data": [...]`` flat lists of numbers of at least ``least`` bytes are."""
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    while (at := body.find(_DATA, pos, split)) != -1:
+        found = _VALUE.match(body, at + len(_DATA), split)
+        if found is None:
+            pos = at + len(_DATA)
+            continue
+        start = found.end() - 1
+        end = body.find(b"]", start, split) + 1
+        if end == 0:
+            break
+        flat = body.find(b"[", start + 1, end) == -1 and body.find(b'"', start, end) == -1
+        if flat and end - start >= least:
+            spans.append((start, end))
+        pos = end
+    return spans
+
+
+def decode_large(body: bytes, header_length: int | None) -> tuple[InferRequest, memoryview]:
+    """``decode`` for a large body, holding the GIL for no long call: the JSON with each
+    large flat ``data`` list set aside is decoded (validated) first, then each list a
+    piece at a time into an array (``pieces.decode_numbers``). Anything unusual (a
+    ``data`` key elsewhere than an input's, a list that is not flat numbers) is decoded
+    whole, as ``decode`` does, with its errors."""
+    split = _split(body, header_length)
+    spans = _data_spans(body, split, pieces.PIECE_BYTES)
+    if not spans:
+        return decode(body, header_length)
+    parts: list[bytes] = []
+    at = 0
+    for index, (start, end) in enumerate(spans):
+        parts += (body[at:start], b'"\\u0000edgepub-data:%d"' % index)
+        at = end
+    parts.append(body[at:split])
+    try:
+        request = _header(b"".join(parts))
+        inputs = [_filled(tensor, body, spans) for tensor in request.inputs]
+    except (BadRequest, KeyError, ValueError, TypeError, OverflowError, msgspec.MsgspecError):
+        return decode(body, header_length)  # its own message, of the body as sent
+    if sorted(i for i, _ in inputs if i is not None) != list(range(len(spans))):
+        return decode(body, header_length)
+    request = msgspec.structs.replace(request, inputs=[tensor for _, tensor in inputs])
+    return _checked(request), memoryview(body)[split:]
+
+
+def _filled(
+    tensor: InputTensor, body: bytes, spans: list[tuple[int, int]]
+) -> tuple[int | None, InputTensor]:
+    """(which span, the tensor with its data) for a tensor whose data was set aside."""
+    data = tensor.data
+    if not (isinstance(data, str) and data.startswith(_PLACE)):
+        return None, tensor
+    index = int(data[len(_PLACE) :])
+    start, end = spans[index]
+    numbers = pieces.decode_numbers(body, start, end, _NUMBERS[tensor.datatype], None)
+    return index, msgspec.structs.replace(tensor, data=numbers)
 
 
 def _bytes_elements(raw: memoryview, count: int, name: str) -> np.ndarray[Any, Any]:

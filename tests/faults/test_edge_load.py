@@ -1,7 +1,8 @@
 """The edge under large and many requests, across a real ``edgepub-edge`` process.
 
-- while a large body is decoded, run and encoded, the event loop goes on answering (health
-  checks answered meanwhile, and no stall in the agent's own loop-lag count);
+- while a large body (pandas-records, Arrow, OIP JSON) is decoded, run and encoded, the
+  event loop goes on answering (health checks answered meanwhile, and no stall in the
+  agent's own loop-lag count);
 - work off the loop is bounded: past EDGEPUB_MAX_INFLIGHT a large request gets a 503 with
   Retry-After, before its body is read, while health and small requests are served;
 - the inference-log hand-off is bounded in bytes: an event past it is dropped and counted,
@@ -71,9 +72,20 @@ def arrow_body(count: int) -> bytes:
     return bytes(sink.getvalue().to_pybytes())
 
 
+def oip_body(count: int) -> bytes:
+    values = np.random.default_rng(3).normal(size=count * 18).astype(np.float32).tolist()
+    tensor = {"name": "tensor", "shape": [count, 18], "datatype": "FP32", "data": values}
+    return msgspec.json.encode({"inputs": [tensor]})
+
+
+OIP = "application/json"
+
+
 def post(agent: EdgeAgent, body: bytes, kind: str = JSON) -> requests.Response:
-    url = f"{agent.url}/pipelines/{PIPELINE}"
-    return http().post(url, data=body, headers={"Content-Type": kind}, timeout=300)
+    where = f"v2/models/{PIPELINE}/infer" if kind == OIP else f"pipelines/{PIPELINE}"
+    return http().post(
+        f"{agent.url}/{where}", data=body, headers={"Content-Type": kind}, timeout=300
+    )
 
 
 OFFLOADED = "edgepub_edge_offloaded_requests"
@@ -85,8 +97,9 @@ STALLS = "edgepub_edge_event_loop_stalls_total"
     [
         (JSON, lambda: records_body(160_000), 160_000),  # ~60 MB, near EDGEPUB_MAX_BODY
         ("application/vnd.apache.arrow.stream", lambda: arrow_body(600_000), 600_000),
+        (OIP, lambda: oip_body(150_000), 150_000),  # ~50 MB of JSON numbers
     ],
-    ids=["records", "arrow"],
+    ids=["records", "arrow", "oip"],
 )
 def test_health_is_answered_while_a_large_body_is_worked_on(
     edge: EdgeAgent, kind: str, body: Any, count: int
@@ -111,6 +124,8 @@ def test_health_is_answered_while_a_large_body_is_worked_on(
     if kind == JSON:
         answer = resp.json()
         assert len(answer) == count and len(answer[-1]["in"]["tensor"]) == 18
+    elif kind == OIP:
+        assert resp.json()["outputs"][0]["shape"] == [count, 1]
     else:
         table = pa.ipc.open_stream(pa.py_buffer(resp.content)).read_all()
         assert table.num_rows == count

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgepub.edge_agent.errors import BadRequest, PayloadTooLarge
-from edgepub.edge_agent.protocols import arrow, pieces, records
+from edgepub.edge_agent.protocols import arrow, oip, pieces, records
 from edgepub.shared.schemas import TensorSpec
 
 ANY = msgspec.json.Decoder(list[Any]).decode
@@ -165,3 +165,44 @@ def test_an_arrow_answer_repeats_its_metadata_per_record(stream: bool) -> None:
     assert last["metadata"] == meta and last["check_failures"] == []
     assert last["in"] == {"tensor": float(count - 1)}
     assert table.column("time").type == pa.timestamp("ms")
+
+
+# --- OIP, a large JSON body -----------------------------------------------------------------
+
+
+def oip_body(count: int, **extra: Any) -> bytes:
+    values = np.random.default_rng(9).normal(size=count * 3).round(6).tolist()
+    tensor = {"name": "tensor", "shape": [count, 3], "datatype": "FP32", "data": values}
+    return msgspec.json.encode({"id": "r", "inputs": [tensor], **extra})
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        oip_body(40_000),
+        oip_body(40_000, parameters={"data": [1.0] * 40_000}),  # a "data" key elsewhere
+        oip_body(40_000).replace(b'"FP32"', b'"BYTES"'),  # not numbers by its datatype
+        oip_body(40_000).replace(b"]}]", b',"x"]}]'),  # a list that is not flat numbers
+        oip_body(10),  # small: no piece set aside
+    ],
+    ids=["plain", "data-elsewhere", "bytes", "not-numbers", "small"],
+)
+def test_a_large_oip_body_decodes_as_a_whole_one(body: bytes) -> None:
+    def feed(decoded: Any) -> Any:
+        request, binary = decoded
+        try:
+            return oip.to_feed(request, binary, [TENSOR])[0]["tensor"].tolist(), request.id
+        except BadRequest as exc:
+            return exc.message
+
+    assert feed(oip.decode_large(body, None)) == feed(oip.decode(body, None))
+
+
+def test_a_large_oip_list_is_an_array_of_the_same_numbers() -> None:
+    body = oip_body(40_000)
+    request, _ = oip.decode_large(body, None)
+    data = request.inputs[0].data
+    assert isinstance(data, np.ndarray) and data.dtype == np.float64
+    assert data.tolist() == msgspec.json.decode(body)["inputs"][0]["data"]
+    broken = body.replace(b",", b",,", 1)  # malformed: refused as the whole body is
+    assert bad(oip.decode_large, broken, None) == bad(oip.decode, broken, None)
