@@ -185,6 +185,7 @@ class EdgeApp:
                 raise _refusal(request, found)
             if found.endpoint in _INFER_ENDPOINTS:
                 arrived = time.time_ns() // 1_000_000
+                check_length(len(body), self.max_body)  # (EDGEPUB_MAX_BODY may be < 64Ki)
                 plan = self.planners[found.endpoint](request)
                 done = self._infer_inline(plan, body, arrived)
                 if type(done) is Fed:

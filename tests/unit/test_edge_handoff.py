@@ -24,6 +24,7 @@ from edgepub.edge_agent.inference_log import (
     rows_of,
 )
 from edgepub.edge_agent.metrics import EdgeMetrics
+from edgepub.edge_agent.offload import RunCost
 from edgepub.edge_agent.runtime import Pipeline, load_pipeline
 from edgepub.edge_agent.web.app import EdgeApp
 from edgepub.shared.schemas import ArtifactStep, PipelineDefinition
@@ -184,3 +185,29 @@ def test_hand_off_drops_and_counts_when_full() -> None:
     log = RecordingLog()
     assert asyncio.run(drain(handoff, log)) == 2
     assert [e.time for e in log.events] == [2, 9]
+
+
+def test_the_quick_path_answers_as_asgi_does(pipeline: Pipeline) -> None:
+    """``answer_now`` (the protocol's quick path) and the ASGI app give the same answers,
+    and it declines (None, nothing done) what must run off the loop."""
+    metrics = EdgeMetrics()
+    svc = InferenceService(LogHandoff(100), metrics, partition="edge-7")
+    svc.pipeline = pipeline
+    app = EdgeApp(svc, metrics, max_body=1024)
+    pipeline.cost = RunCost()  # as just loaded, not measured
+    headers = [(b"content-type", b"application/json")]
+    body = json.dumps([{"tensor": [1, 2, 3]}]).encode()
+    assert app.answer_now("POST", "/infer", headers, body) is None  # cost not measured yet
+    assert len(svc.handoff) == 0 and metrics.requests.values == {}
+    pipeline.cost.observe(3, 300)
+    reply = app.answer_now("POST", "/infer", headers, body)
+    assert reply is not None and reply.status == 200
+    assert json.loads(reply.body)[0]["out"] == {"scaled": [0.5, 1.0, 1.5]}  # type: ignore[arg-type]
+    assert len(svc.handoff) == 1 and metrics.records.get() == 1
+    too_big = app.answer_now("POST", "/infer", headers, b" " * 2000 + body)
+    assert too_big is not None and too_big.status == 413  # EDGEPUB_MAX_BODY holds here too
+    assert (b"connection", b"close") in (too_big.extra or [])
+    ready = app.answer_now("GET", "/v2/health/ready", [], b"")
+    assert ready is not None and json.loads(ready.body) == {"ready": True}  # type: ignore[arg-type]
+    gone = app.answer_now("GET", "/nowhere", [], b"")
+    assert gone is not None and gone.status == 404
