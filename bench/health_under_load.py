@@ -157,18 +157,18 @@ def probe(port: int, seconds: float) -> list[float]:
     return samples
 
 
-def loop_lag(port: int) -> dict[str, float]:
+def loop_lag(port: int) -> dict[str, float | None]:
     """The agent's own view: its largest event loop lag and its stalls (>= 0.25 s)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     conn.request("GET", "/metrics")
     text = conn.getresponse().read().decode()
     conn.close()
     values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line[:1] != "#")
+    lag = values.get("edgepub_edge_event_loop_lag_max_seconds")  # (an agent older than it)
+    stalls = values.get("edgepub_edge_event_loop_stalls_total")
     return {
-        "agent_loop_lag_max_ms": round(
-            float(values["edgepub_edge_event_loop_lag_max_seconds"]) * 1000, 1
-        ),
-        "agent_loop_stalls": float(values["edgepub_edge_event_loop_stalls_total"]),
+        "agent_loop_lag_max_ms": None if lag is None else round(float(lag) * 1000, 1),
+        "agent_loop_stalls": None if stalls is None else float(stalls),
     }
 
 
