@@ -10,7 +10,8 @@ so it only does work known to be short:
   that, so 64 KiB costs the loop about 3 ms at worst;
 - an onnxruntime run predicted to take at most ``INLINE_RUN_NS``: the prediction is the
   pipeline's own measured time per input element (``RunCost``), since a model's cost is
-  not known from its element count alone. A pipeline's first run is measured in a worker.
+  not known from its element count alone. It is first measured at load, off the loop, on
+  zeros (``Pipeline.warm_up``); a model that refuses zeros has its first run in a worker.
 
 Everything else (a large or chunked body, a slow model) is decoded, run and encoded in a
 worker thread (``CONFIG_CPUS`` of them; onnxruntime and pyarrow release the GIL, and the
@@ -43,7 +44,7 @@ class RunCost:
     the collector) looks slow once: the estimate follows a faster run at once but a slower
     one by at most ``RISE`` a run, so one such run does not send the next requests off the
     loop (and, under load, into 503s). A model that is really slower is caught up with in
-    a few runs; its first run is measured off the loop anyway. Updated from whichever
+    a few dozen runs. Updated from whichever
     thread ran the pipeline; a lost update between two threads only leaves it a run behind.
     """
 
