@@ -35,7 +35,7 @@ from .inference_log import DiscardLog, LocalLog, LogHandoff, drain, pump
 from .looplag import LoopLag
 from .metrics import EdgeMetrics
 from .puller import pull
-from .runtime import Pipeline, PipelineLoadError, load_pipeline
+from .runtime import LoadedPipeline, PipelineLoadError, load_pipeline
 from .web.app import EdgeApp
 from .web.server import make_server
 
@@ -174,7 +174,7 @@ class Agent:
             lambda: float(self.handoff.dropped),
         )
 
-    async def activate(self, cached: CachedPipeline) -> Pipeline:
+    async def activate(self, cached: CachedPipeline) -> LoadedPipeline:
         """Verify the cached files, start a session per step, and serve them."""
         self.log.info(
             "starting_engine",
@@ -183,7 +183,7 @@ class Agent:
             max_inflight=self.config.inflight_limit,
         )
 
-        def load() -> tuple[Pipeline, bool]:
+        def load() -> tuple[LoadedPipeline, bool]:
             self.cache.verify(cached)
             loaded = load_pipeline(
                 cached.definition, cached.models_dir, self.config.intra_op_threads

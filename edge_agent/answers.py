@@ -23,7 +23,7 @@ from .inference import InferenceService, elements
 from .inference_log import InferenceEvent
 from .offload import INLINE_BYTES
 from .protocols import arrow, oip, records
-from .runtime import Pipeline
+from .runtime import LoadedPipeline
 
 JSON = b"application/json"
 OCTETS = b"application/octet-stream"
@@ -56,15 +56,15 @@ class Answer(msgspec.Struct, frozen=True, gc=False):
     extra: list[tuple[bytes, bytes]] | None = None
 
 
-Feeder = Callable[[Pipeline, bytes, Ask], Fed]
-Answerer = Callable[[InferenceService, Pipeline, Fed, int, Ask, int], Answer]
+Feeder = Callable[[LoadedPipeline, bytes, Ask], Fed]
+Answerer = Callable[[InferenceService, LoadedPipeline, Fed, int, Ask, int], Answer]
 
 
 def whole(
     feeder: Feeder,
     answerer: Answerer,
     service: InferenceService,
-    target: Pipeline,
+    target: LoadedPipeline,
     parts: list[bytes],
     arrived: int,
     ask: Ask,
@@ -107,7 +107,7 @@ def _pieces(buffer: Any) -> bytes | list[Any]:
 # --- pandas-records ------------------------------------------------------------------------
 
 
-def records_feed(target: Pipeline, body: bytes, ask: Ask) -> Fed:
+def records_feed(target: LoadedPipeline, body: bytes, ask: Ask) -> Fed:
     codec = records.codec(target)
     if len(body) <= INLINE_BYTES:
         return Fed(*codec.feed(body, ask.max_records))
@@ -116,7 +116,7 @@ def records_feed(target: Pipeline, body: bytes, ask: Ask) -> Fed:
 
 
 def records_answer(
-    service: InferenceService, target: Pipeline, fed: Fed, arrived: int, ask: Ask, size: int
+    service: InferenceService, target: LoadedPipeline, fed: Fed, arrived: int, ask: Ask, size: int
 ) -> Answer:
     # nearly every request's path: the run, its cost and the event are spelled out here
     echoed = fed.echoed
@@ -150,14 +150,14 @@ def records_answer(
 # --- Arrow ---------------------------------------------------------------------------------
 
 
-def arrow_feed(target: Pipeline, body: bytes, ask: Ask) -> Fed:
+def arrow_feed(target: LoadedPipeline, body: bytes, ask: Ask) -> Fed:
     table = arrow.decode(body, ask.stream, ask.max_body, ask.max_records)
     feed, echoed = arrow.to_feed(table, target.inputs)
     return Fed(feed, echoed, table.num_rows, elements(feed))
 
 
 def arrow_answer(
-    service: InferenceService, target: Pipeline, fed: Fed, arrived: int, ask: Ask, size: int
+    service: InferenceService, target: LoadedPipeline, fed: Fed, arrived: int, ask: Ask, size: int
 ) -> Answer:
     feed, echoed, count = fed.feed, fed.echoed, fed.records
     outputs, elapsed = service.run(target, feed, count, fed.size)
@@ -190,7 +190,7 @@ def _arrow_body(
 # --- Open Inference Protocol ---------------------------------------------------------------
 
 
-def oip_feed(target: Pipeline, body: bytes, ask: Ask) -> Fed:
+def oip_feed(target: LoadedPipeline, body: bytes, ask: Ask) -> Fed:
     decode = oip.decode if len(body) <= INLINE_BYTES else oip.decode_large
     parsed, binary = decode(body, ask.split)
     feed, count = oip.to_feed(parsed, binary, target.inputs, ask.max_records)
@@ -198,7 +198,7 @@ def oip_feed(target: Pipeline, body: bytes, ask: Ask) -> Fed:
 
 
 def oip_answer(
-    service: InferenceService, target: Pipeline, fed: Fed, arrived: int, ask: Ask, size: int
+    service: InferenceService, target: LoadedPipeline, fed: Fed, arrived: int, ask: Ask, size: int
 ) -> Answer:
     feed, parsed, count = fed.feed, fed.echoed, fed.records
     outputs, elapsed = service.run(target, feed, count, fed.size)

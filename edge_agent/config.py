@@ -18,8 +18,8 @@ from edgepub.shared.artifact import Reference, parse_reference
 from edgepub.shared.errors import ConfigError, EdgepubError
 
 from .bundle import BundleError, EdgeBundle, decode_bundle
-from .storage import EXPECTED as SIZE_EXPECTED
-from .storage import SizeError, format_size, parse_size
+from .sizes import EXPECTED as SIZE_EXPECTED
+from .sizes import SizeError, format_size, parse_size
 
 DEFAULT_PERSIST_DIR = "/persist"
 DEFAULT_PORT = 8080

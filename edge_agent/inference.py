@@ -18,7 +18,7 @@ from .inference_log import InferenceEvent, LogHandoff
 from .metrics import EdgeMetrics
 from .offload import Offload
 from .protocols.oip import version_of
-from .runtime import Pipeline
+from .runtime import LoadedPipeline
 
 _SIZE = operator.attrgetter("size")
 
@@ -44,7 +44,7 @@ class InferenceService:
         self.handoff = handoff
         self.metrics = metrics
         self.partition = partition
-        self.pipeline: Pipeline | None = None
+        self.pipeline: LoadedPipeline | None = None
         self.waiting_reason = "pulling the pipeline"
         limit = INFLIGHT_PER_WORKER * max(1, workers) if max_inflight is None else max_inflight
         self.offload = Offload(workers, limit)
@@ -53,13 +53,13 @@ class InferenceService:
     def ready(self) -> bool:
         return self.pipeline is not None
 
-    def current(self) -> Pipeline:
+    def current(self) -> LoadedPipeline:
         pipeline = self.pipeline
         if pipeline is None:
             raise NotReady(f"no pipeline loaded yet: {self.waiting_reason}")
         return pipeline
 
-    def pipeline_named(self, name: str) -> Pipeline:
+    def pipeline_named(self, name: str) -> LoadedPipeline:
         """``/pipelines/<name>``: only the pipeline this edge serves."""
         pipeline = self.current()
         if name != pipeline.name:
@@ -69,7 +69,7 @@ class InferenceService:
             )
         return pipeline
 
-    def model_named(self, name: str, version: str | None = None) -> Pipeline:
+    def model_named(self, name: str, version: str | None = None) -> LoadedPipeline:
         """OIP ``/v2/models/<name>``: the pipeline by its name, or one of its steps."""
         pipeline = self.current()
         target = pipeline if name == pipeline.name else pipeline.step_named(name)
@@ -83,7 +83,7 @@ class InferenceService:
 
     @staticmethod
     def run(
-        target: Pipeline, feed: Mapping[str, Any], records: int, size: int
+        target: LoadedPipeline, feed: Mapping[str, Any], records: int, size: int
     ) -> tuple[dict[str, Any], list[int]]:
         """Outputs and ns per step for ``records`` stacked records of ``size`` elements;
         the time is measured into the pipeline's ``RunCost``."""
@@ -93,7 +93,7 @@ class InferenceService:
 
     def event(
         self,
-        target: Pipeline,
+        target: LoadedPipeline,
         records: int,
         arrived_ms: int,
         inputs: Mapping[str, Any],

@@ -11,7 +11,7 @@ so it only does work known to be short:
 - an onnxruntime run predicted to take at most ``INLINE_RUN_NS``: the prediction is the
   pipeline's own measured time per input element (``RunCost``), since a model's cost is
   not known from its element count alone. It is first measured at load, off the loop, on
-  zeros (``Pipeline.warm_up``); a model that refuses zeros has its first run in a worker.
+  zeros (``LoadedPipeline.warm_up``); a model that refuses zeros has its first run in a worker.
 
 Everything else (a large or chunked body, a slow model) is decoded, run and encoded in a
 worker thread (``CONFIG_CPUS`` of them; onnxruntime and pyarrow release the GIL, and the

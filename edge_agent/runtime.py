@@ -55,7 +55,7 @@ class Step(msgspec.Struct, frozen=True, kw_only=True):
     call: Any  # session.run(output_names, feed, run_options); see _fast_run
 
 
-class Pipeline:
+class LoadedPipeline:
     """A loaded pipeline (or one step of it, as an OIP model): run a feed through its steps."""
 
     def __init__(self, definition: PipelineDefinition, steps: Sequence[Step], name: str) -> None:
@@ -104,7 +104,7 @@ class Pipeline:
         self.cost.observe(sum(a.size for a in feed.values()), sum(elapsed))
         return True
 
-    def step_named(self, model_name: str) -> Pipeline:
+    def step_named(self, model_name: str) -> LoadedPipeline:
         """A one-step view (OIP ``/v2/models/<model>``) sharing this pipeline's session."""
         view = self.memo.get(f"step:{model_name}")
         if view is not None:
@@ -112,7 +112,7 @@ class Pipeline:
         for step in self.steps:
             if step.model.name == model_name:
                 first = msgspec.structs.replace(step, feed_from=None, casts={})
-                view = self.memo[f"step:{model_name}"] = Pipeline(
+                view = self.memo[f"step:{model_name}"] = LoadedPipeline(
                     self.definition, [first], model_name
                 )
                 return view
@@ -220,7 +220,7 @@ def _casts(
     }
 
 
-def load_pipeline(definition: PipelineDefinition, models_dir: Path, threads: int) -> Pipeline:
+def load_pipeline(definition: PipelineDefinition, models_dir: Path, threads: int) -> LoadedPipeline:
     """One onnxruntime session per step, each checked to chain onto the one before."""
     import onnxruntime as ort
 
@@ -262,4 +262,4 @@ def load_pipeline(definition: PipelineDefinition, models_dir: Path, threads: int
                 call=_fast_run(session),
             )
         )
-    return Pipeline(definition, steps, definition.pipeline_name)
+    return LoadedPipeline(definition, steps, definition.pipeline_name)

@@ -27,7 +27,7 @@ from edgepub.shared.schemas import TensorSpec
 from edgepub.shared.version import VERSION
 
 from ..errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from ..runtime import Pipeline
+from ..runtime import LoadedPipeline
 from ..tensors import DTYPES_BY_OIP, OIP_DATATYPES, check_shape, convert, numpy_dtype
 from . import pieces
 
@@ -77,7 +77,7 @@ def check_media_type(media_type: str, header_length: int | None) -> None:
     )
 
 
-def version_of(target: Pipeline) -> str:
+def version_of(target: LoadedPipeline) -> str:
     """The version OIP reports: the pipeline's, or for one of its steps that model's own."""
     if target.name == target.pipeline_name:
         return target.version
@@ -335,7 +335,7 @@ def _as_array(value: Any) -> np.ndarray[Any, Any]:
 
 
 def encode(
-    target: Pipeline, request: InferRequest, outputs: dict[str, Any]
+    target: LoadedPipeline, request: InferRequest, outputs: dict[str, Any]
 ) -> tuple[bytes, int | None]:
     """The response body and, when it carries binary tensors, the JSON header's length."""
     wanted = request.outputs or [RequestedOutput(name=name) for name in outputs]
@@ -382,7 +382,7 @@ def _tensor_meta(spec: TensorSpec) -> dict[str, Any]:
     }
 
 
-def model_metadata(target: Pipeline) -> dict[str, Any]:
+def model_metadata(target: LoadedPipeline) -> dict[str, Any]:
     return {
         "name": target.name,
         "versions": [version_of(target)],

@@ -29,7 +29,7 @@ import numpy as np
 from edgepub.shared.schemas import TensorSpec
 
 from ..errors import BadRequest, PayloadTooLarge, RequestError
-from ..runtime import Pipeline
+from ..runtime import LoadedPipeline
 from ..tensors import check_shape, column, numpy_dtype, shape_text
 from . import pieces
 
@@ -290,7 +290,7 @@ def _too_deep() -> BadRequest:
     return BadRequest("request body nests JSON too deeply for a list of records", field="body")
 
 
-def codec(target: Pipeline) -> RecordsCodec:
+def codec(target: LoadedPipeline) -> RecordsCodec:
     """The records codec of a pipeline, built on first use."""
     found = target.memo.get("records")
     if found is None:

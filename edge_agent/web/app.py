@@ -40,7 +40,7 @@ from ..inference import InferenceService
 from ..metrics import EdgeMetrics
 from ..offload import INLINE_BYTES, INLINE_RUN_NS
 from ..protocols import arrow, oip
-from ..runtime import Pipeline
+from ..runtime import LoadedPipeline
 from .exchange import (
     ClientGone,
     Receive,
@@ -56,7 +56,7 @@ from .routes import Route, route
 from .throttle import LogThrottle
 
 log = structlog.get_logger("edgepub.edge.http")
-Plan = tuple[Pipeline, Feeder, Answerer, Ask]
+Plan = tuple[LoadedPipeline, Feeder, Answerer, Ask]
 _ARROW = {arrow.FILE, arrow.STREAM}
 _JSON_TYPES = {"", "application/json", "text/json"}
 _PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"

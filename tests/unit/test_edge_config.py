@@ -21,7 +21,7 @@ from edgepub.edge_agent.config import (
     parse_env,
     parse_log_limits,
 )
-from edgepub.edge_agent.storage import UNITS, SizeError, format_size, parse_size
+from edgepub.edge_agent.sizes import UNITS, SizeError, format_size, parse_size
 from edgepub.shared.errors import ConfigError
 
 URL = "registry.example.com:5000/edgepub/pipelines/house-price:6c3d9899-1335-456b-aaa0-52d03a017cc4"

@@ -25,7 +25,7 @@ from edgepub.edge_agent.inference_log import (
 )
 from edgepub.edge_agent.metrics import EdgeMetrics
 from edgepub.edge_agent.offload import RunCost
-from edgepub.edge_agent.runtime import Pipeline, load_pipeline
+from edgepub.edge_agent.runtime import LoadedPipeline, load_pipeline
 from edgepub.edge_agent.web.app import EdgeApp
 from edgepub.shared.schemas import ArtifactStep, PipelineDefinition
 from support.edge import make_scaler
@@ -33,7 +33,7 @@ from support.waiting import async_wait_for
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> LoadedPipeline:
     models = tmp_path_factory.mktemp("models")
     path = make_scaler(models / "scaler.onnx", features=3)
     data = path.read_bytes()
@@ -106,14 +106,14 @@ async def call(app: EdgeApp, path: str, body: Any) -> tuple[int, Any]:
     return sent[0]["status"], json.loads(sent[1]["body"])
 
 
-def service(pipeline: Pipeline, capacity: int) -> tuple[EdgeApp, InferenceService]:
+def service(pipeline: LoadedPipeline, capacity: int) -> tuple[EdgeApp, InferenceService]:
     metrics = EdgeMetrics()
     svc = InferenceService(LogHandoff(capacity), metrics, partition="edge-7")
     svc.pipeline = pipeline
     return EdgeApp(svc, metrics, max_body=1 << 20), svc
 
 
-def test_rows_arrive_at_the_hand_off(pipeline: Pipeline) -> None:
+def test_rows_arrive_at_the_hand_off(pipeline: LoadedPipeline) -> None:
     async def scenario() -> list[InferenceEvent]:
         app, svc = service(pipeline, capacity=100)
         log = RecordingLog()
@@ -141,7 +141,7 @@ def test_rows_arrive_at_the_hand_off(pipeline: Pipeline) -> None:
     assert row_decoder.decode(row_encoder.encode(first)) == first
 
 
-def test_a_stuck_local_log_never_blocks_inference(pipeline: Pipeline) -> None:
+def test_a_stuck_local_log_never_blocks_inference(pipeline: LoadedPipeline) -> None:
     async def scenario() -> tuple[LogHandoff, StuckLog, EdgeMetrics]:
         app, svc = service(pipeline, capacity=5)
         log = StuckLog()
@@ -187,7 +187,7 @@ def test_hand_off_drops_and_counts_when_full() -> None:
     assert [e.time for e in log.events] == [2, 9]
 
 
-def test_the_quick_path_answers_as_asgi_does(pipeline: Pipeline) -> None:
+def test_the_quick_path_answers_as_asgi_does(pipeline: LoadedPipeline) -> None:
     """``answer_now`` (the protocol's quick path) and the ASGI app give the same answers,
     and it declines (None, nothing done) what must run off the loop."""
     metrics = EdgeMetrics()

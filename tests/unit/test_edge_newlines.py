@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgepub.edge_agent.storage import SizeError, parse_size
+from edgepub.edge_agent.sizes import SizeError, parse_size
 
 
 @pytest.mark.parametrize("text", ["512Mi\n", "\n512Mi", "1Gi\r\n"])
