@@ -14,8 +14,9 @@ never a file a push is using. The directory is 0700 and every file 0600: models 
 users' property.
 
 The object is read straight from its chunk subject with an ordered consumer
-(``shared/objects.read``, what ``ObjectStore.get`` does inside): measured 0.33 s for 50 MB, against 1.28 s for
-``get(writeinto=...)``, which hops to an executor for every 128 KiB chunk.
+(``shared/objects.read``, what ``ObjectStore.get`` does inside): measured 0.33 s for
+50 MB, against 1.28 s for ``get(writeinto=...)``, which hops to an executor for every
+128 KiB chunk.
 """
 
 from __future__ import annotations
