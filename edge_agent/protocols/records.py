@@ -156,15 +156,8 @@ class RecordsCodec:
     ) -> tuple[dict[str, np.ndarray[Any, Any]], dict[str, list[Any]], int, int]:
         """(feed, echoed values, records, input elements) of a small body: ``decode`` and
         ``to_feed`` in as few steps as it takes, since it is nearly every request's path."""
-        try:
-            records = self.decoder.decode(body)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise self._refusal(exc) from None
-        except RecursionError:  # msgspec's guard against nesting past the C stack
-            raise _too_deep() from None
+        records = self.decode(body, max_records)  # the one place refusals are worded
         count = len(records)
-        if not 0 < count <= max_records:
-            raise _count_refused(count, max_records)
         single = self.single
         if single is None:
             feed, echoed = self.to_feed(records)
