@@ -15,9 +15,9 @@ from pathlib import Path
 import msgspec
 
 from edgepub.shared.artifact import Reference, parse_reference
+from edgepub.shared.bundle import BundleError, EdgeBundle, decode_bundle
 from edgepub.shared.errors import ConfigError, EdgepubError
 
-from .bundle import BundleError, EdgeBundle, decode_bundle
 from .sizes import EXPECTED as SIZE_EXPECTED
 from .sizes import SizeError, format_size, parse_size
 

@@ -187,6 +187,8 @@ def bucket_configs(replicas: int = 1) -> tuple[KeyValueConfig, ...]:
             bucket=subjects.KV_REQUESTS, history=1, ttl=REQUEST_TTL_S, replicas=replicas
         ),
         KeyValueConfig(bucket=subjects.KV_COUNTERS, history=1, replicas=replicas),
+        # edges: a few revisions (add, join, move); what each last reported: only the last
+        KeyValueConfig(bucket=subjects.KV_EDGES, history=RECORD_HISTORY, replicas=replicas),
     )
 
 

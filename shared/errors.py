@@ -83,6 +83,18 @@ class DigestMismatchError(EdgepubError):
     code = "digest_mismatch"
 
 
+class EdgeNameTakenError(ConflictError):
+    """Edge names are unique across the instance: remove_edge frees one."""
+
+    code = "edge_name_taken"
+
+
+class PublishNotReadyError(ConflictError):
+    """An edge can only be added to a publish that is Published (it has a pipeline URL)."""
+
+    code = "publish_not_ready"
+
+
 def _all_subclasses(cls: type[EdgepubError]) -> list[type[EdgepubError]]:
     out: list[type[EdgepubError]] = []
     for sub in cls.__subclasses__():

@@ -17,6 +17,7 @@ PREFIX = "edgepub"
 REQUEST_ROOT = f"{PREFIX}.req"
 
 SERVICE_PUBLISH = "publish"
+SERVICE_TOKEN = "token"
 
 # A verb constant is "<service>.<verb>": the service that answers it comes first.
 VERB_MODEL_REGISTER = f"{SERVICE_PUBLISH}.model.register"
@@ -26,6 +27,13 @@ VERB_PIPELINE_BUILD = f"{SERVICE_PUBLISH}.pipeline.build"
 VERB_PUBLISH_CREATE = f"{SERVICE_PUBLISH}.publish.create"
 VERB_PUBLISH_GET = f"{SERVICE_PUBLISH}.publish.get"
 VERB_PUBLISH_LIST = f"{SERVICE_PUBLISH}.publish.list"
+# The token service owns edges: adding one makes its join token, removing one revokes it.
+VERB_EDGE_ADD = f"{SERVICE_TOKEN}.edge.add"
+VERB_EDGE_REMOVE = f"{SERVICE_TOKEN}.edge.remove"
+VERB_EDGE_LIST = f"{SERVICE_TOKEN}.edge.list"
+# Moves the edges of the publishes a publish replaces onto it (idempotent; also done by the
+# token service when it sees the replacing publish become Published).
+VERB_EDGE_MOVE = f"{SERVICE_TOKEN}.edge.move"
 VERBS = (
     VERB_MODEL_REGISTER,
     VERB_MODEL_UPLOAD,
@@ -34,6 +42,10 @@ VERBS = (
     VERB_PUBLISH_CREATE,
     VERB_PUBLISH_GET,
     VERB_PUBLISH_LIST,
+    VERB_EDGE_ADD,
+    VERB_EDGE_REMOVE,
+    VERB_EDGE_LIST,
+    VERB_EDGE_MOVE,
 )
 
 
@@ -75,6 +87,63 @@ def inbox_prefix(user: str) -> str:
     return f"{INBOX_ROOT}.{token(user)}"
 
 
+# --- edges -------------------------------------------------------------------------------
+# An edge is a NATS user whose name is the edge's name (issued by the auth callout). It may
+# publish under ``edgepub.edge.<edge>.>`` only and subscribe to its own control subject and
+# its own inbox only: the broker, not the services, keeps one edge out of another's affairs.
+EDGE_ROOT = f"{PREFIX}.edge"
+CONTROL_ROOT = f"{PREFIX}.control"
+EDGE_HEARTBEAT = "heartbeat"  # request: status in, the pipeline it should run out
+EDGE_RENEW = "renew"  # request: extend the credential while in contact
+
+
+def edge_subject(edge: str, kind: str) -> str:
+    """What edge ``edge`` sends to Ops: ``edgepub.edge.<edge>.<kind>``."""
+    return f"{EDGE_ROOT}.{token(edge)}.{token(kind)}"
+
+
+def edge_wildcard(kind: str) -> str:
+    """``kind`` messages from every edge (the token service's subscriptions)."""
+    return f"{EDGE_ROOT}.*.{token(kind)}"
+
+
+def edge_of(subject: str) -> str:
+    """The edge an ``edgepub.edge.<edge>.<kind>`` subject came from (the broker let only
+    that edge publish it)."""
+    parts = subject.split(".")
+    if len(parts) < 4 or ".".join(parts[:2]) != EDGE_ROOT:
+        raise ValueError(f"not an edge subject: {subject!r}")
+    return token(parts[2])
+
+
+def control(edge: str) -> str:
+    """Where Ops tells one edge about a new pipeline or its revocation."""
+    return f"{CONTROL_ROOT}.{token(edge)}"
+
+
+def edge_publish_allow(edge: str) -> tuple[str, ...]:
+    return (f"{EDGE_ROOT}.{token(edge)}.>",)
+
+
+def edge_subscribe_allow(edge: str) -> tuple[str, ...]:
+    return (control(edge), f"{inbox_prefix(edge)}.>")
+
+
+# NATS auth callout: the server asks here who a connecting client is (nats-server >= 2.10).
+AUTH_CALLOUT = "$SYS.REQ.USER.AUTH"
+AUTH_QUEUE = "edgepub-auth"
+# Accounts of the embedded stack: everything edgepub runs lives in APP_ACCOUNT (edges too,
+# placed there by the callout); SYSTEM_ACCOUNT holds the token service's kick/connz user.
+APP_ACCOUNT = "EDGEPUB"
+SYSTEM_ACCOUNT = "SYS"
+SYS_CONNZ = "$SYS.REQ.SERVER.PING.CONNZ"
+SYS_KICK_ANY = "$SYS.REQ.SERVER.*.KICK"
+
+
+def sys_kick(server_id: str) -> str:
+    return f"$SYS.REQ.SERVER.{token(server_id)}.KICK"
+
+
 # --- work stream: events between services -------------------------------------------------
 WORK_STREAM = "EDGEPUB_WORK"
 WORK_SUBJECTS = f"{PREFIX}.work.>"
@@ -100,6 +169,7 @@ def publish_events(publish_id: int) -> str:
 # --- durable consumers ----------------------------------------------------------------------
 CONSUMER_REGISTRY_PUSH = "registry-push"
 CONSUMER_PUBLISH_OUTCOMES = "publish-outcomes"
+CONSUMER_TOKEN_REPLACES = "token-replaces"  # the token service follows publish records
 
 # --- KV buckets and the object store -------------------------------------------------------
 KV_MODELS = "edgepub_models"
@@ -116,6 +186,9 @@ KV_PUBLISH_SERVICE = (  # the buckets the publish service owns
     KV_REQUESTS,
     KV_COUNTERS,
 )
+# Edges, their credentials and what they last reported: the token service writes it (the
+# publish service creates it with the other buckets, as it creates every stream).
+KV_EDGES = "edgepub_edges"
 OBJECT_STORE_MODELS = "edgepub_model_files"  # verified model bytes; services write it
 # Where SDK users upload model bytes; the publish service verifies each upload while copying
 # it into OBJECT_STORE_MODELS, so no user can overwrite the bytes a publish reads.

@@ -7,10 +7,12 @@ configs here, so what the tests run is what ``edgepub up`` runs.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 
 import bcrypt
 import msgspec
+import nkeys
 
 from edgepub.shared import subjects
 
@@ -43,6 +45,41 @@ class StackCredentials(msgspec.Struct, frozen=True, kw_only=True):
     registry_username: str = REGISTRY_USER
     registry_password: str
     registry_http_secret: str
+    # The auth callout's issuer (an account nkey): the token service signs edges' user JWTs
+    # with it, the server trusts its public key. Empty in files from before edges existed.
+    auth_issuer_seed: str = ""
+    # The token service's nkey user in the system account (CONNZ/KICK to cut an edge off).
+    system_user_seed: str = ""
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.auth_issuer_seed and self.system_user_seed)
+
+
+def new_seed(prefix: int) -> str:
+    """A fresh nkey seed: ``nkeys.PREFIX_BYTE_ACCOUNT`` or ``PREFIX_BYTE_USER``."""
+    return nkeys.encode_seed(os.urandom(32), prefix).decode()
+
+
+def public_key(seed: str) -> str:
+    kp = nkeys.from_seed(bytearray(seed.encode()))
+    try:
+        return str(kp.public_key.decode())
+    finally:
+        kp.wipe()
+
+
+class CalloutSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """The auth callout: who signs the answers, and the system account's one user.
+
+    Every connect that is not one of the static users goes to the token service on
+    ``$SYS.REQ.USER.AUTH``. The system user is an nkey user; a server with an nkey user
+    configured sends every client a nonce, which is what an edge signs to prove its key.
+    """
+
+    issuer_public_key: str
+    system_user_public_key: str
+    system_permissions: Permissions = Permissions()
 
 
 def sdk_permissions(user: str = SDK_USER) -> Permissions:
@@ -56,6 +93,27 @@ def generate_credentials(sdk_user: str = SDK_USER) -> StackCredentials:
         sdk_user=sdk_user,
         registry_password=secrets.token_urlsafe(32),
         registry_http_secret=secrets.token_urlsafe(32),
+        auth_issuer_seed=new_seed(nkeys.PREFIX_BYTE_ACCOUNT),
+        system_user_seed=new_seed(nkeys.PREFIX_BYTE_USER),
+    )
+
+
+def completed(creds: StackCredentials) -> StackCredentials:
+    """``creds`` with the edge keys a file from an older version lacks."""
+    if creds.complete:
+        return creds
+    return msgspec.structs.replace(
+        creds,
+        auth_issuer_seed=creds.auth_issuer_seed or new_seed(nkeys.PREFIX_BYTE_ACCOUNT),
+        system_user_seed=creds.system_user_seed or new_seed(nkeys.PREFIX_BYTE_USER),
+    )
+
+
+def callout_spec(creds: StackCredentials) -> CalloutSpec:
+    return CalloutSpec(
+        issuer_public_key=public_key(creds.auth_issuer_seed),
+        system_user_public_key=public_key(creds.system_user_seed),
+        system_permissions=permissions.token_system(),
     )
 
 
@@ -87,10 +145,10 @@ def _direction(name: str, allow: tuple[str, ...], deny: tuple[str, ...]) -> list
     return [f"      {name}: {{ {', '.join(parts)} }}"]
 
 
-def _user_block(user: str, spec: UserSpec) -> list[str]:
-    p = spec.permissions
+def _user_block(identity: str, p: Permissions) -> list[str]:
+    """One user: ``identity`` is ``user: "...", password: "..."`` or ``nkey: "..."``."""
     lines = [
-        f"  {{ user: {quote(user)}, password: {quote(spec.password)}",
+        f"  {{ {identity}",
         "    permissions: {",
         *_direction("publish", p.publish_allow, p.publish_deny),
         *_direction("subscribe", p.subscribe_allow, p.subscribe_deny),
@@ -99,6 +157,67 @@ def _user_block(user: str, spec: UserSpec) -> list[str]:
         lines.append("      allow_responses: true")
     lines += ["    }", "  }"]
     return lines
+
+
+def _password_user(user: str, spec: UserSpec) -> list[str]:
+    return _user_block(f"user: {quote(user)}, password: {quote(spec.password)}", spec.permissions)
+
+
+class WebsocketSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """The edge-facing listener: NATS over WebSocket (``ws://``, or ``wss://`` with a
+    certificate; behind an HTTPS reverse proxy it is ``wss://<domain>/edge``)."""
+
+    host: str
+    port: int
+    cert_file: str | None = None  # both set: TLS on the listener itself
+    key_file: str | None = None
+
+
+def _websocket(ws: WebsocketSpec) -> list[str]:
+    lines = ["websocket {", f"  listen: {quote(f'{ws.host}:{ws.port}')}"]
+    if ws.cert_file and ws.key_file:
+        lines += [
+            "  tls {",
+            f"    cert_file: {quote(ws.cert_file)}",
+            f"    key_file: {quote(ws.key_file)}",
+            "  }",
+        ]
+    else:  # plain: on loopback, or behind a proxy that terminates TLS
+        lines.append("  no_tls: true")
+    # edges come through proxies and load balancers: no Origin check, compression on
+    lines += ["  compression: true", "}"]
+    return lines
+
+
+def _accounts(users: dict[str, UserSpec], callout: CalloutSpec | None) -> list[str]:
+    app, system = subjects.APP_ACCOUNT, subjects.SYSTEM_ACCOUNT
+    lines = ["accounts {", f"  {app} {{", "    jetstream: enabled", "    users = ["]
+    for user, spec in sorted(users.items()):
+        lines += ["    " + line for line in _password_user(user, spec)]
+    lines += ["    ]", "  }"]
+    sys_users: list[str] = []
+    if callout is not None:
+        identity = f"nkey: {quote(callout.system_user_public_key)}"
+        sys_users = ["    " + line for line in _user_block(identity, callout.system_permissions)]
+    lines += [f"  {system} {{", "    users = [", *sys_users, "    ]", "  }", "}"]
+    lines.append(f"system_account: {system}")
+    return lines
+
+
+def _callout(users: dict[str, UserSpec], callout: CalloutSpec) -> list[str]:
+    # Static users (services, the SDK user) skip the callout; everyone else is an edge
+    # that the token service answers for, placing it in the app account.
+    auth_users = ", ".join(quote(u) for u in sorted(users))
+    return [
+        "authorization {",
+        "  timeout: 2",
+        "  auth_callout {",
+        f"    issuer: {quote(callout.issuer_public_key)}",
+        f"    account: {subjects.APP_ACCOUNT}",
+        f"    auth_users: [{auth_users}]",
+        "  }",
+        "}",
+    ]
 
 
 def nats_config(
@@ -111,8 +230,14 @@ def nats_config(
     max_file_store: int = MAX_FILE_STORE,
     http_port: int | None = None,
     server_name: str = "edgepub",
+    callout: CalloutSpec | None = None,
+    websocket: WebsocketSpec | None = None,
 ) -> str:
-    """nats-server config: JetStream on, authentication always on (no anonymous user)."""
+    """nats-server config: JetStream on, authentication always on (no anonymous user).
+
+    Every static user lives in the app account; with ``callout``, any other connect is an
+    edge asking the token service to vouch for it. ``websocket`` adds the edge listener.
+    """
     if not users:
         raise ValueError("a NATS config needs at least one user: the bus is never open")
     lines = [
@@ -123,17 +248,18 @@ def nats_config(
     ]
     if http_port is not None:
         lines.append(f"http: {quote(f'{host}:{http_port}')}")
+    if websocket is not None:
+        lines += _websocket(websocket)
     lines += [
         "jetstream {",
         f"  store_dir: {quote(store_dir)}",
         f"  max_file_store: {max_file_store}",
         "}",
-        "authorization {",
-        "  users = [",
+        *_accounts(users, callout),
     ]
-    for user, spec in sorted(users.items()):
-        lines += ["  " + line for line in _user_block(user, spec)]
-    lines += ["  ]", "}", ""]
+    if callout is not None:
+        lines += _callout(users, callout)
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -122,6 +122,7 @@ def publish_service(user: str = "publish") -> Permissions:
         models,
         uploads,
         *(f"KV_{b}" for b in PUBLISH_KV),
+        f"KV_{subjects.KV_EDGES}",  # created here like every bucket; the token service writes it
     )
     return Permissions(
         publish_allow=_unique(
@@ -162,6 +163,52 @@ def registry_push_service(user: str = "registry-push") -> Permissions:
     )
 
 
+def token_service(user: str = "token") -> Permissions:
+    """Answers the edge verbs and the server's auth callout; writes the edges bucket, reads
+    publish records, follows publish records to move replaced edges, tells edges over their
+    control subjects. Its replies (auth answers included) go out as responses only."""
+    publishes = f"KV_{subjects.KV_PUBLISHES}"
+    return Permissions(
+        publish_allow=_unique(
+            (
+                f"{subjects.CONTROL_ROOT}.*",
+                *kv_writer(subjects.KV_EDGES),
+                *stream_reader(publishes),
+                *durable_consumer(subjects.EVENTS_STREAM, subjects.CONSUMER_TOKEN_REPLACES),
+            )
+        ),
+        subscribe_allow=(
+            subjects.AUTH_CALLOUT,
+            subjects.request_wildcard(subjects.SERVICE_TOKEN),
+            subjects.edge_wildcard(subjects.EDGE_HEARTBEAT),
+            subjects.edge_wildcard(subjects.EDGE_RENEW),
+            *_inbox(user),
+        ),
+        allow_responses=True,
+    )
+
+
+SYSTEM_USER = "token-sys"
+
+
+def token_system(user: str = SYSTEM_USER) -> Permissions:
+    """The token service's user in the system account: find an edge's connections on every
+    server (CONNZ) and close them (KICK). Nothing else of the system account."""
+    return Permissions(
+        publish_allow=(subjects.SYS_CONNZ, subjects.SYS_KICK_ANY),
+        subscribe_allow=_inbox(user),
+    )
+
+
+def edge(name: str) -> Permissions:
+    """An edge, as the auth callout issues it: its own subjects, its control subject and its
+    inbox. Publishing into a stream needs no JetStream API: the ack comes to its inbox."""
+    return Permissions(
+        publish_allow=subjects.edge_publish_allow(name),
+        subscribe_allow=subjects.edge_subscribe_allow(name),
+    )
+
+
 def inbox_only(user: str) -> Permissions:
     """A user whose service has nothing on the bus yet: its own inbox, nothing more."""
     return Permissions(publish_allow=(), subscribe_allow=_inbox(user))
@@ -170,8 +217,8 @@ def inbox_only(user: str) -> Permissions:
 SERVICES = {
     "publish": publish_service,
     "registry-push": registry_push_service,
-    # token and log-collector get their subjects with their services
-    "token": inbox_only,
+    "token": token_service,
+    # log-collector gets its subjects with its service
     "log-collector": inbox_only,
 }
 

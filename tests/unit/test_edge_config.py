@@ -12,7 +12,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edgepub.edge_agent import backoff
-from edgepub.edge_agent.bundle import KEYS, BundleError, EdgeBundle, decode_bundle, encode_bundle
 from edgepub.edge_agent.config import (
     DEFAULT_LOG_STORAGE,
     DEFAULT_PAGE_SIZE,
@@ -22,6 +21,7 @@ from edgepub.edge_agent.config import (
     parse_log_limits,
 )
 from edgepub.edge_agent.sizes import UNITS, SizeError, format_size, parse_size
+from edgepub.shared.bundle import KEYS, BundleError, EdgeBundle, decode_bundle, encode_bundle
 from edgepub.shared.errors import ConfigError
 
 URL = "registry.example.com:5000/edgepub/pipelines/house-price:6c3d9899-1335-456b-aaa0-52d03a017cc4"

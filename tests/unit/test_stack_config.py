@@ -158,11 +158,14 @@ def test_htpasswd_refuses_a_colon_in_the_user() -> None:
         config.htpasswd_line("a:b", "pw")
 
 
-def test_the_publish_service_may_write_exactly_the_buckets_it_creates() -> None:
+def test_the_publish_service_creates_every_bucket_and_writes_only_its_own() -> None:
     from edgepub.shared import bus, subjects
 
     created = {c.bucket for c in bus.bucket_configs()}
-    assert created == set(subjects.KV_PUBLISH_SERVICE)
-    allowed = config.nats_users(config.generate_credentials())["publish"].permissions
-    for bucket in created:
+    assert created == {*subjects.KV_PUBLISH_SERVICE, subjects.KV_EDGES}
+    users = config.nats_users(config.generate_credentials())
+    allowed = users["publish"].permissions
+    for bucket in subjects.KV_PUBLISH_SERVICE:
         assert f"$KV.{bucket}.>" in allowed.publish_allow
+    assert f"$KV.{subjects.KV_EDGES}.>" not in allowed.publish_allow
+    assert f"$KV.{subjects.KV_EDGES}.>" in users["token"].permissions.publish_allow
