@@ -106,6 +106,9 @@ class EdgeInfo(Base, frozen=True, kw_only=True):
     agent_version: str | None
     status: str | None
     backlog: int | None
+    # EDGE_BUNDLE with JOIN_TOKEN=omitted_for_replace (as the seed shows replaced
+    # locations): the join token itself is shown once, by add_edge, and never stored.
+    bundle: str
 
 
 # --- SDK -> token service -------------------------------------------------------------------

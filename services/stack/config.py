@@ -7,14 +7,12 @@ configs here, so what the tests run is what ``edgepub up`` runs.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 
 import bcrypt
 import msgspec
-import nkeys
 
-from edgepub.shared import subjects
+from edgepub.shared import keys, subjects
 
 from . import permissions
 from .permissions import Permissions
@@ -56,19 +54,6 @@ class StackCredentials(msgspec.Struct, frozen=True, kw_only=True):
         return bool(self.auth_issuer_seed and self.system_user_seed)
 
 
-def new_seed(prefix: int) -> str:
-    """A fresh nkey seed: ``nkeys.PREFIX_BYTE_ACCOUNT`` or ``PREFIX_BYTE_USER``."""
-    return nkeys.encode_seed(os.urandom(32), prefix).decode()
-
-
-def public_key(seed: str) -> str:
-    kp = nkeys.from_seed(bytearray(seed.encode()))
-    try:
-        return str(kp.public_key.decode())
-    finally:
-        kp.wipe()
-
-
 class CalloutSpec(msgspec.Struct, frozen=True, kw_only=True):
     """The auth callout: who signs the answers, and the system account's one user.
 
@@ -93,8 +78,8 @@ def generate_credentials(sdk_user: str = SDK_USER) -> StackCredentials:
         sdk_user=sdk_user,
         registry_password=secrets.token_urlsafe(32),
         registry_http_secret=secrets.token_urlsafe(32),
-        auth_issuer_seed=new_seed(nkeys.PREFIX_BYTE_ACCOUNT),
-        system_user_seed=new_seed(nkeys.PREFIX_BYTE_USER),
+        auth_issuer_seed=keys.new_seed("account"),
+        system_user_seed=keys.new_seed("user"),
     )
 
 
@@ -104,15 +89,15 @@ def completed(creds: StackCredentials) -> StackCredentials:
         return creds
     return msgspec.structs.replace(
         creds,
-        auth_issuer_seed=creds.auth_issuer_seed or new_seed(nkeys.PREFIX_BYTE_ACCOUNT),
-        system_user_seed=creds.system_user_seed or new_seed(nkeys.PREFIX_BYTE_USER),
+        auth_issuer_seed=creds.auth_issuer_seed or keys.new_seed("account"),
+        system_user_seed=creds.system_user_seed or keys.new_seed("user"),
     )
 
 
 def callout_spec(creds: StackCredentials) -> CalloutSpec:
     return CalloutSpec(
-        issuer_public_key=public_key(creds.auth_issuer_seed),
-        system_user_public_key=public_key(creds.system_user_seed),
+        issuer_public_key=keys.public_key(creds.auth_issuer_seed),
+        system_user_public_key=keys.public_key(creds.system_user_seed),
         system_permissions=permissions.token_system(),
     )
 
