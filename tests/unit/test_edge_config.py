@@ -21,7 +21,7 @@ from edgepub.edge_agent.config import (
     parse_log_limits,
 )
 from edgepub.edge_agent.sizes import UNITS, SizeError, format_size, parse_size
-from edgepub.shared.bundle import KEYS, BundleError, EdgeBundle, decode_bundle, encode_bundle
+from edgepub.shared.bundle import BundleError, decode_bundle
 from edgepub.shared.errors import ConfigError
 
 URL = "registry.example.com:5000/edgepub/pipelines/house-price:6c3d9899-1335-456b-aaa0-52d03a017cc4"
@@ -266,32 +266,7 @@ def test_cpus(value: float) -> None:
         assert "CONFIG_CPUS" in exc.message
 
 
-# --- EDGE_BUNDLE ----------------------------------------------------------------------------
-
-
-def test_the_seed_bundle_decodes() -> None:
-    bundle = decode_bundle(SEED_BUNDLE)
-    assert bundle.edge_name == "xgb-ccfraud-edge-test"
-    assert bundle.join_token == "3148ada5-285a-4fca-b3b8-b50a48d7511b"
-    assert bundle.opscenter_host == "doc-test.edge.wallaroocommunity.ninja"
-    assert bundle.workspace_id == 5
-    assert encode_bundle(bundle) == SEED_BUNDLE
-
-
-names = st.from_regex(r"[a-z0-9]([-a-z0-9]{0,20}[a-z0-9])?", fullmatch=True)
-
-
-@given(names, st.uuids(version=4), st.integers(min_value=1, max_value=10**6), names)
-def test_bundle_round_trip(name: str, token: uuid.UUID, workspace: int, pipeline: str) -> None:
-    bundle = EdgeBundle(
-        bundle_version=1,
-        edge_name=name,
-        join_token=str(token),
-        opscenter_host="ops.example.com/edge",
-        pipeline_url=f"r.example.com/p/pipelines/{pipeline}:1",
-        workspace_id=workspace,
-    )
-    assert decode_bundle(encode_bundle(bundle)) == bundle
+# --- EDGE_BUNDLE (the codec itself: test_bundle.py) -------------------------------------------
 
 
 def _bundle(**changes: str) -> str:
@@ -330,17 +305,6 @@ def test_bad_bundles(bundle: str, words: list[str]) -> None:
     message = problem(env(EDGE_BUNDLE=bundle))
     assert message.startswith("EDGE_BUNDLE=<") and "hidden" in message
     assert bundle not in message and "26fc1cb8" not in message
-
-
-def test_bundle_keys_are_the_seeds() -> None:
-    assert KEYS == (
-        "BUNDLE_VERSION",
-        "EDGE_NAME",
-        "JOIN_TOKEN",
-        "OPSCENTER_HOST",
-        "PIPELINE_URL",
-        "WORKSPACE_ID",
-    )
 
 
 # --- backoff ----------------------------------------------------------------------------------
