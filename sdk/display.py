@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 import io
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -166,7 +166,9 @@ def _run_commands(record: PublishRecord, edges: Mapping[str, str], podman: bool)
     )
 
 
-def _helm_commands(record: PublishRecord, edges: Mapping[str, str]) -> Value:
+def _helm_commands(
+    record: PublishRecord, edges: Mapping[str, str], upgrades: Collection[str]
+) -> Value:
     if record.helm is None:
         return _unavailable(record)
     helm = record.helm
@@ -179,7 +181,7 @@ def _helm_commands(record: PublishRecord, edges: Mapping[str, str]) -> Value:
                 chart_version=helm.version,
                 helm_values=helm.values,
                 edge_bundle=bundle,
-                upgrade=edge is not None,  # Wallaroo: in-place upgrade per edge
+                upgrade=edge is not None and edge in upgrades,
             ),
         )
         for edge, bundle in bundles
@@ -191,9 +193,13 @@ def publish_fields(
     record: PublishRecord,
     edges: Mapping[str, str] | None = None,
     replaced: Mapping[int, PublishRecord] | None = None,
+    upgrades: Collection[str] = (),
 ) -> list[tuple[str, Value]]:
     """(label, value) pairs; command rows keep their structure for the HTML sub-table.
-    ``edges``: edge name -> bundle; ``replaced``: replaced publishes by id, for detail."""
+    ``edges``: edge name -> bundle; ``replaced``: replaced publishes by id, for detail;
+    ``upgrades``: the edges already running a pipeline this publish replaces, shown
+    ``helm upgrade`` (in place, as the seed's replace example) where the rest get
+    ``helm install``."""
     edges = edges or {}
     helm = record.helm
     fields: list[tuple[str, Value]] = [
@@ -221,7 +227,7 @@ def publish_fields(
         ("Replaces", "\n".join(_replaces(record, replaced or {}))),
         ("Docker Run Command", _run_commands(record, edges, podman=False)),
         ("Podman Run Command", _run_commands(record, edges, podman=True)),
-        ("Helm Install Command", _helm_commands(record, edges)),
+        ("Helm Install Command", _helm_commands(record, edges, upgrades)),
     ]
     return fields
 
@@ -230,11 +236,12 @@ def publish_rows(
     record: PublishRecord,
     edges: Mapping[str, str] | None = None,
     replaced: Mapping[int, PublishRecord] | None = None,
+    upgrades: Collection[str] = (),
 ) -> list[tuple[str, str]]:
     """The display rows as plain strings; multi-line values are joined by newlines."""
     return [
         (label, value.as_text() if isinstance(value, Commands) else value)
-        for label, value in publish_fields(record, edges, replaced)
+        for label, value in publish_fields(record, edges, replaced, upgrades)
     ]
 
 
@@ -262,10 +269,11 @@ def publish_html(
     record: PublishRecord,
     edges: Mapping[str, str] | None = None,
     replaced: Mapping[int, PublishRecord] | None = None,
+    upgrades: Collection[str] = (),
 ) -> str:
     """A two-column HTML table; every value escaped, commands in ``<pre>``."""
     rows = []
-    for label, value in publish_fields(record, edges, replaced):
+    for label, value in publish_fields(record, edges, replaced, upgrades):
         cell = _html_commands(value) if isinstance(value, Commands) else _html_lines(value)
         rows.append(f"<tr><td>{html.escape(label, quote=False)}</td><td>{cell}</td></tr>")
     return "<table>" + "".join(rows) + "</table>"
@@ -317,6 +325,7 @@ def publish_text(
     record: PublishRecord,
     edges: Mapping[str, str] | None = None,
     replaced: Mapping[int, PublishRecord] | None = None,
+    upgrades: Collection[str] = (),
     *,
     width: int = 120,
 ) -> str:
@@ -325,7 +334,7 @@ def publish_text(
     table.add_column("Field", no_wrap=True)
     table.add_column("Value", overflow="fold")
     sections = []
-    for label, value in publish_fields(record, edges, replaced):
+    for label, value in publish_fields(record, edges, replaced, upgrades):
         if isinstance(value, Commands):
             sections.append(f"{label}\n{'-' * len(label)}\n{value.as_text()}")
         else:

@@ -185,11 +185,35 @@ def test_one_command_per_edge() -> None:
     )
     helm = fields["Helm Install Command"]
     assert isinstance(helm, Commands)
-    assert all(cmd.startswith("helm upgrade $HELM_INSTALL_NAME") for _, cmd in helm.entries)
+    # A publish that replaces nothing: each edge is a first install, with its bundle.
+    assert all(
+        cmd.startswith("helm install --atomic $HELM_INSTALL_NAME") for _, cmd in helm.entries
+    )
     assert helm.entries[0][1].endswith("--set edgeBundle=QlVORExFMQ==")
     rows = dict(publish_rows(_record(), edges))
     assert rows["Edges"] == "shop-1\nshop-2"
     assert rows["Docker Run Command"].startswith("Edge: shop-1\ndocker run -v")
+
+
+def test_replaced_locations_get_helm_upgrade() -> None:
+    """The seed's replace example: edges moved from a replaced publish are upgraded in place
+    (no --atomic); an edge added afresh to the same publish is installed."""
+    edges = {"moved": "QlVORExFMQ==", "fresh": "QlVORExFMg=="}
+    fields = dict(publish_fields(_record(id=11, replaces=[10]), edges, upgrades={"moved"}))
+    helm = fields["Helm Install Command"]
+    assert isinstance(helm, Commands)
+    commands = dict(helm.entries)
+    assert commands["moved"] == helm_install_command(
+        chart_url=CHART,
+        chart_version=f"0.0.1-{VERSION}",
+        edge_bundle="QlVORExFMQ==",
+        upgrade=True,
+    )
+    assert commands["moved"].startswith("helm upgrade $HELM_INSTALL_NAME \\\n")
+    assert "--atomic" not in commands["moved"]
+    assert commands["fresh"].startswith("helm install --atomic $HELM_INSTALL_NAME")
+    text = publish_text(_record(id=11, replaces=[10]), edges, upgrades={"moved"})
+    assert "Edge: moved\nhelm upgrade" in text and "Edge: fresh\nhelm install --atomic" in text
 
 
 def test_bundle_in_docker_run_variables_without_edges() -> None:
