@@ -13,16 +13,19 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from edgepub.shared.errors import (
+        EdgeNameTakenError,
         EdgepubError,
         EmptyPipelineError,
         InvalidModelError,
         InvalidNameError,
         NotFoundError,
         PublishFailedError,
+        PublishNotReadyError,
     )
 
     from .client import Client
     from .deployment_config import DeploymentConfig, DeploymentConfigBuilder
+    from .edge import Edge, EdgeList
     from .model import Framework, Model
     from .pipeline import Pipeline
     from .publish import PipelinePublish, PublishList
@@ -31,23 +34,30 @@ _WHERE = {
     "Client": ".client",
     "DeploymentConfig": ".deployment_config",
     "DeploymentConfigBuilder": ".deployment_config",
+    "Edge": ".edge",
+    "EdgeList": ".edge",
     "Framework": ".model",
     "Model": ".model",
     "Pipeline": ".pipeline",
     "PipelinePublish": ".publish",
     "PublishList": ".publish",
+    "EdgeNameTakenError": "edgepub.shared.errors",
     "EdgepubError": "edgepub.shared.errors",
     "EmptyPipelineError": "edgepub.shared.errors",
     "InvalidModelError": "edgepub.shared.errors",
     "InvalidNameError": "edgepub.shared.errors",
     "NotFoundError": "edgepub.shared.errors",
     "PublishFailedError": "edgepub.shared.errors",
+    "PublishNotReadyError": "edgepub.shared.errors",
 }
 
 __all__ = [
     "Client",
     "DeploymentConfig",
     "DeploymentConfigBuilder",
+    "Edge",
+    "EdgeList",
+    "EdgeNameTakenError",
     "EdgepubError",
     "EmptyPipelineError",
     "Framework",
@@ -59,6 +69,7 @@ __all__ = [
     "PipelinePublish",
     "PublishFailedError",
     "PublishList",
+    "PublishNotReadyError",
     "__version__",
 ]
 

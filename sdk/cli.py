@@ -6,6 +6,9 @@
     edgepub pipeline publish NAME --model M[:VERSION] [--cpus --memory --replicas --replaces]
     edgepub pipeline publishes NAME
     edgepub publish show ID
+    edgepub edge add NAME --publish ID [--tag T ...]
+    edgepub edge remove NAME
+    edgepub edge list [--pipeline P] [--publish ID]
 Add ``--json`` for output a script can read.
 """
 
@@ -82,7 +85,28 @@ def build_parser() -> argparse.ArgumentParser:
     show = publish.add_parser("show", help="show one publish")
     show.add_argument("id", type=int)
     _connection_args(show)
+    _edge_verbs(verbs)
     return parser
+
+
+def _edge_verbs(verbs: Any) -> None:
+    edge = verbs.add_parser("edge", help="edge locations").add_subparsers(
+        dest="action", required=True
+    )
+    add = edge.add_parser(
+        "add", help="add an edge to a publish; prints its bundle (shown this once)"
+    )
+    add.add_argument("name", help="unique across the instance, DNS-safe")
+    add.add_argument("--publish", type=int, required=True, metavar="ID")
+    add.add_argument("--tag", action="append", default=[], dest="tags", metavar="TAG")
+    _connection_args(add)
+    rm = edge.add_parser("remove", help="remove an edge: its credential stops working at once")
+    rm.add_argument("name")
+    _connection_args(rm)
+    lst = edge.add_parser("list", help="list edges: every one, or a pipeline's or a publish's")
+    lst.add_argument("--pipeline", metavar="NAME")
+    lst.add_argument("--publish", type=int, metavar="ID")
+    _connection_args(lst)
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -120,6 +144,37 @@ def _publish(args: argparse.Namespace) -> None:
         _print(args, publish, publish.record)
 
 
+def _edge(args: argparse.Namespace) -> None:
+    from edgepub.shared.edge_messages import EdgeAdded
+
+    with _client(args) as client:
+        if args.action == "add":
+            publish = client.get_publish(args.publish)
+            added = publish.add_edge(args.name, args.tags)
+            edge = next(e for e in added.edges or () if e.name == args.name)
+            result = EdgeAdded(edge=edge.info, bundle=edge.bundle)
+            _print(args, _added_text(result, edge.docker_run), result)
+        elif args.action == "remove":
+            removed = client._remove_edge(args.name)
+            _print(args, f"edge {removed.name!r} removed", removed)
+        else:
+            edges = client.list_edges(args.pipeline, args.publish)
+            _print(args, repr(edges).rstrip("\n"), [e.info for e in edges])
+
+
+def _added_text(added: Any, docker_run: str) -> str:
+    edge = added.edge
+    return (
+        f"edge {edge.name!r} added to publish {edge.publish_id} "
+        f"(pipeline {edge.pipeline_name!r}).\n"
+        "EDGE_BUNDLE (shown this once; it holds the edge's single-use join token):\n"
+        f"{added.bundle}\n\n"
+        f"Docker Run Command\n{docker_run}\n\n"
+        "Note: Please set the PERSISTENT_VOLUME_DIR, EDGE_PORT, OCI_USERNAME, and "
+        "OCI_PASSWORD environment variables."
+    )
+
+
 def run(argv: Sequence[str]) -> int:
     argv = list(argv)
     if argv and argv[0] == "up":
@@ -141,6 +196,8 @@ def run(argv: Sequence[str]) -> int:
         with _client(args) as client:
             publishes = client.build_pipeline(args.name).publishes()
             _print(args, publishes, [p.record for p in publishes])
+    elif args.verb == "edge":
+        _edge(args)
     elif args.verb == "publish":
         with _client(args) as client:
             publish = client.get_publish(args.id)

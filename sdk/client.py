@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from edgepub.shared import logs, subjects
+from edgepub.shared.edge_messages import EdgeListRequest, EdgeRemoved, EdgeRemoveRequest
 from edgepub.shared.errors import InvalidModelError
 from edgepub.shared.names import check_name
 from edgepub.shared.schemas import (
@@ -24,6 +25,7 @@ from edgepub.shared.schemas import (
 
 from . import connection
 from ._loop import BackgroundLoop
+from .edge import EdgeList, fetch_edges, make_edges, publish_records
 from .model import Framework, Model
 from .model_file import inspect_onnx, sha256_file
 from .pipeline import Pipeline
@@ -112,10 +114,30 @@ class Client:
         return Pipeline(self, record)
 
     def get_publish(self, publish_id: int) -> PipelinePublish:
+        """A publish by id, with the edges that should run it (when the token service
+        answers)."""
         record = self._call(
             subjects.VERB_PUBLISH_GET, PublishGetRequest(id=publish_id), PublishRecord
         )
-        return PipelinePublish(record)
+        edges = fetch_edges(self, EdgeListRequest(publish_id=publish_id), best_effort=True)
+        return PipelinePublish(record, self, edges)
+
+    def remove_edge(self, name: str) -> None:
+        """Remove edge ``name``: its credential stops working at once (connected, it is cut
+        off) and the name is free for ``add_edge`` again. NotFoundError if no such edge."""
+        self._remove_edge(name)
+
+    def _remove_edge(self, name: str) -> EdgeRemoved:
+        request = EdgeRemoveRequest(name=check_name("edge", name))
+        return self._call(subjects.VERB_EDGE_REMOVE, request, EdgeRemoved)
+
+    def list_edges(
+        self, pipeline_name: str | None = None, publish_id: int | None = None
+    ) -> EdgeList:
+        """Every edge of the instance, or those of one pipeline and/or one publish."""
+        request = EdgeListRequest(pipeline_name=pipeline_name, publish_id=publish_id)
+        infos = fetch_edges(self, request) or ()
+        return make_edges(infos, publish_records(self, infos))
 
     def close(self) -> None:
         try:

@@ -7,9 +7,17 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
 from edgepub.shared import subjects
+from edgepub.shared.edge_messages import EdgeInfo, EdgeListRequest, EdgeMoved, EdgeMoveRequest
 from edgepub.shared.engine_config import EngineConfig
-from edgepub.shared.errors import EmptyPipelineError, InvalidRequestError, PublishFailedError
+from edgepub.shared.errors import (
+    EmptyPipelineError,
+    InvalidRequestError,
+    PublishFailedError,
+    ServiceUnavailableError,
+)
 from edgepub.shared.schemas import (
     ModelRef,
     PipelineRecord,
@@ -22,6 +30,7 @@ from edgepub.shared.schemas import (
 )
 
 from .deployment_config import default_engine_config
+from .edge import EdgeList, fetch_edges, make_edges, publish_records
 from .model import Model
 from .progress import PublishProgress
 from .publish import PipelinePublish, PublishList
@@ -29,7 +38,10 @@ from .publish import PipelinePublish, PublishList
 if TYPE_CHECKING:
     from .client import Client
 
+log = structlog.get_logger("edgepub.sdk")
+
 PUBLISH_TIMEOUT_S = 600.0
+MOVE_RETRY_S = 5.0  # the token service also moves edges itself when it sees the publish
 
 
 class Pipeline:
@@ -98,15 +110,59 @@ class Pipeline:
             raise PublishFailedError(
                 f"publish {final.id} of pipeline {self.name!r} failed: {final.error}"
             )
-        return PipelinePublish(final)
+        if not final.replaces:
+            return PipelinePublish(final, self._client, ())
+        return PipelinePublish(final, self._client, self._move_edges(final.id))
+
+    def _move_edges(self, publish_id: int) -> tuple[EdgeInfo, ...] | None:
+        """Move the replaced publishes' edges onto ``publish_id`` now, so ``list_edges()``
+        shows them there at once (idempotent: the token service does it too, from the
+        publish's events, so an unanswered move is not an error), and read them."""
+        client = self._client
+        try:
+            client._run(
+                client._session.call(
+                    subjects.VERB_EDGE_MOVE,
+                    EdgeMoveRequest(publish_id=publish_id),
+                    EdgeMoved,
+                    retry_for=MOVE_RETRY_S,
+                )
+            )
+        except ServiceUnavailableError as exc:
+            log.warning("edges_not_moved_yet", publish_id=publish_id, error=exc.message)
+            return None
+        return fetch_edges(client, EdgeListRequest(publish_id=publish_id), best_effort=True)
 
     def publishes(self) -> PublishList:
+        """The pipeline's publishes, each with the edges that should run it (read once for
+        the pipeline; left off when no token service answers)."""
         reply = self._client._call(
             subjects.VERB_PUBLISH_LIST,
             PublishListRequest(pipeline_name=self.name),
             PublishListReply,
         )
-        return PublishList(PipelinePublish(r) for r in reply.publishes)
+        edges = fetch_edges(
+            self._client, EdgeListRequest(pipeline_name=self.name), best_effort=True
+        )
+        by_publish: dict[int, list[EdgeInfo]] = {r.id: [] for r in reply.publishes}
+        for edge in edges or ():
+            by_publish.setdefault(edge.publish_id, []).append(edge)
+        return PublishList(
+            PipelinePublish(r, self._client, None if edges is None else by_publish[r.id])
+            for r in reply.publishes
+        )
+
+    def list_edges(self) -> EdgeList:
+        """The edges of this pipeline's publishes, each with the publish it should run."""
+        infos = fetch_edges(self._client, EdgeListRequest(pipeline_name=self.name)) or ()
+        if not infos:
+            return EdgeList()
+        reply = self._client._call(
+            subjects.VERB_PUBLISH_LIST,
+            PublishListRequest(pipeline_name=self.name),
+            PublishListReply,
+        )
+        return make_edges(infos, publish_records(self._client, infos, reply.publishes))
 
     def __repr__(self) -> str:
         steps = ", ".join(m.name for m in self._steps) or "(none)"
