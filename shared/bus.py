@@ -69,16 +69,21 @@ async def connect(
     name: str,
     connect_timeout: float = 2.0,
     wait_s: float = 3.0,
+    nkey_seed: str | None = None,
+    inbox_user: str | None = None,
+    jetstream: bool = True,
 ) -> NATS:
     """Connect, then reconnect forever with short jittered waits once connected.
 
     The first connect is bounded: refused credentials raise NotAuthorizedError at once; an
     unreachable server is retried for ``wait_s`` and then raises ServiceUnavailableError; a
     server without JetStream raises too. Every message names the URL and the user (never
-    the password) and says what to do.
+    the password) and says what to do. With ``nkey_seed`` the client proves an nkey (the
+    token service's system-account user); ``inbox_user`` then names its inbox.
     """
     register_secret(settings.password)
-    who = settings.user or "anonymous"
+    register_secret(nkey_seed)
+    who = settings.user or inbox_user or "anonymous"
     callbacks = _Callbacks(name)
     opts: dict[str, Any] = {
         "servers": [settings.url],
@@ -97,6 +102,10 @@ async def connect(
         opts["user"] = settings.user
         opts["password"] = settings.password or ""
         opts["inbox_prefix"] = subjects.inbox_prefix(settings.user)
+    if nkey_seed:
+        opts["nkeys_seed_str"] = nkey_seed
+    if inbox_user:
+        opts["inbox_prefix"] = subjects.inbox_prefix(inbox_user)
     deadline = time.monotonic() + wait_s
     attempt = 0
     while True:
@@ -117,7 +126,7 @@ async def connect(
                 ) from None
             await asyncio.sleep(_backoff(attempt))
             attempt += 1
-    if not nc._server_info.get("jetstream"):
+    if jetstream and not nc._server_info.get("jetstream"):
         await nc.close()
         raise ServiceUnavailableError(
             f"NATS at {settings.url} has no JetStream; start nats-server with JetStream "

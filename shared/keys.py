@@ -16,12 +16,12 @@ import nkeys
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
-KeyKind = Literal["account", "user"]
+KeyKind = Literal["account", "user", "server"]
 _PREFIX = {"account": nkeys.PREFIX_BYTE_ACCOUNT, "user": nkeys.PREFIX_BYTE_USER}
-_PUBLIC_PREFIX = {"account": "A", "user": "U"}
+_PUBLIC_PREFIX = {"account": "A", "user": "U", "server": "N"}
 
 
-def new_seed(kind: KeyKind) -> str:
+def new_seed(kind: Literal["account", "user"]) -> str:
     """A fresh seed ("SA..." for an account, "SU..." for a user)."""
     seed: bytes = nkeys.encode_seed(os.urandom(32), _PREFIX[kind])
     return seed.decode()

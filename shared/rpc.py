@@ -30,7 +30,12 @@ Resp = TypeVar("Resp")
 
 class Route(msgspec.Struct, frozen=True):
     request_type: type[Any]
-    handler: Callable[[str, Any], Awaitable[msgspec.Struct]]  # (user, request) -> response
+    handler: Callable[[str, Any], Awaitable[msgspec.Struct]]  # (caller, request) -> response
+
+
+# What a subject says about a request: who sent it (the broker vouches for it), what it asks
+# (named in errors) and the route that answers it.
+Resolve = Callable[[str], tuple[str, str, Route]]
 
 
 async def serve(
@@ -46,39 +51,58 @@ async def serve(
     strays = sorted(v for v in routes if subjects.service_of(v) != service)
     if strays:
         raise ValueError(f"routes {strays} do not belong to the {service} service")
+
+    def resolve(subject: str) -> tuple[str, str, Route]:
+        user, verb = subjects.parse_request(subject)
+        route = routes.get(verb)
+        if route is None:
+            raise InvalidRequestError(f"unknown request {verb!r}; known: {sorted(routes)}")
+        return user, verb, route
+
     wildcard = subjects.request_wildcard(service)
+    queue = subjects.request_queue(service)
+    await serve_subjects(nc, (wildcard,), queue, resolve, stop, max_in_flight=max_in_flight)
+
+
+async def serve_subjects(
+    nc: NATS,
+    wildcards: tuple[str, ...],
+    queue: str,
+    resolve: Resolve,
+    stop: asyncio.Event,
+    *,
+    max_in_flight: int = 64,
+) -> None:
+    """Answer requests on ``wildcards`` (one queue group) until ``stop``, routing each with
+    ``resolve``; finish the requests in hand."""
     slots = asyncio.Semaphore(max_in_flight)
     async with asyncio.TaskGroup() as tg:
 
         async def on_msg(msg: Msg) -> None:
             await slots.acquire()
-            tg.create_task(_answer(nc, msg, routes, slots))
+            tg.create_task(_answer(nc, msg, resolve, slots))
 
-        sub = await nc.subscribe(wildcard, queue=subjects.request_queue(service), cb=on_msg)
-        log.info("requests_serving", subject=wildcard)
+        subs = [await nc.subscribe(w, queue=queue, cb=on_msg) for w in wildcards]
+        log.info("requests_serving", subjects=list(wildcards))
         try:
             await stop.wait()
         finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-    log.info("requests_stopped")
+            for sub in subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+    log.info("requests_stopped", subjects=list(wildcards))
 
 
-async def _answer(
-    nc: NATS, msg: Msg, routes: Mapping[str, Route], slots: asyncio.Semaphore
-) -> None:
+async def _answer(nc: NATS, msg: Msg, resolve: Resolve, slots: asyncio.Semaphore) -> None:
     try:
-        user, verb = subjects.parse_request(msg.subject)
-        route = routes.get(verb)
-        if route is None:
-            raise InvalidRequestError(f"unknown request {verb!r}; known: {sorted(routes)}")
+        caller, what, route = resolve(msg.subject)
         try:
             request = decode(route.request_type, msg.data)
         except msgspec.ValidationError as exc:
-            raise InvalidRequestError(f"bad {verb} request: {exc}") from exc
+            raise InvalidRequestError(f"bad {what} request: {exc}") from exc
         except msgspec.DecodeError as exc:
-            raise InvalidRequestError(f"{verb} request is not msgpack: {exc}") from exc
-        response = await route.handler(user, request)
+            raise InvalidRequestError(f"{what} request is not msgpack: {exc}") from exc
+        response = await route.handler(caller, request)
         await msg.respond(encode(response))
     except EdgepubError as exc:
         # A client's mistake or a known condition: its class says so, no traceback.

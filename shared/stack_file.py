@@ -31,6 +31,7 @@ class StackInfo(msgspec.Struct, frozen=True, kw_only=True):
     sdk_password: str | None
     data_dir: str
     pid: int
+    opscenter_host: str | None = None  # where edges connect (OPSCENTER_HOST in bundles)
 
 
 def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:

@@ -28,7 +28,7 @@ from support.services import OpsServices
 
 pytest_plugins = ["support.registry_push"]
 
-OPS_SERVICES = ("publish", "registry_push")
+OPS_SERVICES = ("publish", "registry_push", "token")
 
 
 @pytest.fixture

@@ -6,69 +6,21 @@ not exist (``create``); a lost race surfaces as ``Conflict`` and the caller re-r
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Generic, TypeVar
-
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from edgepub.shared import subjects
+from edgepub.shared.kv_table import Conflict, Table
 from edgepub.shared.schemas import (
     ModelVersion,
     PipelineRecord,
     PipelineVersion,
     PublishRecord,
-    decoder,
-    encode,
 )
 
-R = TypeVar("R", bound=msgspec.Struct)
-
-
-class Conflict(Exception):
-    """Someone else wrote the key between our read and our write."""
-
-
-class Table(Generic[R]):
-    """One KV bucket holding records of one type."""
-
-    def __init__(self, kv: KeyValue, kind: type[R]) -> None:
-        self._kv = kv
-        self._dec = decoder(kind)
-
-    async def get(self, key: str) -> tuple[R, int] | None:
-        try:
-            entry = await self._kv.get(key)
-        except KeyNotFoundError:  # also covers deleted keys
-            return None
-        if entry.value is None:
-            return None
-        return self._dec.decode(entry.value), entry.revision or 0
-
-    async def create(self, key: str, record: R) -> int:
-        try:
-            return await self._kv.create(key, encode(record))
-        except KeyWrongLastSequenceError as exc:
-            raise Conflict(key) from exc
-
-    async def update(self, key: str, record: R, revision: int) -> int:
-        try:
-            return await self._kv.update(key, encode(record), last=revision)
-        except KeyWrongLastSequenceError as exc:
-            raise Conflict(key) from exc
-
-    async def scan(self, key_filter: str = ">") -> AsyncIterator[R]:
-        watcher = await self._kv.watch(key_filter, ignore_deletes=True)
-        try:
-            async for entry in watcher:
-                if entry is None:  # end of the initial values
-                    break
-                if entry.value:
-                    yield self._dec.decode(entry.value)
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+__all__ = ["Conflict", "Counters", "Requests", "State", "Table"]
 
 
 class Counters:

@@ -11,6 +11,9 @@ import msgspec
 class ServiceSpec(msgspec.Struct, frozen=True, kw_only=True):
     name: str  # short name: ``python -m edgepub.services.<name>``
     nats_user: str  # its own NATS user (see config.SERVICE_USERS)
+    # Processes the stack runs. The token service answers every edge connect (the auth
+    # callout): two replicas in one queue group, so connects go on with one of them down.
+    replicas: int = 1
 
     @property
     def module(self) -> str:
@@ -20,7 +23,7 @@ class ServiceSpec(msgspec.Struct, frozen=True, kw_only=True):
 SERVICES = (
     ServiceSpec(name="publish", nats_user="publish"),
     ServiceSpec(name="registry_push", nats_user="registry-push"),
-    ServiceSpec(name="token", nats_user="token"),
+    ServiceSpec(name="token", nats_user="token", replicas=2),
     ServiceSpec(name="log_collector", nats_user="log-collector"),
 )
 BY_NAME = {s.name: s for s in SERVICES}
@@ -74,3 +77,13 @@ def service_env(
         if registry.password is not None:
             env["EDGEPUB_REGISTRY_PASSWORD"] = registry.password
     return env
+
+
+def token_env(*, issuer_seed: str, system_seed: str, opscenter_host: str) -> dict[str, str]:
+    """What the token service needs beyond NATS: the keys the server trusts, and the
+    OPSCENTER_HOST it writes into bundles (where edges reach this stack)."""
+    return {
+        "EDGEPUB_AUTH_ISSUER_SEED": issuer_seed,
+        "EDGEPUB_SYSTEM_USER_SEED": system_seed,
+        "EDGEPUB_OPSCENTER_HOST": opscenter_host,
+    }

@@ -192,7 +192,8 @@ def _accounts(users: dict[str, UserSpec], callout: CalloutSpec | None) -> list[s
 def _callout(users: dict[str, UserSpec], callout: CalloutSpec) -> list[str]:
     # Static users (services, the SDK user) skip the callout; everyone else is an edge
     # that the token service answers for, placing it in the app account.
-    auth_users = ", ".join(quote(u) for u in sorted(users))
+    # The system user is known by its nkey; it bypasses the callout like the static users.
+    auth_users = ", ".join(quote(u) for u in [*sorted(users), callout.system_user_public_key])
     return [
         "authorization {",
         "  timeout: 2",

@@ -13,7 +13,7 @@ import msgspec
 from edgepub.shared.errors import ConfigError
 from edgepub.shared.stack_file import write_private
 
-from .config import StackCredentials, generate_credentials
+from .config import StackCredentials, completed, generate_credentials
 
 CREDENTIALS_FILE = "credentials.json"
 
@@ -31,6 +31,9 @@ def load_or_create_credentials(directory: Path, *, sdk_user: str = "admin") -> S
                 "move it away to generate new credentials"
             ) from exc
         if creds.sdk_user in creds.nats_users:
+            if not creds.complete:  # a file from before edges: add their keys, keep the rest
+                creds = completed(creds)
+                write_private(path, msgspec.json.format(msgspec.json.encode(creds)))
             return creds
     creds = generate_credentials(sdk_user)
     write_private(path, msgspec.json.format(msgspec.json.encode(creds)))

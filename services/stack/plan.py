@@ -15,7 +15,7 @@ import msgspec
 from edgepub.shared.stack_file import StackInfo
 
 from . import config
-from .catalog import RegistryEndpoint, ServiceSpec, service_env
+from .catalog import RegistryEndpoint, ServiceSpec, service_env, token_env
 
 
 class Probe(Enum):
@@ -29,6 +29,10 @@ class UpOptions(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     nats_port: int = 4222  # resolved: never 0 once in a plan
     registry_port: int = 5000
+    edge_port: int = 4223  # the edge-facing WebSocket listener (resolved: never 0 in a plan)
+    # OPSCENTER_HOST in bundles; None: ws://<host>:<edge_port> (behind an HTTPS proxy set
+    # it to "<domain>/edge", which edges read as wss://<domain>/edge)
+    opscenter_host: str | None = None
     nats_url: str | None = None  # an external NATS instead of the embedded one
     nats_user: str | None = None  # credentials on the external NATS
     nats_password: str | None = None
@@ -117,6 +121,8 @@ def _embedded_nats(
         port=opts.nats_port,
         store_dir=paths["nats_store"],
         users=config.nats_users(creds),
+        callout=config.callout_spec(creds),
+        websocket=config.WebsocketSpec(host=opts.host, port=opts.edge_port),
     )
     child = ChildSpec(
         name="nats-server",
@@ -149,15 +155,33 @@ def _service_children(
         if opts.nats_url is not None and not opts.nats_user:
             env.pop("EDGEPUB_NATS_USER", None)
             env.pop("EDGEPUB_NATS_PASSWORD", None)
-        out.append(
-            ChildSpec(
-                name=spec.name,
-                argv=(python, "-m", spec.module),
-                env=env,
-                log_path=f"{logs_dir}/{spec.name}.log",
+        if spec.name == "token" and opts.nats_url is None:
+            env.update(
+                token_env(
+                    issuer_seed=creds.auth_issuer_seed,
+                    system_seed=creds.system_user_seed,
+                    opscenter_host=opscenter_host(opts),
+                )
             )
-        )
+        for replica in range(1, spec.replicas + 1):
+            name = spec.name if replica == 1 else f"{spec.name}-{replica}"
+            out.append(
+                ChildSpec(
+                    name=name,
+                    argv=(python, "-m", spec.module),
+                    env=env,
+                    log_path=f"{logs_dir}/{name}.log",
+                )
+            )
     return tuple(out)
+
+
+def opscenter_host(opts: UpOptions) -> str:
+    """Where this stack's edges connect, as bundles say it (OPSCENTER_HOST)."""
+    if opts.opscenter_host:
+        return opts.opscenter_host
+    host = "127.0.0.1" if opts.host in ("0.0.0.0", "::") else opts.host
+    return f"ws://{host}:{opts.edge_port}"
 
 
 def build_plan(
@@ -222,6 +246,7 @@ def build_plan(
         sdk_password=sdk_password,
         data_dir=opts.data_dir,
         pid=pid,
+        opscenter_host=opscenter_host(opts) if opts.nats_url is None else opts.opscenter_host,
     )
     return StackPlan(
         files=tuple(files),

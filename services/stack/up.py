@@ -41,6 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nats-port", type=int, default=4222, help="0 picks a free port")
     p.add_argument("--registry-port", type=int, default=5000, help="0 picks a free port")
     p.add_argument(
+        "--edge-port",
+        type=int,
+        default=4223,
+        help="edges connect here (NATS over WebSocket); 0 picks a free port",
+    )
+    p.add_argument(
+        "--opscenter-host",
+        default=env("EDGEPUB_OPSCENTER_HOST"),
+        help="OPSCENTER_HOST in bundles (default ws://<host>:<edge port>); behind an HTTPS "
+        "reverse proxy: <domain>/edge, which edges read as wss://<domain>/edge",
+    )
+    p.add_argument(
         "--nats-url",
         default=env("EDGEPUB_NATS_URL"),
         help="use this NATS instead of starting one (default $EDGEPUB_NATS_URL)",
@@ -118,6 +130,12 @@ def options_from_args(args: argparse.Namespace, directory: Path) -> UpOptions:
             if embedded_registry
             else 0
         ),
+        edge_port=(
+            resolve_port(args.host, args.edge_port, "the edge listener", "--edge-port")
+            if embedded_nats
+            else 0
+        ),
+        opscenter_host=args.opscenter_host or None,
         nats_url=args.nats_url or None,
         nats_user=args.nats_user if not embedded_nats else None,
         nats_password=args.nats_password if not embedded_nats else None,
@@ -132,7 +150,13 @@ def options_from_args(args: argparse.Namespace, directory: Path) -> UpOptions:
 
 def make_plan(opts: UpOptions, directory: Path) -> StackPlan:
     creds = credentials.load_or_create_credentials(directory)
-    for secret in (*creds.nats_users.values(), creds.registry_password, creds.registry_http_secret):
+    for secret in (
+        *creds.nats_users.values(),
+        creds.registry_password,
+        creds.registry_http_secret,
+        creds.auth_issuer_seed,
+        creds.system_user_seed,
+    ):
         logs.register_secret(secret)
     logs.register_secret(opts.nats_password)
     logs.register_secret(opts.registry_password)
@@ -207,6 +231,7 @@ def _announce(plan: StackPlan, stack_file: Path) -> None:
         f"  NATS      {info.nats_url}" + (f" (user {info.sdk_user})" if info.sdk_user else ""),
         f"  registry  {info.registry}/{info.registry_repository}"
         + (f" (user {info.registry_username})" if info.registry_username else ""),
+        f"  edges     {info.opscenter_host or '(set --opscenter-host)'} (OPSCENTER_HOST)",
         f"  services  {', '.join(s.name for s in plan.services) or 'none'}",
         f"  details   {stack_file} (credentials; mode 0600)",
         "Ctrl-C stops everything.",

@@ -95,12 +95,18 @@ class NatsServer(ServerProcess):
         self.user_specs = users if users is not None else config.nats_users(self.credentials)
         self.users: dict[str, str] = {u: s.password for u, s in self.user_specs.items()}
         self.port = port or free_port()
+        self.ws_port = free_port()  # the edge listener: NATS over WebSocket
         self.store_dir = base_dir / "jetstream"
         self.config_path = base_dir / "nats.conf"
         base_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(
             config.nats_config(
-                host=HOST, port=self.port, store_dir=str(self.store_dir), users=self.user_specs
+                host=HOST,
+                port=self.port,
+                store_dir=str(self.store_dir),
+                users=self.user_specs,
+                callout=config.callout_spec(self.credentials),
+                websocket=config.WebsocketSpec(host=HOST, port=self.ws_port),
             )
         )
         self.child = ChildProcess(
@@ -110,6 +116,11 @@ class NatsServer(ServerProcess):
     @property
     def url(self) -> str:
         return f"nats://{HOST}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        """Where edges connect (OPSCENTER_HOST with an explicit scheme)."""
+        return f"ws://{HOST}:{self.ws_port}"
 
     @property
     def sdk_user(self) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from edgepub.services.stack.catalog import BY_NAME, service_env, service_exists
+from edgepub.services.stack.catalog import BY_NAME, service_env, service_exists, token_env
 
 from .procs import ChildProcess
 from .servers import NatsServer, RegistryServer
@@ -33,9 +33,10 @@ class ServiceProcess:
         registry: RegistryServer | None,
         log_dir: Path,
         env: dict[str, str] | None = None,
+        replica: int = 1,
     ) -> None:
         spec = BY_NAME[name]
-        self.name = name
+        self.name = name if replica == 1 else f"{name}-{replica}"
         full_env = service_env(
             clean_environ(),
             nats_url=nats.url,
@@ -43,10 +44,18 @@ class ServiceProcess:
             nats_password=nats.users[spec.nats_user],
             registry=registry.endpoint() if registry is not None else None,
         )
+        if name == "token":
+            full_env.update(
+                token_env(
+                    issuer_seed=nats.credentials.auth_issuer_seed,
+                    system_seed=nats.credentials.system_user_seed,
+                    opscenter_host=nats.ws_url,
+                )
+            )
         full_env.update(env or {})
         self.env = full_env
         self.child = ChildProcess(
-            [sys.executable, "-m", spec.module], log_dir / f"{name}.log", env=full_env
+            [sys.executable, "-m", spec.module], log_dir / f"{self.name}.log", env=full_env
         )
 
     @property
@@ -125,17 +134,24 @@ class OpsServices:
     def __contains__(self, name: str) -> bool:
         return name in self.procs
 
-    def start(self, name: str, *, env: dict[str, str] | None = None, **kw: Any) -> ServiceProcess:
-        """Start (or restart with ``env``) service ``name``; skips the test if it isn't written."""
+    def start(
+        self, name: str, *, env: dict[str, str] | None = None, replica: int = 1, **kw: Any
+    ) -> ServiceProcess:
+        """Start (or restart with ``env``) service ``name`` (its ``replica``-th process, kept
+        as ``name-<replica>`` past the first); skips the test if it isn't written."""
         if not service_exists(name):
             pytest.skip(
                 f"service {name!r} does not exist yet (no edgepub.services.{name}.__main__)"
             )
-        old = self.procs.get(name)
+        if name == "token":  # ready once it answers connects, not merely connected
+            kw.setdefault("ready_event", "auth_callout_serving")
+        proc = ServiceProcess(
+            name, self.nats, self.registry, self.log_dir, env=env, replica=replica
+        )
+        old = self.procs.get(proc.name)
         if old is not None:
             old.terminate()
-        proc = ServiceProcess(name, self.nats, self.registry, self.log_dir, env=env)
-        self.procs[name] = proc
+        self.procs[proc.name] = proc
         proc.start(**kw)
         return proc
 

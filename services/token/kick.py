@@ -1,0 +1,98 @@
+"""Cutting an edge off everywhere: ask every server for its connections (CONNZ), then tell
+each server holding one of the edge's to close it (KICK).
+
+``$SYS.REQ.SERVER.<id>.KICK`` acts on one server, so the connections are found on all of
+them first. Without operator mode there are no revocation lists: the callout refusing the
+edge, this kick, and the short ``exp`` of its JWT are the revocation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Annotated
+
+import msgspec
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from edgepub.shared import subjects
+
+log = structlog.get_logger("edgepub.token.kick")
+MAX_CONNZ = 64 << 20  # a CONNZ answer for thousands of connections
+
+
+class _Conn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    cid: int
+    name: str = ""
+    authorized_user: str = ""
+    account: str = ""
+
+
+class _Connz(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    server_id: str = ""
+    connections: Annotated[list[_Conn], msgspec.Meta(max_length=1_000_000)] = []
+
+
+class _Server(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    id: str
+
+
+class _ConnzReply(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    server: _Server
+    data: _Connz | None = None
+
+
+_connz_reply = msgspec.json.Decoder(_ConnzReply)
+
+
+def edge_connections(reply: bytes, edge: str) -> tuple[str, list[int]]:
+    """(server id, the edge's connection ids) from one server's CONNZ answer."""
+    if len(reply) > MAX_CONNZ:
+        return "", []
+    try:
+        parsed = _connz_reply.decode(reply)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return "", []
+    conns = parsed.data.connections if parsed.data else []
+    mine = [
+        c.cid
+        for c in conns
+        if c.account == subjects.APP_ACCOUNT and edge in (c.name, c.authorized_user)
+    ]
+    return parsed.server.id, mine
+
+
+async def kick_edge(sys_nc: NATS, edge: str, wait_s: float) -> int:
+    """Close every connection of ``edge`` on every server; returns how many were closed."""
+    inbox = sys_nc.new_inbox()
+    replies: list[bytes] = []
+    first = asyncio.Event()
+
+    async def on_reply(msg: Msg) -> None:
+        replies.append(msg.data)
+        first.set()
+
+    sub = await sys_nc.subscribe(inbox, cb=on_reply)
+    try:
+        query = {"account": subjects.APP_ACCOUNT, "auth": True, "limit": 1_000_000}
+        await sys_nc.publish(subjects.SYS_CONNZ, msgspec.json.encode(query), reply=inbox)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                await first.wait()
+        await asyncio.sleep(wait_s)  # the other servers of a cluster answer too
+    finally:
+        await sub.unsubscribe()
+    kicked = 0
+    for reply in replies:
+        server_id, cids = edge_connections(reply, edge)
+        for cid in cids:
+            try:
+                await sys_nc.request(
+                    subjects.sys_kick(server_id), msgspec.json.encode({"cid": cid}), timeout=2.0
+                )
+                kicked += 1
+            except TimeoutError:
+                log.warning("kick_unanswered", edge=edge, server_id=server_id, cid=cid)
+    return kicked

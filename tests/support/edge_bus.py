@@ -1,0 +1,69 @@
+"""Edges on the bus for tests: add one through the token service as the SDK user, and
+connect as it over the WebSocket listener, exactly as the agent does (client name = edge
+name, the join token as auth token until joined, the nonce signed with its own nkey)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+
+from edgepub.shared import keys, rpc, subjects
+from edgepub.shared.edge_messages import EdgeAdded, EdgeAddRequest, EdgeRemoved, EdgeRemoveRequest
+
+from .servers import NatsServer
+
+
+def join_token(bundle: str) -> str:
+    for line in base64.b64decode(bundle).decode().splitlines():
+        if line.startswith("export JOIN_TOKEN="):
+            return line.split("=", 1)[1]
+    raise AssertionError("bundle has no JOIN_TOKEN")
+
+
+async def admin(server: NatsServer) -> NATS:
+    s = server.settings()
+    return await nats.connect(
+        s.url,
+        user=s.user,
+        password=s.password,
+        inbox_prefix=subjects.inbox_prefix(s.user or ""),
+        connect_timeout=2,
+    )
+
+
+async def add_edge(nc: NATS, publish_id: int, name: str, tags: tuple[str, ...] = ()) -> EdgeAdded:
+    req = EdgeAddRequest(publish_id=publish_id, name=name, tags=tags)
+    return await rpc.call(nc, subjects.request("admin", subjects.VERB_EDGE_ADD), req, EdgeAdded)
+
+
+async def remove_edge(nc: NATS, name: str) -> EdgeRemoved:
+    req = EdgeRemoveRequest(name=name)
+    return await rpc.call(
+        nc, subjects.request("admin", subjects.VERB_EDGE_REMOVE), req, EdgeRemoved
+    )
+
+
+async def connect_edge(
+    server: NatsServer, name: str, seed: str, token: str | None = None, **kw: Any
+) -> NATS:
+    """Connect as edge ``name`` over WebSocket; raises what nats-py raises when refused."""
+    opts: dict[str, Any] = {
+        "servers": [server.ws_url],
+        "name": name,
+        "nkeys_seed_str": seed,
+        "inbox_prefix": subjects.inbox_prefix(name),
+        "connect_timeout": 3,
+        "allow_reconnect": False,
+        "max_reconnect_attempts": 0,
+    }
+    if token is not None:
+        opts["token"] = token
+    opts.update(kw)
+    return await nats.connect(**opts)
+
+
+def new_seed() -> str:
+    return keys.new_seed("user")
