@@ -87,7 +87,7 @@ def credential_text(edge: EdgeInfo, now: datetime) -> str:
     elif state == "joined":
         text = "joined"
     elif state == "expired":
-        text = "expired (add the edge again for a new bundle)"
+        text = "expired (remove_edge and add_edge it again for a new bundle)"
     else:
         text = "revoked"
     expires = edge.credential_expires_at
