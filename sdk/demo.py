@@ -66,6 +66,8 @@ def start_stack(data_dir: Path, stack: ExitStack) -> None:
             "0",
             "--registry-port",
             "0",
+            "--edge-port",
+            "0",
         ],
         data_dir / "stack.log",
         stack,
