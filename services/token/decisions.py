@@ -8,13 +8,13 @@ with one join token, exactly one is written and the others see a used token.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from datetime import datetime, timedelta
 
 import msgspec
 
 from edgepub.shared import keys, subjects
+from edgepub.shared.bundle import join_token_sha256 as token_sha256
 from edgepub.shared.edge_messages import (
     ConnectionStatus,
     CredentialState,
@@ -36,10 +36,6 @@ class Grant(msgspec.Struct, frozen=True, kw_only=True):
 
 class Deny(msgspec.Struct, frozen=True, kw_only=True):
     reason: str  # logged by the server and by us; never holds a secret
-
-
-def token_sha256(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def spiffe_id(trust_domain: str, edge_id: str) -> str:
