@@ -105,6 +105,28 @@ class PipelineCache:
             return None
         return self.read(target)
 
+    def find(self, pipeline_url: str) -> CachedPipeline | None:
+        """The newest complete pull of ``pipeline_url`` in the store (``current`` first):
+        an edge assigned back to a pipeline it ran before serves it without the registry."""
+        try:
+            current = self.current()
+        except (OSError, msgspec.ValidationError, msgspec.DecodeError):
+            current = None
+        if current is not None and current.source.pipeline_url == pipeline_url:
+            return current
+        try:
+            entries = sorted(self.store.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
+        except FileNotFoundError:
+            return None
+        for entry in entries:
+            try:
+                found = self.read(entry)
+            except (OSError, msgspec.ValidationError, msgspec.DecodeError):
+                continue  # a pull being pruned, or a damaged one: never served
+            if found.source.pipeline_url == pipeline_url:
+                return found
+        return None
+
     def read(self, path: Path) -> CachedPipeline:
         source = msgspec.json.decode((path / "source.json").read_bytes(), type=CacheSource)
         definition = definition_decoder.decode((path / "definition.json").read_bytes())
@@ -132,6 +154,12 @@ class PipelineCache:
             _fsync_tree(staging)
             os.rename(staging, final)
             _fsync_dir(self.store)
+        self.select(final)
+        return final
+
+    def select(self, final: Path) -> None:
+        """Point ``current`` at a complete pull in the store, atomically."""
+        os.utime(final)  # the newest for pruning: the served pull is never the one removed
         link_tmp = self.root / f".current-{os.getpid()}"
         with contextlib.suppress(FileNotFoundError):
             link_tmp.unlink()
@@ -139,7 +167,6 @@ class PipelineCache:
         os.replace(link_tmp, self.current_link)
         _fsync_dir(self.root)
         self._prune(final)
-        return final
 
     def _prune(self, keep: Path) -> None:
         entries = sorted(

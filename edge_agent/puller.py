@@ -13,10 +13,19 @@ from typing import Any, Protocol
 import msgspec
 
 from edgepub.shared import artifact
-from edgepub.shared.errors import DigestMismatchError, RegistryError
+from edgepub.shared.errors import (
+    DigestMismatchError,
+    InvalidModelError,
+    RegistryAuthError,
+    RegistryError,
+    RegistryUnavailableError,
+)
 from edgepub.shared.schemas import PipelineDefinition, definition_decoder, encode_json
+from edgepub.shared.settings import RegistrySettings
 
+from .assignment import reference_for
 from .cache import CachedPipeline, CacheSource, PipelineCache, safe_file_name
+from .config import AgentConfig
 
 
 class Registry(Protocol):
@@ -70,13 +79,13 @@ def _layer(
 
 
 def _up_to_date(cache: PipelineCache, url: str, digest: str) -> CachedPipeline | None:
-    try:
-        current = cache.current()
-    except (OSError, msgspec.ValidationError, msgspec.DecodeError):
+    """The cached pull of ``url`` at ``digest``, made ``current`` (None: download it)."""
+    found = cache.find(url)
+    if found is None or found.source.manifest_digest != digest:
         return None
-    if current and current.source.manifest_digest == digest and current.source.pipeline_url == url:
-        return current
-    return None
+    if found.path.resolve() != cache.current_link.resolve():
+        cache.select(found.path)
+    return found
 
 
 def pull(
@@ -132,3 +141,41 @@ def pull(
         raise
     log.info("fetched", digest=digest, models=len(definition.steps))
     return cache.read(final), True
+
+
+def pull_url(
+    config: AgentConfig, url: str, cache: PipelineCache, log: Any
+) -> tuple[CachedPipeline, bool]:
+    """``pull`` of PIPELINE_URL or of an assigned URL on the same registry, with the
+    agent's OCI credentials (blocking)."""
+    from edgepub.shared.oci import RegistryClient
+
+    registry = config.reference.registry
+    reference = config.reference if url == config.pipeline_url else reference_for(url, registry)
+    settings = RegistrySettings(
+        registry=registry,
+        username=config.oci_username,
+        password=config.oci_password,
+        insecure=config.insecure,
+    )
+    client = RegistryClient(settings, timeout_s=30.0)
+    try:
+        return pull(client, reference, url, cache, log)
+    finally:
+        client.close()
+
+
+def failure_reason(exc: Exception, oci_username: str | None) -> str:
+    """A failed pull, in words an operator can act on."""
+    if isinstance(exc, RegistryAuthError):
+        return (
+            f"the registry refused the credentials of OCI_USERNAME={oci_username!r}: check "
+            "OCI_USERNAME and OCI_PASSWORD"
+        )
+    if isinstance(exc, RegistryUnavailableError):
+        return f"registry unreachable: {exc}"
+    if isinstance(exc, DigestMismatchError):
+        return f"pull refused, digest mismatch: {exc}"
+    if isinstance(exc, InvalidModelError):
+        return f"load failed: {exc}"
+    return f"pull failed: {exc}"

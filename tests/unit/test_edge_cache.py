@@ -163,3 +163,22 @@ def test_old_pulls_are_pruned_and_staging_left_overs_removed(tmp_path: Path) -> 
 def test_layer_titles_must_be_plain_names(name: str) -> None:
     with pytest.raises(DigestMismatchError):
         safe_file_name(name)
+
+
+def test_a_pipeline_pulled_before_is_served_again_without_a_download(tmp_path: Path) -> None:
+    # assigned v1, then v2, then back to v1 (a rollback): the store still holds v1
+    cache = PipelineCache(tmp_path)
+    cache.prepare()
+    url2 = URL.replace(":v1", ":v2")
+    one, two = FakeRegistry(b"model-one"), FakeRegistry(b"model-two")
+    first, _ = pull(Client(one), REF, URL, cache, LOG)
+    second, _ = pull(Client(two), REF, url2, cache, LOG)
+    assert cache.current() == second
+    found = cache.find(URL)
+    assert found is not None and found.path.name == first.path.name
+    again, fetched = pull(Client(one), REF, URL, cache, LOG)
+    assert not fetched and one.downloads == 1
+    assert cache.current() == again and again.path.name == first.path.name
+    # the one served before the rollback is kept: it is the newest other pull
+    assert {p.name for p in cache.store.iterdir()} == {first.path.name, second.path.name}
+    assert cache.find("r.example.com/edgepub/pipelines/p1:v3") is None
