@@ -14,6 +14,7 @@ from nats.aio.client import Client as NATS
 
 from edgepub.shared import subjects
 from edgepub.shared.bundle import EdgeBundle, encode_bundle
+from edgepub.shared.bundle import join_token_sha256 as token_sha256
 from edgepub.shared.edge_messages import (
     Assignment,
     EdgeAdded,
@@ -44,7 +45,7 @@ from edgepub.shared.errors import (
 from edgepub.shared.schemas import PublishRecord, encode, utcnow
 from edgepub.shared.version import VERSION
 
-from .decisions import edge_info, renewed, token_sha256
+from .decisions import edge_info, renewed
 from .kick import kick_edge
 from .settings import TokenSettings
 from .state import Conflict, EdgeState, record_key, seen_key
