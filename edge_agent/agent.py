@@ -18,30 +18,32 @@ from typing import Any, TypeVar
 import msgspec
 import structlog
 
+from edgepub.shared.edge_messages import Assignment
 from edgepub.shared.errors import (
     ConfigError,
     DigestMismatchError,
-    RegistryAuthError,
+    InvalidNameError,
     RegistryError,
-    RegistryUnavailableError,
 )
-from edgepub.shared.settings import RegistrySettings
 
 from . import backoff
+from .assignment import Running
 from .cache import CachedPipeline, PipelineCache
 from .config import AgentConfig
 from .inference import InferenceService
 from .inference_log import DiscardLog, LocalLog, LogHandoff, drain, pump
 from .looplag import LoopLag
 from .metrics import EdgeMetrics
-from .puller import pull
+from .puller import failure_reason, pull_url
 from .runtime import LoadedPipeline, PipelineLoadError, load_pipeline
+from .swap import Swapper
 from .web.app import EdgeApp
 from .web.server import make_server
 
 T = TypeVar("T")
 DRAIN_TIMEOUT_S = 5.0
 SWITCH_INTERVAL_S = 0.001  # a worker holding the GIL gives it to the loop this soon
+_PULL_ERRORS = (RegistryError, DigestMismatchError, PipelineLoadError, InvalidNameError, OSError)
 _CACHE_ERRORS = (
     OSError,
     msgspec.ValidationError,
@@ -152,6 +154,9 @@ class Agent:
             max_inflight=config.inflight_limit,
         )
         self.loop_lag = LoopLag(self.metrics)
+        self.swapper = Swapper(self, self.metrics, config.persist_dir, config.pipeline_url)
+        self.target_url = config.pipeline_url  # what to serve: PIPELINE_URL or an assignment's
+        self._stop = asyncio.Event()
         self.metrics.gauge(
             "edgepub_edge_pipeline_ready",
             "1 when a pipeline is loaded.",
@@ -174,8 +179,9 @@ class Agent:
             lambda: float(self.handoff.dropped),
         )
 
-    async def activate(self, cached: CachedPipeline) -> LoadedPipeline:
-        """Verify the cached files, start a session per step, and serve them."""
+    async def load(self, cached: CachedPipeline) -> tuple[LoadedPipeline, bool]:
+        """Verify the cached files and start a session per step, off the event loop; and
+        whether the warm-up run measured the pipeline's cost."""
         self.log.info(
             "starting_engine",
             steps=len(cached.definition.steps),
@@ -190,8 +196,12 @@ class Agent:
             )
             return loaded, loaded.warm_up()
 
-        pipeline, warm = await in_thread(load)
-        self.service.pipeline = pipeline
+        return await in_thread(load)
+
+    async def activate(self, cached: CachedPipeline) -> LoadedPipeline:
+        """Load the cached pipeline and serve it."""
+        pipeline, warm = await self.load(cached)
+        self.swapper.install(pipeline, cached.source.pipeline_url)
         self.log.info(
             "engine_ready",
             port=self.config.port,
@@ -202,9 +212,9 @@ class Agent:
         return pipeline
 
     async def serve_cached(self) -> bool:
-        """Serve what the cache holds; True if it is PIPELINE_URL's pipeline itself."""
+        """Serve what the cache holds; True if it is the target's pipeline itself."""
         try:
-            cached = self.cache.current()
+            cached = self.cache.find(self.target_url) or self.cache.current()
             if cached is None:
                 return False
             self.log.info(
@@ -217,53 +227,49 @@ class Agent:
         except _CACHE_ERRORS as exc:
             self.log.error("cached_pipeline_unusable", error=str(exc))
             return False
-        return cached.source.pipeline_url == self.config.pipeline_url
+        return cached.source.pipeline_url == self.target_url
 
-    def _client(self) -> Any:
-        from edgepub.shared.oci import RegistryClient
+    def _pull(self, url: str) -> tuple[CachedPipeline, bool]:
+        return pull_url(self.config, url, self.cache, self.log)
 
-        cfg = self.config
-        settings = RegistrySettings(
-            registry=cfg.reference.registry,
-            username=cfg.oci_username,
-            password=cfg.oci_password,
-            insecure=cfg.insecure,
-        )
-        return RegistryClient(settings, timeout_s=30.0)
+    async def fetch(self, pipeline_url: str) -> CachedPipeline:
+        """Pull and verify ``pipeline_url`` into the cache (off the event loop)."""
+        cached, _ = await in_thread(self._pull, pipeline_url)
+        return cached
 
-    def _pull(self) -> tuple[CachedPipeline, bool]:
-        client = self._client()
-        try:
-            return pull(
-                client, self.config.reference, self.config.pipeline_url, self.cache, self.log
-            )
-        finally:
-            client.close()
+    def reason(self, exc: Exception) -> str:
+        return failure_reason(exc, self.config.oci_username)
 
-    def _reason(self, exc: Exception) -> str:
-        if isinstance(exc, RegistryAuthError):
-            return (
-                f"the registry refused the credentials of OCI_USERNAME="
-                f"{self.config.oci_username!r}: check OCI_USERNAME and OCI_PASSWORD"
-            )
-        if isinstance(exc, RegistryUnavailableError):
-            return f"registry unreachable: {exc}"
-        if isinstance(exc, DigestMismatchError):
-            return f"pull refused, digest mismatch: {exc}"
-        return f"pull failed: {exc}"
+    async def assign(self, assignment: Assignment) -> None:
+        """Serve ``assignment``'s pipeline (Ops said so): returns once it serves, already
+        ran, was skipped as stale or superseded, or failed once (then retried with backoff
+        in the background). Never raises for a failed swap; needs ``run`` running."""
+        await self.swapper.assign(assignment)
+
+    @property
+    def running(self) -> Running | None:
+        """What serves: publish id (if known), pipeline version, pipeline URL."""
+        return self.swapper.running
+
+    def stop(self) -> None:
+        """Stop as SIGTERM would (in-process use)."""
+        self._stop.set()
 
     async def keep_pulling(self, serving_url: bool) -> None:
-        """Pull until it works; with PIPELINE_URL already served from cache, try once."""
+        """Pull the start target until it works (with it already served from cache, try
+        once); an assignment arriving meanwhile takes over, so this never swaps back."""
         delays = backoff.delays()
         attempt = 0
-        while True:
+        swapper = self.swapper
+        while not swapper.assigned:
             try:
-                cached, fetched = await in_thread(self._pull)
-                if fetched or not serving_url:
-                    await self.activate(cached)
+                async with swapper.lock:
+                    cached, fetched = await in_thread(self._pull, self.target_url)
+                    if (fetched or not serving_url) and not swapper.assigned:
+                        await self.activate(cached)
                 return
-            except (RegistryError, DigestMismatchError, PipelineLoadError, OSError) as exc:
-                reason = self._reason(exc)
+            except _PULL_ERRORS as exc:
+                reason = self.reason(exc)
             if serving_url:
                 self.log.warning("serving_cached_pipeline", reason=reason)
                 return
@@ -276,7 +282,7 @@ class Agent:
             await asyncio.sleep(wait)
 
     async def run(self, sock: socket.socket) -> int:
-        stop = asyncio.Event()
+        stop = self._stop
         loop = asyncio.get_running_loop()
         app = EdgeApp(
             self.service, self.metrics, self.config.max_body_bytes, self.config.max_records
@@ -289,21 +295,24 @@ class Agent:
             self.log.info("stopping", signal=sig.name)
             stop.set()
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal, sig)
+        if threading.current_thread() is threading.main_thread():  # else: stop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, on_signal, sig)
         self.cache.prepare()
+        self.target_url = self.swapper.start().pipeline_url
         serving_url = await self.serve_cached()
         settle_heap()
         async with asyncio.TaskGroup() as tg:
             serving = tg.create_task(server.serve(sockets=[sock]))
             pumping = tg.create_task(pump(self.handoff, self.local_log))
             pulling = tg.create_task(self.keep_pulling(serving_url))
+            swapping = tg.create_task(self.swapper.run())
             watching = tg.create_task(self.loop_lag.watch())
             stopping = tg.create_task(stop.wait())
             await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
             server.should_exit = True
             await serving
-            for task in (pumping, pulling, watching, stopping):
+            for task in (pumping, pulling, swapping, watching, stopping):
                 task.cancel()
         async with asyncio.timeout(DRAIN_TIMEOUT_S):
             moved = await drain(self.handoff, self.local_log)
