@@ -31,12 +31,19 @@ PIPELINE = "fraud"
 BEFORE_S = 1.0  # of load before the swap, and after it
 
 
-def push_two_versions(registry: RegistryServer, work: Path) -> tuple[str, str]:
+def push_versions(registry: RegistryServer, work: Path, count: int = 2) -> list[str]:
+    """Pipeline versions v1..v<count> (models of different seeds); their PIPELINE_URLs."""
     urls = []
-    for seed, version in ((0, "v1"), (1, "v2")):
+    for seed in range(count):
+        version = f"v{seed + 1}"
         path = make_model(work / f"{version}.onnx", seed=seed, trees=5)
         urls.append(publish(registry, PIPELINE, [(model_version("gbr", path), path)], version))
-    return urls[0], urls[1]
+    return urls
+
+
+def push_two_versions(registry: RegistryServer, work: Path) -> tuple[str, str]:
+    v1, v2 = push_versions(registry, work)
+    return v1, v2
 
 
 def assignment(publish_id: int, url: str, version: str) -> Assignment:
@@ -235,3 +242,27 @@ def test_a_restart_serves_the_assigned_pipeline_from_cache_with_the_registry_dow
     [used] = events_named(logs, "using_cached_pipeline")
     assert used["pipeline_url"] == v2
     assert events_named(logs, "serving_assignment")[0]["publish_id"] == 2
+
+
+def test_a_restart_with_a_new_pipeline_url_serves_it_and_forgets_the_assignment(
+    registry: RegistryServer, tmp_path: Path
+) -> None:
+    v1, v2, v3 = push_versions(registry, tmp_path, 3)
+    persist = tmp_path / "persist"
+    first = InProcessAgent(persist, env(registry, v1)).start()
+    try:
+        first.call(first.agent.assign(assignment(2, v2, "v2")))
+    finally:
+        assert first.stop() == 0
+    assert (persist / "assignment.json").exists()
+    with capture_logs() as logs:
+        again = InProcessAgent(persist, env(registry, v3)).start()  # the operator redeployed
+        try:
+            wait_for(lambda: again.agent.service.current().version == "v3", 30, "v3 served")
+            running = again.agent.running
+        finally:
+            assert again.stop() == 0
+    assert running is not None and (running.publish_id, running.pipeline_url) == (None, v3)
+    assert not (persist / "assignment.json").exists()
+    [outdated] = events_named(logs, "assignment_record_outdated")
+    assert (outdated["recorded_pipeline_url"], outdated["publish_id"]) == (v1, 2)
