@@ -6,7 +6,7 @@ EDGEPUB_PERSIST_DIR (/persist), EDGEPUB_HOST (0.0.0.0), EDGEPUB_PORT (8080),
 EDGEPUB_MAX_BODY (64Mi), EDGEPUB_MAX_RECORDS (100000), EDGEPUB_MAX_HEADER (32Ki),
 EDGEPUB_HEADER_TIMEOUT_S (10), EDGEPUB_BODY_TIMEOUT_S (60), EDGEPUB_KEEP_ALIVE_S (30),
 EDGEPUB_MAX_CONNECTIONS (1000), EDGEPUB_MAX_INFLIGHT (8 per CONFIG_CPUS), EDGEPUB_LOG_QUEUE
-(10000), EDGEPUB_LOG_QUEUE_BYTES (64Mi) and EDGEPUB_LOG_FORMAT
+(10000), EDGEPUB_LOG_QUEUE_BYTES (64Mi), EDGEPUB_HEARTBEAT_S (10) and EDGEPUB_LOG_FORMAT
 (auto|json|console).
 A bad value stops the start with exit code 2 and one line on stderr.
 """
@@ -65,9 +65,11 @@ def main() -> int:
         print(f"edgepub-edge: {exc.message}", file=sys.stderr, flush=True)
         return EXIT_CONFIG
     from .agent import Agent, bind, check_persist_dir
+    from .identity import load_identity, plan_connect
 
     try:
         check_persist_dir(config)
+        plan = plan_connect(load_identity(config.persist_dir), config.bundle)
         sock = bind(config.host, config.port)
     except ConfigError as exc:
         print(f"edgepub-edge: {exc.message}", file=sys.stderr, flush=True)
@@ -78,8 +80,12 @@ def main() -> int:
         logs.register_secret(os.environ.get("EDGE_BUNDLE"))
     logs.configure(fmt=config.log_format, level="debug" if config.debug else "info")
     _announce(config)
+    if plan.action == "serve_only":
+        structlog.get_logger("edgepub.edge").info(
+            "no_edge_bundle", serving="inference only: no logs or heartbeats reach Ops"
+        )
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(Agent(config).run(sock))
+        return runner.run(Agent(config, plan=plan).run(sock))
 
 
 if __name__ == "__main__":

@@ -18,20 +18,23 @@ from typing import Any, TypeVar
 import msgspec
 import structlog
 
-from edgepub.shared.edge_messages import Assignment
+from edgepub.shared.edge_messages import Assignment, Heartbeat
 from edgepub.shared.errors import (
     ConfigError,
     DigestMismatchError,
     InvalidNameError,
     RegistryError,
 )
+from edgepub.shared.version import VERSION
 
 from . import backoff
 from .assignment import Running
 from .cache import CachedPipeline, PipelineCache
 from .config import AgentConfig
+from .identity import ConnectPlan
 from .inference import InferenceService
 from .inference_log import DiscardLog, LocalLog, LogHandoff, drain, pump
+from .link import Link, LinkSettings
 from .looplag import LoopLag
 from .metrics import EdgeMetrics
 from .puller import failure_reason, pull_url
@@ -135,7 +138,12 @@ def settle_heap() -> None:
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, local_log: LocalLog | None = None) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        local_log: LocalLog | None = None,
+        plan: ConnectPlan | None = None,
+    ) -> None:
         self.config = config
         name, version = _pipeline_of(config)
         self.log = structlog.get_logger("edgepub.edge").bind(
@@ -145,7 +153,10 @@ class Agent:
         self.metrics = EdgeMetrics()
         self.handoff = LogHandoff(config.handoff_capacity, config.handoff_bytes)
         self.local_log: LocalLog = local_log or DiscardLog()
-        partition = config.edge_name or socket.gethostname()
+        # A log row's partition is the edge's authenticated name once it has a link to Ops.
+        linked = plan is not None and plan.action != "serve_only" and plan.edge_name
+        partition = plan.edge_name if linked and plan else config.edge_name
+        partition = partition or socket.gethostname()
         self.service = InferenceService(
             self.handoff,
             self.metrics,
@@ -157,6 +168,16 @@ class Agent:
         self.swapper = Swapper(self, self.metrics, config.persist_dir, config.pipeline_url)
         self.target_url = config.pipeline_url  # what to serve: PIPELINE_URL or an assignment's
         self._stop = asyncio.Event()
+        self.link: Link | None = None
+        if linked and plan is not None:
+            self.link = Link(
+                plan,
+                config.persist_dir,
+                on_assignment=self.assign,
+                report=self.heartbeat,
+                settings=LinkSettings(heartbeat_s=config.heartbeat_s),
+            )
+            self.link.status.register(self.metrics)
         self.metrics.gauge(
             "edgepub_edge_pipeline_ready",
             "1 when a pipeline is loaded.",
@@ -251,6 +272,17 @@ class Agent:
         """What serves: publish id (if known), pipeline version, pipeline URL."""
         return self.swapper.running
 
+    def heartbeat(self) -> Heartbeat:
+        """What this edge tells Ops on each beat."""
+        running = self.running
+        status = "serving" if self.service.ready else f"waiting: {self.service.waiting_reason}"
+        return Heartbeat(
+            status=status[:256],
+            running_publish_id=running.publish_id if running else None,
+            running_version=running.pipeline_version if running else None,
+            agent_version=VERSION,
+        )
+
     def stop(self) -> None:
         """Stop as SIGTERM would (in-process use)."""
         self._stop.set()
@@ -309,10 +341,13 @@ class Agent:
             swapping = tg.create_task(self.swapper.run())
             watching = tg.create_task(self.loop_lag.watch())
             stopping = tg.create_task(stop.wait())
+            background = [pumping, pulling, swapping, watching, stopping]
+            if self.link is not None:  # beside serving: inference never waits on Ops
+                background.append(tg.create_task(self.link.run(stop)))
             await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
             server.should_exit = True
             await serving
-            for task in (pumping, pulling, swapping, watching, stopping):
+            for task in background:
                 task.cancel()
         async with asyncio.timeout(DRAIN_TIMEOUT_S):
             moved = await drain(self.handoff, self.local_log)

@@ -38,6 +38,7 @@ DEFAULT_MAX_CONNECTIONS = 1000
 MAX_TIMEOUT_S = 3600
 MIN_LOG_STORAGE = 1 << 20
 MAX_PAGE_SIZE = 1_000_000
+DEFAULT_HEARTBEAT_S = 10.0  # Ops calls an edge offline after 3 missed beats (30 s)
 MAX_CPUS = 1024.0
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -77,6 +78,7 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     handoff_bytes: int = DEFAULT_HANDOFF_BYTES
     max_inflight: int | None = None  # None: INFLIGHT_PER_WORKER per worker thread
     log_format: str = "auto"
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S  # how often the edge reports to Ops
 
     @property
     def intra_op_threads(self) -> int:
@@ -264,6 +266,19 @@ def _size(env: Mapping[str, str], name: str, default: int) -> int:
     return size
 
 
+def _seconds(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise _bad(name, raw, f"a number of seconds from {low:g} to {high:g}") from None
+    if not low <= value <= high:  # also refuses nan
+        raise _bad(name, raw, f"a number of seconds from {low:g} to {high:g}")
+    return value
+
+
 def parse_http_limits(env: Mapping[str, str]) -> HttpLimits:
     return HttpLimits(
         max_header_bytes=_size(env, "EDGEPUB_MAX_HEADER", DEFAULT_MAX_HEADER),
@@ -311,4 +326,5 @@ def parse_env(env: Mapping[str, str]) -> AgentConfig:
         handoff_bytes=_size(env, "EDGEPUB_LOG_QUEUE_BYTES", DEFAULT_HANDOFF_BYTES),
         max_inflight=_optional_whole(env, "EDGEPUB_MAX_INFLIGHT", 1, 100_000),
         log_format=_log_format(env),
+        heartbeat_s=_seconds(env, "EDGEPUB_HEARTBEAT_S", DEFAULT_HEARTBEAT_S, 0.1, 3600.0),
     )
