@@ -2,9 +2,11 @@
 
 Starts an embedded stack (unless one is running in the data dir), makes a sample model,
 uploads it, builds and publishes a pipeline with the seed's deployment config, shows the
-publish, reads the artifact back from the registry and checks every digest, then starts an
-edge agent on the publish and sends inferences in both JSON forms, showing the curl
-commands that do the same.
+publish, reads the artifact back from the registry and checks every digest; adds an edge,
+starts an edge agent from its Docker Run variables (it joins with the bundle's one-time
+token) and sends inferences in both JSON forms, showing the curl commands that do the same;
+replaces the publish with a retrained model and watches the edge swap pipelines without a
+restart; removes the edge and shows it cut off while it still serves locally.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -105,14 +108,16 @@ def verify_artifact(pipeline_url: str, registry: RegistrySettings) -> None:
             raise SystemExit("the registry returned a layer whose digest does not match")
 
 
-def start_agent(pipeline_url: str, info: StackInfo, home: Path, stack: ExitStack) -> str:
-    """Run ``edgepub-edge`` on the publish, with the Docker Run command's variables."""
+def start_agent(variables: dict[str, str], info: StackInfo, home: Path, stack: ExitStack) -> str:
+    """Run ``edgepub-edge`` with the Docker Run command's variables (PIPELINE_URL and
+    EDGE_BUNDLE from ``docker_run_variables``, the registry's credentials); its
+    ``/persist`` is a directory here."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = dict(os.environ)
+    env.update(variables)
     env.update(
-        PIPELINE_URL=pipeline_url,
         OCI_REGISTRY=info.registry,
         OCI_USERNAME=info.registry_username or "",
         OCI_PASSWORD=info.registry_password or "",
@@ -121,6 +126,7 @@ def start_agent(pipeline_url: str, info: StackInfo, home: Path, stack: ExitStack
         EDGEPUB_HOST="127.0.0.1",
         EDGEPUB_PORT=str(port),
         EDGEPUB_LOG_FORMAT="json",
+        EDGEPUB_HEARTBEAT_S="1",
     )
     proc = spawn([sys.executable, "-m", "edgepub.edge_agent"], home / "edge-agent.log", stack, env)
     base = f"http://127.0.0.1:{port}"
@@ -135,6 +141,27 @@ def start_agent(pipeline_url: str, info: StackInfo, home: Path, stack: ExitStack
         if proc.poll() is not None or time.monotonic() > deadline:
             raise SystemExit(f"the edge agent did not become ready; see {home}/edge-agent.log")
         time.sleep(0.2)
+
+
+def wait_for_log(home: Path, event: str, timeout: float = 60.0) -> None:
+    """Wait until the agent's log holds ``event`` (one JSON object per line)."""
+    path = home / "edge-agent.log"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith("{") and json.loads(line).get("event") == event:
+                print(f"edge agent: {event}")
+                return
+        time.sleep(0.2)
+    raise SystemExit(f"the edge agent did not log {event!r} within {timeout:.0f}s; see {path}")
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.25)
 
 
 def curl(url: str, content_type: str, body: object) -> None:
@@ -213,9 +240,42 @@ def run_demo(data_dir: str | None) -> int:
                 insecure=info.registry_insecure,
             ),
         )
-        _say("starting an edge agent on the publish (its Docker Run variables, no Docker)")
-        base = start_agent(publish.pipeline_url, info, home, stack)
+        _say("publish.add_edge: an edge location with its own EDGE_BUNDLE (one-time join token)")
+        with_edge = publish.add_edge("demo-edge", tags=["demo"])
+        print(with_edge)
+        _say("starting the edge agent from that Docker Run command's variables (no Docker)")
+        base = start_agent(with_edge.docker_run_variables, info, home, stack)
         print(f"edge agent ready at {base} (log: {home}/edge-agent.log)")
+        wait_for_log(home, "Node attestation was successful.")
+        wait_until(
+            lambda: any(e.running_version for e in pipeline.list_edges()), "the first heartbeat"
+        )
+        _say("pipeline.list_edges(): the edge, online, with its last heartbeat")
+        print(pipeline.list_edges())
+        infer_examples(base, pipeline.name, model.inputs[0].name, N_FEATURES)
+
+        _say("replace: a retrained model, published with replaces=[publish]")
+        retrained = client.upload_model(
+            "house-price-rf", house_price_model(home / "house-price-rf-v2.onnx", n_estimators=40)
+        )
+        second = pipeline.clear().add_model_step(retrained).publish(config, replaces=[publish])
+        print(second)
+        wait_for_log(home, "pipeline_swapped")
+        wait_until(
+            lambda: all(
+                e.running_version == second.pipeline_version_name for e in pipeline.list_edges()
+            ),
+            "the edge to report the new pipeline version",
+        )
+        _say("the edge swapped pipelines without a restart: list_edges()")
+        print(pipeline.list_edges())
+        infer_examples(base, pipeline.name, model.inputs[0].name, N_FEATURES)
+
+        _say("remove_edge: its credential is revoked and its connection cut")
+        client.remove_edge("demo-edge")
+        wait_for_log(home, "ops_disconnected", timeout=10)
+        print(pipeline.list_edges())
+        _say("cut off from Ops, the edge still serves its cached pipeline locally")
         infer_examples(base, pipeline.name, model.inputs[0].name, N_FEATURES)
         _say("demo complete; stopping the edge agent and the stack")
     return 0
