@@ -103,6 +103,8 @@ def decode_request(token: bytes) -> AuthRequest:
         claims = _request_claims.decode(_unb64(payload))
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise JwtError(f"not an authorization request: {exc}") from None
+    except RecursionError:  # msgspec's guard against nesting past the C stack
+        raise JwtError("not an authorization request: JSON nested too deeply") from None
     sig = base64.b64encode(_unb64(signature)).decode()
     if not keys.verify(claims.iss, f"{head}.{payload}".encode(), sig, kind="server"):
         raise JwtError("the authorization request is not signed by a server key")

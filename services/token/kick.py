@@ -53,8 +53,8 @@ def edge_connections(reply: bytes, edge: str) -> tuple[str, list[int]]:
         return "", []
     try:
         parsed = _connz_reply.decode(reply)
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        return "", []
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        return "", []  # RecursionError: msgspec's guard against nesting past the C stack
     conns = parsed.data.connections if parsed.data else []
     mine = [
         c.cid
