@@ -208,10 +208,14 @@ class Link:
         }
         if token is not None:
             opts["token"] = token
+        nc = NATS()
         try:
-            nc = await nats.connect(**opts)
+            await nc.connect(**opts)
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             self._refused_or_unreachable(exc)
+            # a failed WebSocket connect leaves nats-py's aiohttp session open: close it
+            with contextlib.suppress(Exception):
+                await nc.close()
             return None
         self._nc = nc
         nc.options["allow_reconnect"] = True

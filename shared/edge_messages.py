@@ -155,13 +155,16 @@ class EdgeMoved(Base, frozen=True, kw_only=True):
 # --- edge -> token service ------------------------------------------------------------------
 
 
+Count = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+
+
 class Heartbeat(Base, frozen=True, kw_only=True):
     v: int = 1
     status: ShortText = "serving"
-    running_publish_id: int | None = None
+    running_publish_id: Id | None = None
     running_version: ShortText | None = None
     agent_version: ShortText = ""
-    backlog: int | None = None
+    backlog: Count | None = None
 
 
 class HeartbeatReply(Base, frozen=True, kw_only=True):

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import MutableMapping
+from datetime import date, datetime
 from typing import Any
 
 import structlog
@@ -64,11 +65,18 @@ def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapp
     return event_dict
 
 
+def _json_default(value: Any) -> Any:
+    """What JSON cannot hold as is: times as ISO 8601 (readable and sortable), else repr."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return repr(value)
+
+
 def configure(*, fmt: str = "auto", level: str = "info", stream: Any = None) -> None:
     out = stream or sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
     renderer: Any = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(default=_json_default)
         if use_json
         else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )

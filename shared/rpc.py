@@ -102,6 +102,8 @@ async def _answer(nc: NATS, msg: Msg, resolve: Resolve, slots: asyncio.Semaphore
             raise InvalidRequestError(f"bad {what} request: {exc}") from exc
         except msgspec.DecodeError as exc:
             raise InvalidRequestError(f"{what} request is not msgpack: {exc}") from exc
+        except RecursionError as exc:  # msgspec's guard against nesting past the C stack
+            raise InvalidRequestError(f"{what} request nests too deeply") from exc
         response = await route.handler(caller, request)
         await msg.respond(encode(response))
     except EdgepubError as exc:

@@ -33,6 +33,8 @@ class UpOptions(msgspec.Struct, frozen=True, kw_only=True):
     # OPSCENTER_HOST in bundles; None: ws://<host>:<edge_port> (behind an HTTPS proxy set
     # it to "<domain>/edge", which edges read as wss://<domain>/edge)
     opscenter_host: str | None = None
+    edge_tls_cert: str | None = None  # both set: the edge listener speaks wss:// itself
+    edge_tls_key: str | None = None
     nats_url: str | None = None  # an external NATS instead of the embedded one
     nats_user: str | None = None  # credentials on the external NATS
     nats_password: str | None = None
@@ -122,7 +124,12 @@ def _embedded_nats(
         store_dir=paths["nats_store"],
         users=config.nats_users(creds),
         callout=config.callout_spec(creds),
-        websocket=config.WebsocketSpec(host=opts.host, port=opts.edge_port),
+        websocket=config.WebsocketSpec(
+            host=opts.host,
+            port=opts.edge_port,
+            cert_file=opts.edge_tls_cert,
+            key_file=opts.edge_tls_key,
+        ),
     )
     child = ChildSpec(
         name="nats-server",
@@ -181,7 +188,10 @@ def opscenter_host(opts: UpOptions) -> str:
     if opts.opscenter_host:
         return opts.opscenter_host
     host = "127.0.0.1" if opts.host in ("0.0.0.0", "::") else opts.host
-    return f"ws://{host}:{opts.edge_port}"
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = "wss" if opts.edge_tls_cert and opts.edge_tls_key else "ws"
+    return f"{scheme}://{host}:{opts.edge_port}"
 
 
 def build_plan(

@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
         "reverse proxy: <domain>/edge, which edges read as wss://<domain>/edge",
     )
     p.add_argument(
+        "--edge-tls-cert",
+        default=env("EDGEPUB_EDGE_TLS_CERT"),
+        help="PEM certificate: the edge listener speaks wss:// itself (with --edge-tls-key)",
+    )
+    p.add_argument("--edge-tls-key", default=env("EDGEPUB_EDGE_TLS_KEY"))
+    p.add_argument(
         "--nats-url",
         default=env("EDGEPUB_NATS_URL"),
         help="use this NATS instead of starting one (default $EDGEPUB_NATS_URL)",
@@ -109,6 +115,18 @@ def _check_not_running(directory: Path) -> None:
     )
 
 
+def _both(value: str | None, other: str | None, flag: str) -> str | None:
+    """A TLS file, given only with its pair (a certificate needs its key)."""
+    if bool(value) != bool(other):
+        raise ConfigError(
+            "--edge-tls-cert and --edge-tls-key go together (EDGEPUB_EDGE_TLS_CERT/_KEY): "
+            f"{flag} is {'set' if value else 'missing'} without the other"
+        )
+    if value and not Path(value).is_file():
+        raise ConfigError(f"{flag} {value!r}: no such file; expected a PEM file")
+    return value or None
+
+
 def options_from_args(args: argparse.Namespace, directory: Path) -> UpOptions:
     if args.registry and ("/" in args.registry or "://" in args.registry):
         raise ConfigError(
@@ -136,6 +154,8 @@ def options_from_args(args: argparse.Namespace, directory: Path) -> UpOptions:
             else 0
         ),
         opscenter_host=args.opscenter_host or None,
+        edge_tls_cert=_both(args.edge_tls_cert, args.edge_tls_key, "--edge-tls-cert"),
+        edge_tls_key=_both(args.edge_tls_key, args.edge_tls_cert, "--edge-tls-key"),
         nats_url=args.nats_url or None,
         nats_user=args.nats_user if not embedded_nats else None,
         nats_password=args.nats_password if not embedded_nats else None,

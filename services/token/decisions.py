@@ -58,7 +58,7 @@ def authorize(
         return Deny(reason="no edge name (connect with the edge's name as the client name)")
     if not opts.nkey or not keys.verify(opts.nkey, req.client_info.nonce.encode(), opts.sig):
         return Deny(reason=f"edge {name!r}: no key, or the nonce is not signed by it")
-    if record is None or record.state == "revoked":
+    if record is None or record.state == "revoked" or record.name != name:
         return Deny(reason=f"edge {name!r} is not known (never added, or removed)")
     if record.state == "joined":
         return _returning(req, record, now, cfg)

@@ -88,7 +88,12 @@ class NatsServer(ServerProcess):
     what = "nats-server"
 
     def __init__(
-        self, base_dir: Path, *, users: dict[str, config.UserSpec] | None = None, port: int = 0
+        self,
+        base_dir: Path,
+        *,
+        users: dict[str, config.UserSpec] | None = None,
+        port: int = 0,
+        ws_tls: tuple[str, str] | None = None,
     ) -> None:
         self.base_dir = base_dir
         self.credentials = config.generate_credentials()
@@ -96,6 +101,7 @@ class NatsServer(ServerProcess):
         self.users: dict[str, str] = {u: s.password for u, s in self.user_specs.items()}
         self.port = port or free_port()
         self.ws_port = free_port()  # the edge listener: NATS over WebSocket
+        self.ws_scheme = "wss" if ws_tls else "ws"
         self.store_dir = base_dir / "jetstream"
         self.config_path = base_dir / "nats.conf"
         base_dir.mkdir(parents=True, exist_ok=True)
@@ -106,7 +112,12 @@ class NatsServer(ServerProcess):
                 store_dir=str(self.store_dir),
                 users=self.user_specs,
                 callout=config.callout_spec(self.credentials),
-                websocket=config.WebsocketSpec(host=HOST, port=self.ws_port),
+                websocket=config.WebsocketSpec(
+                    host=HOST,
+                    port=self.ws_port,
+                    cert_file=ws_tls[0] if ws_tls else None,
+                    key_file=ws_tls[1] if ws_tls else None,
+                ),
             )
         )
         self.child = ChildProcess(
@@ -120,7 +131,7 @@ class NatsServer(ServerProcess):
     @property
     def ws_url(self) -> str:
         """Where edges connect (OPSCENTER_HOST with an explicit scheme)."""
-        return f"ws://{HOST}:{self.ws_port}"
+        return f"{self.ws_scheme}://{HOST}:{self.ws_port}"
 
     @property
     def sdk_user(self) -> str:
