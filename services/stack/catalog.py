@@ -14,6 +14,7 @@ class ServiceSpec(msgspec.Struct, frozen=True, kw_only=True):
     # Processes the stack runs. The token service answers every edge connect (the auth
     # callout): two replicas in one queue group, so connects go on with one of them down.
     replicas: int = 1
+    ready_event: str | None = None  # the log event after which it answers (None: at once)
 
     @property
     def module(self) -> str:
@@ -21,9 +22,9 @@ class ServiceSpec(msgspec.Struct, frozen=True, kw_only=True):
 
 
 SERVICES = (
-    ServiceSpec(name="publish", nats_user="publish"),
+    ServiceSpec(name="publish", nats_user="publish", ready_event="requests_serving"),
     ServiceSpec(name="registry_push", nats_user="registry-push"),
-    ServiceSpec(name="token", nats_user="token", replicas=2),
+    ServiceSpec(name="token", nats_user="token", replicas=2, ready_event="auth_callout_serving"),
     ServiceSpec(name="log_collector", nats_user="log-collector"),
 )
 BY_NAME = {s.name: s for s in SERVICES}

@@ -52,6 +52,9 @@ class ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
     env: dict[str, str] | None = None  # None: inherit the supervisor's
     log_path: str
     probe: Probe = Probe.NONE
+    # A service is ready once its log says this (JSON event name); stack.json is written
+    # only when every child is ready, so a client (or an edge) never meets a half stack.
+    ready_event: str | None = None
 
 
 class PlannedFile(msgspec.Struct, frozen=True, kw_only=True):
@@ -178,6 +181,7 @@ def _service_children(
                     argv=(python, "-m", spec.module),
                     env=env,
                     log_path=f"{logs_dir}/{name}.log",
+                    ready_event=spec.ready_event,
                 )
             )
     return tuple(out)

@@ -81,6 +81,23 @@ def open_log(path: str) -> BinaryIO:
     return os.fdopen(fd, "ab")
 
 
+def _log_size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _log_holds(path: str, offset: int, needle: bytes) -> bool:
+    """A local log file (quick to read): holds ``needle`` past ``offset``."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return needle in f.read()
+    except OSError:
+        return False
+
+
 class Child:
     def __init__(self, spec: ChildSpec, probe: ProbeFn | None, policy: Backoff) -> None:
         self.spec = spec
@@ -89,7 +106,19 @@ class Child:
         self.ready = asyncio.Event()
         self.log = log.bind(child=spec.name)
 
+    def _logged_ready(self, offset: int) -> ProbeFn:
+        """A probe: the child's log, past ``offset``, holds its ready event."""
+        needle = f'"event": "{self.spec.ready_event}"'.encode()
+        path = self.spec.log_path
+
+        async def probe() -> bool:
+            return _log_holds(path, offset, needle)
+
+        return probe
+
     async def _spawn(self) -> asyncio.subprocess.Process:
+        if self.spec.ready_event is not None:
+            self.probe = self._logged_ready(_log_size(self.spec.log_path))
         # A local file opened for append: quick, and the child must get a real descriptor.
         with open_log(self.spec.log_path) as out:
             proc = await asyncio.create_subprocess_exec(
@@ -201,9 +230,11 @@ async def _external_nats_ready(plan: StackPlan, stop: asyncio.Event) -> None:
         ) from None
 
 
-async def _until_ready(children: list[Child], plan: StackPlan, stop: asyncio.Event) -> bool:
-    """True once every infra child is ready; False if a stop came first."""
-    if not any(c.spec.probe is Probe.NATS for c in children):
+async def _until_ready(
+    children: list[Child], plan: StackPlan, stop: asyncio.Event, *, external_nats: bool = True
+) -> bool:
+    """True once every child is ready; False if a stop came first."""
+    if external_nats and not any(c.spec.probe is Probe.NATS for c in children):
         await _external_nats_ready(plan, stop)
 
     async def all_ready() -> None:
@@ -219,12 +250,15 @@ async def _until_ready(children: list[Child], plan: StackPlan, stop: asyncio.Eve
     return not stop.is_set()
 
 
-async def _run_services(plan: StackPlan, policy: Backoff, stop: asyncio.Event) -> None:
+async def _run_services(
+    plan: StackPlan, policy: Backoff, stop: asyncio.Event, on_ready: Callable[[], None]
+) -> None:
+    """Run the services; ``on_ready`` once each has said it is ready."""
+    children = [Child(spec, None, policy) for spec in plan.services]
     async with asyncio.TaskGroup() as tg:
-        tasks = [
-            tg.create_task(Child(spec, None, policy).supervise(), name=spec.name)
-            for spec in plan.services
-        ]
+        tasks = [tg.create_task(c.supervise(), name=c.spec.name) for c in children]
+        if await _until_ready(children, plan, stop, external_nats=False):
+            on_ready()
         await stop.wait()
         log.info("stack_stopping")
         for task in tasks:
@@ -246,11 +280,16 @@ async def run_stack(
         tasks = [tg.create_task(c.supervise(), name=c.spec.name) for c in infra]
         try:
             if await _until_ready(infra, plan, stop):
-                path = write_stack_info(data_dir, plan.info)
-                log.info("stack_ready", nats_url=plan.info.nats_url, registry=plan.info.registry)
-                if on_ready is not None:
-                    on_ready(path)
-                await _run_services(plan, policy, stop)
+
+                def ready() -> None:
+                    path = write_stack_info(data_dir, plan.info)
+                    log.info(
+                        "stack_ready", nats_url=plan.info.nats_url, registry=plan.info.registry
+                    )
+                    if on_ready is not None:
+                        on_ready(path)
+
+                await _run_services(plan, policy, stop, ready)
         finally:
             remove_stack_info(data_dir, pid=plan.info.pid)
             for task in tasks:

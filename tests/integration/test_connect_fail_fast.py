@@ -18,6 +18,7 @@ from edgepub.services.stack.binaries import find_nats_server
 from edgepub.shared.errors import NotAuthorizedError, ServiceUnavailableError
 from support.procs import free_port
 from support.servers import HOST, NatsServer
+from support.services import OpsServices
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,7 +46,8 @@ def test_wrong_password_is_refused_at_once(nats_server: NatsServer) -> None:
     assert "wrong user or password" in message and "EDGEPUB_NATS_PASSWORD" in message
 
 
-def test_unknown_user_is_refused_at_once(nats_server: NatsServer) -> None:
+def test_unknown_user_is_refused_at_once(nats_server: NatsServer, ops: OpsServices) -> None:
+    # not a static user: the auth callout asks the token service, which refuses at once
     _fails_fast(NotAuthorizedError, nats_server.url, "nobody", SECRET, within=2.0)
 
 

@@ -38,9 +38,11 @@ def wait_started(child: ChildProcess, ready: Callable[[], bool], timeout: float,
         time.sleep(0.02)
 
 
-def nats_handshake(port: int, user: str | None, password: str | None, host: str = HOST) -> str:
+def nats_handshake(
+    port: int, user: str | None, password: str | None, host: str = HOST, timeout: float = 2.0
+) -> str:
     """Connect with the raw NATS protocol and PING; returns 'PONG' or the server's -ERR line."""
-    with socket.create_connection((host, port), timeout=2.0) as sock:
+    with socket.create_connection((host, port), timeout=timeout) as sock:
         f = sock.makefile("rwb")
         info = f.readline()
         if not info.startswith(b"INFO "):
