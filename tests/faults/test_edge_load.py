@@ -163,19 +163,31 @@ def test_past_its_inflight_limit_the_edge_says_503_and_when_to_retry(edge: EdgeA
     assert after[OFFLOADED] == 0
 
 
-def read_until_length(sock: socket.socket) -> bytes:
-    """One response on a keep-alive connection: headers, then Content-Length bytes."""
+def read_answers(sock: socket.socket, count: int = 1) -> list[bytes]:
+    """``count`` responses on a keep-alive connection: headers, then Content-Length bytes.
+    Bytes past one answer belong to the next (pipelined answers may share one recv)."""
     data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
-    head, _, rest = data.partition(b"\r\n\r\n")
-    length = int(next(line for line in head.split(b"\r\n") if line.lower().startswith(
-        b"content-length:")).split(b":")[1])  # fmt: skip
-    while len(rest) < length:
-        chunk = sock.recv(1 << 20)
-        assert chunk, "the agent closed the connection mid-answer"
-        rest += chunk
-    return head + b"\r\n\r\n" + rest
+    answers: list[bytes] = []
+    while len(answers) < count:
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, "the agent closed the connection before an answer's headers"
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = int(next(line for line in head.split(b"\r\n") if line.lower().startswith(
+            b"content-length:")).split(b":")[1])  # fmt: skip
+        while len(rest) < length:
+            chunk = sock.recv(1 << 20)
+            assert chunk, "the agent closed the connection mid-answer"
+            rest += chunk
+        answers.append(head + b"\r\n\r\n" + rest[:length])
+        data = rest[length:]
+    return answers
+
+
+def read_until_length(sock: socket.socket) -> bytes:
+    """One response on a keep-alive connection."""
+    return read_answers(sock)[0]
 
 
 def test_the_log_hand_off_drops_and_counts_past_its_bytes(edge: EdgeAgent) -> None:
@@ -222,7 +234,7 @@ def test_small_requests_are_answered_at_once_validated_counted_and_logged(
         sock.sendall(first)
         send_head(sock, len(second))
         sock.sendall(second)
-        answers = [read_until_length(sock), read_until_length(sock)]
+        answers = read_answers(sock, 2)
     counts = [len(json.loads(a.partition(b"\r\n\r\n")[2])) for a in answers]
     assert counts == [1, 3]
     assert all(b"\r\ndate: " in a.partition(b"\r\n\r\n")[0] for a in answers)

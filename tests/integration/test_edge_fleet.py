@@ -142,7 +142,10 @@ def test_add_run_list_replace_remove(
     resp = http().post(f"{agent.url}/pipelines/{PIPELINE}", json=body, timeout=10)
     assert resp.status_code == 200  # its cached pipeline still serves locally
     wait_for(lambda: "ops_refused" in agent.event_names(), 30, "the next connect refused")
-    ops.assert_no_secret(decode_bundle(bundle).join_token)
+    token = decode_bundle(bundle).join_token
+    ops.assert_no_secret(token, bundle, agent_env["OCI_PASSWORD"])
+    for secret in (token, bundle, agent_env["OCI_PASSWORD"]):
+        assert secret and secret not in agent.child.log_text(), "a secret in the agent's log"
 
 
 def test_restart_reuses_persist_without_the_bundle(
@@ -175,3 +178,39 @@ def test_restart_reuses_persist_without_the_bundle(
         "the restarted edge online",
     )
     assert edge.name == "field-1"
+
+
+def test_an_edge_offline_during_the_replace_swaps_when_it_is_back(
+    client: Client,
+    agent_env: dict[str, str],
+    agents: list[EdgeAgent],
+    tmp_path: Path,
+) -> None:
+    model = client.upload_model("rf", house_price_model(tmp_path / "a.onnx", n_estimators=3))
+    pipeline = client.build_pipeline("away-replace").add_model_step(model)
+    first = pipeline.publish(progress=False)
+    bundle = first.add_edge("roamer").docker_run_variables["EDGE_BUNDLE"]
+    env = {**agent_env, "PIPELINE_URL": first.pipeline_url or ""}
+    agent = EdgeAgent(tmp_path / "edge", {**env, "EDGE_BUNDLE": bundle}).start()
+    agents.append(agent)
+    agent.wait_event("Node attestation was successful.", timeout=30)
+    agent.stop()  # offline: nobody hears the control message
+
+    newer = client.upload_model("rf", house_price_model(tmp_path / "b.onnx", n_estimators=6))
+    second = pipeline.clear().add_model_step(newer).publish(replaces=[first], progress=False)
+    (moved,) = pipeline.list_edges()
+    assert moved.should_run_publish == second.id  # moved while away
+
+    back = EdgeAgent(tmp_path / "edge", {**env, "EDGE_BUNDLE": bundle}).start()  # same command
+    agents.append(back)
+    back.wait_event("pipeline_swapped", timeout=60)  # the first heartbeat's reply said so
+    wait_for(
+        lambda: pipeline.list_edges()[0].running_version == second.pipeline_version_name,
+        20,
+        "the returning edge to report the new version",
+    )
+    identity = (tmp_path / "edge" / "persist" / "identity.json").read_text()
+    seed = identity.split('"seed":')[1].split('"')[1]
+    for secret in (decode_bundle(bundle).join_token, bundle, seed, agent_env["OCI_PASSWORD"]):
+        assert secret and secret not in back.child.log_text(), "a secret in the agent's log"
+        assert secret not in agent.child.log_text(), "a secret in the agent's log"

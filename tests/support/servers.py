@@ -39,9 +39,11 @@ def wait_started(child: ChildProcess, ready: Callable[[], bool], timeout: float,
 
 
 def nats_handshake(
-    port: int, user: str | None, password: str | None, host: str = HOST, timeout: float = 2.0
+    port: int, user: str | None, password: str | None, host: str = HOST, timeout: float = 5.0
 ) -> str:
-    """Connect with the raw NATS protocol and PING; returns 'PONG' or the server's -ERR line."""
+    """Connect with the raw NATS protocol and PING; returns 'PONG' or the server's -ERR line.
+    Anonymous or unknown users go to the auth callout: refused at once by a token service,
+    after the 2 s authorization timeout without one."""
     with socket.create_connection((host, port), timeout=timeout) as sock:
         f = sock.makefile("rwb")
         info = f.readline()

@@ -17,6 +17,9 @@ from edgepub.services.stack.catalog import BY_NAME, service_env, service_exists,
 from .procs import ChildProcess
 from .servers import NatsServer, RegistryServer
 
+# Ready once it answers, not merely connected: the token service once it answers connects.
+READY_EVENTS = {"token": "auth_callout_serving"}
+
 
 def clean_environ() -> dict[str, str]:
     """This process's environment without any EDGEPUB_* a developer may have set."""
@@ -68,8 +71,15 @@ class ServiceProcess:
 
     def start(self, *, ready_event: str | None = "service_started", timeout: float = 30.0) -> None:
         """Spawn; wait until it logs ``ready_event`` (one more than before) unless None."""
+        self.wait_ready(self.spawn(ready_event), ready_event, timeout)
+
+    def spawn(self, ready_event: str | None = "service_started") -> int:
+        """Start the process; returns how often it had logged ``ready_event`` before."""
         before = self.count_events(ready_event) if ready_event else 0
         self.child.spawn()
+        return before
+
+    def wait_ready(self, before: int, ready_event: str | None, timeout: float = 30.0) -> None:
         if ready_event is None:
             return
         deadline = time.monotonic() + timeout
@@ -143,8 +153,8 @@ class OpsServices:
             pytest.skip(
                 f"service {name!r} does not exist yet (no edgepub.services.{name}.__main__)"
             )
-        if name == "token":  # ready once it answers connects, not merely connected
-            kw.setdefault("ready_event", "auth_callout_serving")
+        if name in READY_EVENTS:
+            kw.setdefault("ready_event", READY_EVENTS[name])
         proc = ServiceProcess(
             name, self.nats, self.registry, self.log_dir, env=env, replica=replica
         )
@@ -156,9 +166,16 @@ class OpsServices:
         return proc
 
     def start_available(self, names: tuple[str, ...]) -> list[str]:
+        """Start the services of ``names`` that exist, all at once, and wait for each."""
         started = [n for n in names if service_exists(n)]
+        pending = []
         for name in started:
-            self.start(name)
+            proc = ServiceProcess(name, self.nats, self.registry, self.log_dir)
+            self.procs[proc.name] = proc
+            event = READY_EVENTS.get(name, "service_started")
+            pending.append((proc, event, proc.spawn(event)))
+        for proc, event, before in pending:
+            proc.wait_ready(before, event)
         return started
 
     def stop_all(self) -> None:
