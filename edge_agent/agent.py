@@ -283,6 +283,19 @@ class Agent:
             agent_version=VERSION,
         )
 
+    def status(self) -> dict[str, Any]:
+        """``GET /status``: what serves, and how the link to Ops stands."""
+        running = self.running
+        return {
+            "edge": self.link.edge if self.link else None,
+            "partition": self.service.partition,
+            "ready": self.service.ready,
+            "waiting_reason": None if self.service.ready else self.service.waiting_reason,
+            "pipeline": msgspec.to_builtins(running) if running else None,
+            "agent_version": VERSION,
+            "ops": self.link.status.view() if self.link else None,
+        }
+
     def stop(self) -> None:
         """Stop as SIGTERM would (in-process use)."""
         self._stop.set()
@@ -317,7 +330,11 @@ class Agent:
         stop = self._stop
         loop = asyncio.get_running_loop()
         app = EdgeApp(
-            self.service, self.metrics, self.config.max_body_bytes, self.config.max_records
+            self.service,
+            self.metrics,
+            self.config.max_body_bytes,
+            self.config.max_records,
+            status=self.status,
         )
         server = make_server(app, self.config)
 

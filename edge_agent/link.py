@@ -77,6 +77,18 @@ class LinkStatus:
         expires = self.credential_expires_at
         return expires is not None and expires <= now
 
+    def view(self) -> dict[str, Any]:
+        def iso(t: datetime | None) -> str | None:
+            return t.isoformat() if t else None
+
+        return {
+            "connected": self.connected,
+            "credential": self.credential,
+            "credential_expires_at": iso(self.credential_expires_at),
+            "last_contact": iso(self.last_contact),
+            "reason": self.reason or None,
+        }
+
     def register(self, metrics: EdgeMetrics) -> None:
         """The link's state in /metrics: inference goes on whatever these say."""
         metrics.gauge(

@@ -101,8 +101,10 @@ class EdgeApp:
         metrics: EdgeMetrics,
         max_body: int,
         max_records: int = DEFAULT_MAX_RECORDS,
+        status: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.service = service
+        self.status_view = status or (lambda: {"ready": service.ready})
         self.metrics = metrics
         self.max_body = max_body  # on the wire, and what an Arrow body decodes to
         self.max_records = max_records
@@ -133,6 +135,7 @@ class EdgeApp:
             "list_pipelines": self.list_pipelines,
             "list_models": self.list_models,
             "metrics": self.metrics_text,
+            "status": self.status,
             "server_metadata": self.server_metadata,
             "live": self.live,
             "ready": self.ready,
@@ -316,6 +319,10 @@ class EdgeApp:
 
     def metrics_text(self, request: Request) -> Reply:
         return Reply(200, self.metrics.render().encode(), _PROMETHEUS)
+
+    def status(self, request: Request) -> Reply:
+        """What serves and how the link to Ops stands (JSON, for people and probes)."""
+        return json_reply(200, self.status_view())
 
     def server_metadata(self, request: Request) -> Reply:
         return json_reply(200, oip.server_metadata())

@@ -17,6 +17,7 @@ _STATIC = {
     "/pipelines": Route("list_pipelines", "GET"),
     "/models": Route("list_models", "GET"),
     "/metrics": Route("metrics", "GET"),
+    "/status": Route("status", "GET"),
     "/v2": Route("server_metadata", "GET"),
     "/v2/health/live": Route("live", "GET"),
     "/v2/health/ready": Route("ready", "GET"),

@@ -129,6 +129,10 @@ def test_expired_credential_keeps_serving_says_so_and_rejoins_with_a_new_bundle(
     assert _infer(back, "away", input_name) == 200  # inference never depends on it
     metrics = http().get(f"{back.url}/metrics", timeout=5).text
     assert 'edgepub_edge_credential{state="expired"} 1' in metrics
+    status = http().get(f"{back.url}/status", timeout=5).json()
+    assert status["ops"]["credential"] == "expired" and not status["ops"]["connected"]
+    assert status["edge"] == "away-edge" and status["ready"]
+    assert "expired" in status["ops"]["reason"]
     back.stop()
 
     client.remove_edge("away-edge")
