@@ -168,7 +168,7 @@ class TokenService:
         await self.nc.publish(subjects.control(req.name), encode(Revoked(reason="removed")))
         kicked = 0
         if self.sys_nc is not None:
-            kicked = await kick_edge(self.sys_nc, req.name, self.settings.kick_wait_s)
+            kicked = await kick_edge(self.sys_nc, req.name, self.settings.kick_quiet_s)
         log.info("edge_removed", edge=req.name, by=user, disconnected=kicked)
         return EdgeRemoved(name=req.name, disconnected=kicked)
 

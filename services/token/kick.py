@@ -9,7 +9,6 @@ edge, this kick, and the short ``exp`` of its JWT are the revocation.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Annotated
 
 import msgspec
@@ -21,6 +20,7 @@ from edgepub.shared import subjects
 
 log = structlog.get_logger("edgepub.token.kick")
 MAX_CONNZ = 64 << 20  # a CONNZ answer for thousands of connections
+FIRST_ANSWER_S = 2.0  # the first server's answer; then a quiet gap ends the gathering
 
 
 class _Conn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
@@ -64,28 +64,32 @@ def edge_connections(reply: bytes, edge: str) -> tuple[str, list[int]]:
     return parsed.server.id, mine
 
 
-async def kick_edge(sys_nc: NATS, edge: str, wait_s: float) -> int:
+async def kick_edge(sys_nc: NATS, edge: str, quiet_s: float) -> int:
     """Close every connection of ``edge`` on every server; returns how many were closed."""
     inbox = sys_nc.new_inbox()
-    replies: list[bytes] = []
-    first = asyncio.Event()
+    replies: asyncio.Queue[bytes] = asyncio.Queue()
 
     async def on_reply(msg: Msg) -> None:
-        replies.append(msg.data)
-        first.set()
+        replies.put_nowait(msg.data)
 
     sub = await sys_nc.subscribe(inbox, cb=on_reply)
+    answers: list[bytes] = []
     try:
         query = {"account": subjects.APP_ACCOUNT, "auth": True, "limit": 1_000_000}
         await sys_nc.publish(subjects.SYS_CONNZ, msgspec.json.encode(query), reply=inbox)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(2.0):
-                await first.wait()
-        await asyncio.sleep(wait_s)  # the other servers of a cluster answer too
+        # every server answers; once none has for ``quiet_s`` after the last, all have
+        wait = FIRST_ANSWER_S
+        while True:
+            try:
+                async with asyncio.timeout(wait):
+                    answers.append(await replies.get())
+            except TimeoutError:
+                break
+            wait = quiet_s
     finally:
         await sub.unsubscribe()
     kicked = 0
-    for reply in replies:
+    for reply in answers:
         server_id, cids = edge_connections(reply, edge)
         for cid in cids:
             try:

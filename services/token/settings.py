@@ -20,7 +20,9 @@ class TokenSettings(msgspec.Struct, frozen=True, kw_only=True):
     credential_idle_s: float = 7 * DAY_S  # the seed: contact at least once every 7 days
     session_ttl_s: float = 3600.0  # a user JWT's exp: the backstop behind kick + refusal
     offline_after_s: float = 30.0  # no heartbeat for this long: offline (3 x 10 s beats)
-    kick_wait_s: float = 0.25  # how long CONNZ answers are gathered from the servers
+    # CONNZ answers are gathered until none came for this long after the last: every
+    # server of a cluster answers within a few ms of the others
+    kick_quiet_s: float = 0.05
 
     def __repr__(self) -> str:
         return f"TokenSettings(opscenter_host={self.opscenter_host!r}, ...)"
