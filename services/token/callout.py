@@ -41,7 +41,7 @@ class Callout:
             got = await self.state.record(name) if name else None
             record, rev = got if got else (None, 0)
             decision = authorize(req, record, utcnow(), self.settings)
-            if isinstance(decision, Deny):
+            if isinstance(decision, Deny) or not decision.write:
                 return decision
             try:
                 await self.state.records.update(

@@ -32,6 +32,12 @@ class Grant(msgspec.Struct, frozen=True, kw_only=True):
     record: EdgeRecord  # to write (credential moved forward; on a join, the key bound)
     session_expires_at: datetime  # the user JWT's exp
     first_join: bool
+    write: bool = True  # False: the record stands as it is (renewed a moment ago)
+
+
+# A reconnect renews the credential only when the last renewal is older than this share of
+# its life: a fleet reconnecting at once (a broker restart) costs reads, not writes.
+RENEW_SLACK = 0.01
 
 
 class Deny(msgspec.Struct, frozen=True, kw_only=True):
@@ -90,9 +96,16 @@ def _returning(
             reason=f"edge {record.name!r}: credential expired (no contact for "
             f"{cfg.credential_idle_s:.0f}s); remove_edge and add_edge for a new bundle"
         )
-    renewed = msgspec.structs.replace(
-        record, credential_expires_at=now + timedelta(seconds=cfg.credential_idle_s)
-    )
+    full = now + timedelta(seconds=cfg.credential_idle_s)
+    if full - expires <= timedelta(seconds=cfg.credential_idle_s * RENEW_SLACK):
+        return Grant(
+            edge=record.name,
+            record=record,
+            session_expires_at=_session_end(record, now, cfg),
+            first_join=False,
+            write=False,
+        )
+    renewed = msgspec.structs.replace(record, credential_expires_at=full)
     return Grant(
         edge=record.name,
         record=renewed,

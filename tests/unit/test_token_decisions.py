@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgepub.services.token.decisions import (
+    RENEW_SLACK,
     Deny,
     Grant,
     authorize,
@@ -240,6 +241,21 @@ def test_a_joined_edge_reconnects_with_its_key_alone_and_renews() -> None:
         assert grant.record.credential_expires_at == later + timedelta(
             seconds=CFG.credential_idle_s
         )
+
+
+def test_a_reconnect_right_after_a_renewal_writes_nothing() -> None:
+    """A fleet reconnecting at once (a broker restart) costs reads, not writes: a credential
+    renewed within RENEW_SLACK of its life stands as it is."""
+    fresh = msgspec.structs.replace(
+        JOINED, credential_expires_at=NOW + timedelta(seconds=CFG.credential_idle_s - 1)
+    )
+    grant = authorize(request(), fresh, NOW, CFG)
+    assert isinstance(grant, Grant) and not grant.write and grant.record == fresh
+    slack = CFG.credential_idle_s * RENEW_SLACK
+    later = NOW + timedelta(seconds=slack + 1)
+    grant = authorize(request(), fresh, later, CFG)
+    assert isinstance(grant, Grant) and grant.write
+    assert grant.record.credential_expires_at == later + timedelta(seconds=CFG.credential_idle_s)
 
 
 def test_a_joined_edge_is_refused_with_another_key_even_with_the_token() -> None:
