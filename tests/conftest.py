@@ -4,6 +4,7 @@
 - ``registry``: Debian's docker-registry with htpasswd auth (user ``edgepub``).
 - ``ops``: the Ops services that exist, as real processes against both.
 - ``client``: an SDK ``Client`` on them as the SDK user; ``model_file``: a small ONNX model.
+- ``agents``: a list to append ``EdgeAgent`` processes to; each is killed after the test.
 - ``@pytest.mark.no_blocking``: fails a test whose event loops block (``support.loopwatch``).
 Helpers live in ``tests/support`` (``from support.waiting import wait_for``).
 """
@@ -21,6 +22,7 @@ import pytest
 from edgepub import Client
 from edgepub.samples import house_price_model
 from edgepub.shared import logs
+from support.edge import EdgeAgent
 from support.loopwatch import watch_loops
 from support.procs import cmdline, descendants
 from support.servers import NatsServer, RegistryServer
@@ -74,6 +76,17 @@ def client(ops: OpsServices, nats_server: NatsServer) -> Iterator[Client]:
     s = nats_server.settings()
     with Client(s.url, s.user, s.password) as c:
         yield c
+
+
+@pytest.fixture
+def agents() -> Iterator[list[EdgeAgent]]:
+    """Edge agent processes a test starts (append them): killed when it ends, pass or fail."""
+    started: list[EdgeAgent] = []
+    try:
+        yield started
+    finally:
+        for agent in started:
+            agent.kill()
 
 
 @pytest.fixture(scope="session")

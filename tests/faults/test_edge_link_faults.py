@@ -6,10 +6,7 @@ with a new bundle for the same name)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from edgepub import Client
 from edgepub.samples import N_FEATURES, house_price_model
@@ -17,16 +14,6 @@ from support.edge import EdgeAgent, http
 from support.servers import NatsServer, RegistryServer
 from support.services import OpsServices
 from support.waiting import wait_for
-
-
-@pytest.fixture
-def agents() -> Iterator[list[EdgeAgent]]:
-    started: list[EdgeAgent] = []
-    try:
-        yield started
-    finally:
-        for agent in started:
-            agent.kill()
 
 
 def _publish(client: Client, tmp_path: Path, name: str) -> tuple[str, str, str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -68,16 +67,6 @@ def agent_env(registry: RegistryServer) -> dict[str, str]:
         "CONFIG_CPUS": "1",
         "EDGEPUB_HEARTBEAT_S": "0.5",
     }
-
-
-@pytest.fixture
-def agents(tmp_path: Path) -> Iterator[list[EdgeAgent]]:
-    started: list[EdgeAgent] = []
-    try:
-        yield started
-    finally:
-        for agent in started:
-            agent.kill()
 
 
 def test_add_run_list_replace_remove(
