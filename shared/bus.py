@@ -157,6 +157,49 @@ EVENTS_MAX_BYTES = 1 << 30
 REQUEST_TTL_S = DAY
 UPLOAD_MAX_AGE_S = DAY
 RECORD_HISTORY = 5
+# Inference logs. Pages wait for the collector (a work queue: a page leaves once appended),
+# 7 days and 2 GiB at most; the pipeline log keeps 30 days and 5 GiB; watermarks outlive
+# both (Nats-TTL: never). JetStream reserves each stream's max_bytes in the server's store
+# (the embedded stack's is 10 GiB), so the bounds must add up within it.
+PAGES_MAX_AGE_S = 7 * DAY
+PAGES_MAX_BYTES = 2 << 30
+PAGES_DUPLICATE_WINDOW_S = 120.0
+LOGS_MAX_AGE_S = 30 * DAY
+LOGS_MAX_BYTES = 5 << 30
+
+
+def log_stream_configs(
+    replicas: int = 1,
+    *,
+    logs_max_age_s: float = LOGS_MAX_AGE_S,
+    logs_max_bytes: int = LOGS_MAX_BYTES,
+    pages_duplicate_window_s: float = PAGES_DUPLICATE_WINDOW_S,
+) -> tuple[StreamConfig, ...]:
+    return (
+        StreamConfig(
+            name=subjects.PAGES_STREAM,
+            subjects=[subjects.PAGES_SUBJECTS],
+            retention=RetentionPolicy.WORK_QUEUE,
+            max_age=PAGES_MAX_AGE_S,
+            max_bytes=PAGES_MAX_BYTES,
+            duplicate_window=pages_duplicate_window_s,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+        ),
+        StreamConfig(
+            name=subjects.LOGS_STREAM,
+            subjects=[f"{subjects.LOGS_ROOT}.>", f"{subjects.WATERMARK_ROOT}.>"],
+            retention=RetentionPolicy.LIMITS,
+            max_age=logs_max_age_s,
+            max_bytes=logs_max_bytes,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            allow_rollup_hdrs=True,  # a watermark rolls its subject up to one message
+            allow_msg_ttl=True,  # ... and is exempt from max_age (Nats-TTL: never)
+            allow_atomic=True,  # a page and its watermark are appended as one batch
+            allow_direct=True,
+        ),
+    )
 
 
 def stream_configs(replicas: int = 1) -> tuple[StreamConfig, ...]:
@@ -217,7 +260,7 @@ def object_store_configs(replicas: int = 1) -> tuple[ObjectStoreConfig, ...]:
 
 async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:
     """Create (or leave as they are) the streams every service relies on."""
-    for cfg in stream_configs(replicas):
+    for cfg in (*stream_configs(replicas), *log_stream_configs(replicas)):
         try:
             await js.stream_info(cfg.name or "")
         except NotFoundError:

@@ -95,6 +95,7 @@ EDGE_ROOT = f"{PREFIX}.edge"
 CONTROL_ROOT = f"{PREFIX}.control"
 EDGE_HEARTBEAT = "heartbeat"  # request: status in, the pipeline it should run out
 EDGE_RENEW = "renew"  # request: extend the credential while in contact
+EDGE_LOGS = "logs"  # a page of inference log rows (or a gap record), into PAGES_STREAM
 
 
 def edge_subject(edge: str, kind: str) -> str:
@@ -166,6 +167,35 @@ def publish_events(publish_id: int) -> str:
     return f"{PREFIX}.events.publish.{publish_id}"
 
 
+# --- inference logs -------------------------------------------------------------------------
+# Edges publish pages on ``edgepub.edge.<edge>.logs`` into PAGES_STREAM (work queue: a page
+# leaves once the collector appended it). The collector appends them to LOGS_STREAM on
+# ``edgepub.logs.<workspace>.<pipeline>.<partition>`` (partition = the edge's authenticated
+# name, from the page's subject), each append checked against the edge's watermark message
+# on ``edgepub.wm.<edge>`` in the same stream.
+PAGES_STREAM = "EDGEPUB_EDGE_PAGES"
+PAGES_SUBJECTS = f"{EDGE_ROOT}.*.{EDGE_LOGS}"
+LOGS_STREAM = "EDGEPUB_LOGS"
+LOGS_ROOT = f"{PREFIX}.logs"
+WATERMARK_ROOT = f"{PREFIX}.wm"
+CONSUMER_LOG_COLLECTOR = "log-collector"
+
+
+def pipeline_log(workspace_id: int, pipeline: str, partition: str) -> str:
+    """Where one edge's rows of one pipeline are filed at Ops."""
+    return f"{LOGS_ROOT}.{workspace_id}.{token(pipeline)}.{token(partition)}"
+
+
+def pipeline_logs(workspace_id: int, pipeline: str, partition: str | None = None) -> str:
+    """A pipeline's log, every edge's (or one partition's): what readers filter on."""
+    return f"{LOGS_ROOT}.{workspace_id}.{token(pipeline)}.{token(partition) if partition else '*'}"
+
+
+def watermark(edge: str) -> str:
+    """The last edge sequence Ops holds for ``edge`` (one rolled-up message per edge)."""
+    return f"{WATERMARK_ROOT}.{token(edge)}"
+
+
 # --- durable consumers ----------------------------------------------------------------------
 CONSUMER_REGISTRY_PUSH = "registry-push"
 CONSUMER_PUBLISH_OUTCOMES = "publish-outcomes"
@@ -197,6 +227,13 @@ OBJECT_STORE_UPLOADS = "edgepub_model_uploads"
 # --- headers -------------------------------------------------------------------------------
 HEADER_MSG_ID = "Nats-Msg-Id"
 HEADER_ERROR_CODE = "Edgepub-Error"
+# on pages and on the pipeline log's messages
+HEADER_FIRST_SEQ = "Edgepub-First-Seq"  # the first edge sequence number the page holds
+HEADER_LAST_SEQ = "Edgepub-Last-Seq"
+HEADER_ROWS = "Edgepub-Rows"  # inference rows in the page (gap lines not counted)
+HEADER_PIPELINE = "Edgepub-Pipeline"  # the pipeline the rows belong to (a page holds one)
+HEADER_WORKSPACE = "Edgepub-Workspace"
+HEADER_PARTITION = "Edgepub-Partition"  # set by the collector: the edge's name
 
 _TOKEN = re.compile(r"[A-Za-z0-9_\-]+")
 

@@ -97,12 +97,16 @@ def _unique(items: Iterable[str]) -> tuple[str, ...]:
 
 def sdk(user: str) -> Permissions:
     """An SDK/CLI user: requests to any service under its own name, model uploads into the
-    upload area (never the verified store), and ordered reads of publish events."""
+    upload area (never the verified store), ordered reads of publish events and of the
+    pipeline log."""
     return Permissions(
         publish_allow=(
             f"{subjects.REQUEST_ROOT}.{subjects.token(user)}.>",
             f"$O.{subjects.OBJECT_STORE_UPLOADS}.>",
             *ordered_reader(subjects.EVENTS_STREAM),
+            # pipeline.logs() and `logs tail`: read the pipeline log (never write it)
+            *stream_reader(subjects.LOGS_STREAM),
+            *ordered_reader(subjects.LOGS_STREAM),
         ),
         subscribe_allow=_inbox(user),
     )
@@ -119,6 +123,8 @@ def publish_service(user: str = "publish") -> Permissions:
     owned = (
         subjects.WORK_STREAM,
         subjects.EVENTS_STREAM,
+        subjects.PAGES_STREAM,  # created here like every stream; edges and the collector use them
+        subjects.LOGS_STREAM,
         models,
         uploads,
         *(f"KV_{b}" for b in PUBLISH_KV),

@@ -52,7 +52,10 @@ def test_sdk_user_cannot_write_verified_models_or_kv() -> None:
     perms = config.sdk_permissions("alice")
     assert "$O.edgepub_model_uploads.>" in perms.publish_allow
     assert not any(x.startswith(("$O.edgepub_model_files", "$KV.")) for x in perms.publish_allow)
-    assert not any(".STREAM." in x for x in perms.publish_allow)
+    changes = (".STREAM.CREATE", ".STREAM.UPDATE", ".STREAM.DELETE", ".STREAM.PURGE")
+    assert not any(c in x for x in perms.publish_allow for c in changes)
+    reads = [x for x in perms.publish_allow if ".STREAM." in x]
+    assert reads and all(x.endswith(".EDGEPUB_LOGS") for x in reads)  # pipeline.logs()
 
 
 def test_each_service_answers_only_its_own_verbs() -> None:
