@@ -21,7 +21,7 @@ from typing import Any, Literal
 import msgspec
 
 LINE_VERSION = 1
-GapReason = Literal["evicted", "handoff_full", "write_failed"]
+GapReason = Literal["evicted", "handoff_full", "write_failed", "too_large"]
 
 
 class Gap(msgspec.Struct, frozen=True, kw_only=True):
