@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -149,6 +149,7 @@ class Link:
         self._wanted_changed = asyncio.Event()
         self._renewed_at = _now()
         self._nc: NATS | None = None
+        self._session_work: list[Callable[[NATS], Coroutine[Any, Any, None]]] = []
         self._closing: set[asyncio.Task[None]] = set()
         logs.register_secret(plan.seed)
         logs.register_secret(plan.join_token)
@@ -286,16 +287,25 @@ class Link:
 
     # --- one connection --------------------------------------------------------------------
 
+    def on_session(self, work: Callable[[NATS], Coroutine[Any, Any, None]]) -> None:
+        """Run ``work(nc)`` during every connected session (the shipper); it is cancelled
+        when the session ends, and must handle its own errors."""
+        self._session_work.append(work)
+
     async def _session(self, nc: NATS, closed: asyncio.Event, stop: asyncio.Event) -> None:
         try:
             await nc.subscribe(subjects.control(self.edge), cb=self._on_control)
-            await self._renew(nc)
+            try:
+                await self._renew(nc)
+            except EdgepubError as exc:  # the token service is away: the beats renew later
+                self.log.info("renew_unanswered", error=str(exc))
             async with asyncio.TaskGroup() as tg:
-                beats = tg.create_task(self._heartbeats(nc))
+                tasks = [tg.create_task(self._heartbeats(nc))]
+                tasks += [tg.create_task(work(nc)) for work in self._session_work]
                 ended = tg.create_task(closed.wait())
                 stopping = tg.create_task(stop.wait())
                 await asyncio.wait({ended, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                for task in (beats, ended, stopping):
+                for task in (*tasks, ended, stopping):
                     task.cancel()
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             self.log.info("ops_session_ended", error=f"{type(exc).__name__}: {exc}")
