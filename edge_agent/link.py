@@ -171,13 +171,16 @@ class Link:
         delays = backoff.delays(cap=RETRY_CAP_S)
         while not stop.is_set():
             closed = asyncio.Event()
-            nc = await self._connect(closed)
-            if nc is None:
-                wait = next(delays)
-            else:
-                delays = backoff.delays(cap=RETRY_CAP_S)
-                await self._session(nc, closed, stop)
-                wait = next(delays)
+            try:
+                nc = await self._connect(closed)
+                if nc is not None:
+                    delays = backoff.delays(cap=RETRY_CAP_S)
+                    await self._session(nc, closed, stop)
+            except Exception as exc:  # inference must outlive any bug of the link
+                # (a full disk saving the identity, an answer nobody expected): say so, retry
+                self.status.reason = f"link error: {type(exc).__name__}: {exc}"
+                self.log.error("link_failed", error=repr(exc), exc_info=exc)
+            wait = next(delays)
             if stop.is_set():
                 return
             with contextlib.suppress(TimeoutError):

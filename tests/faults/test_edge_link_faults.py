@@ -134,3 +134,34 @@ def test_expired_credential_keeps_serving_says_so_and_rejoins_with_a_new_bundle(
         20,
         "the re-joined edge online",
     )
+
+
+def test_token_service_gone_the_edge_serves_and_comes_back_with_it(
+    client: Client,
+    ops: OpsServices,
+    registry: RegistryServer,
+    agents: list[EdgeAgent],
+    tmp_path: Path,
+) -> None:
+    ops.start("token", env={"EDGEPUB_EDGE_SESSION_TTL_S": "2"})  # reconnects need the callout
+    url, bundle, input_name = _publish(client, tmp_path, "no-token")
+    agent = _agent(tmp_path, registry, url, bundle)
+    agents.append(agent)
+    agent.wait_event("Node attestation was successful.", timeout=30)
+    ops["token"].kill()
+    time.sleep(3)  # past the session's exp: the server closes it, reconnects find no callout
+    for _ in range(5):
+        assert _infer(agent, "no-token", input_name) == 200
+    assert agent.child.running()
+    status = http().get(f"{agent.url}/status", timeout=5).json()
+    assert status["ready"]
+    ops.start("token")
+    wait_for(
+        lambda: (
+            client.build_pipeline("no-token").list_edges()[0].connection == "online"
+            and http().get(f"{agent.url}/status", timeout=5).json()["ops"]["connected"]
+        ),
+        60,
+        "the edge back online once the token service is",
+    )
+    assert "link_failed" not in agent.event_names()
