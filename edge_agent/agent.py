@@ -35,6 +35,7 @@ from .identity import ConnectPlan
 from .inference import InferenceService
 from .inference_log import DiscardLog, LocalLog, LogHandoff, drain, pump
 from .link import Link, LinkSettings
+from .local_log import SqliteLog, default_bound, free_bytes
 from .looplag import LoopLag
 from .metrics import EdgeMetrics
 from .puller import failure_reason, pull_url
@@ -152,7 +153,9 @@ class Agent:
         self.cache = PipelineCache(config.persist_dir / "pipelines")
         self.metrics = EdgeMetrics()
         self.handoff = LogHandoff(config.handoff_capacity, config.handoff_bytes)
-        self.local_log: LocalLog = local_log or DiscardLog()
+        self.local_log: LocalLog = local_log or DiscardLog()  # run() opens the SQLite log
+        self.sqlite_log = local_log if isinstance(local_log, SqliteLog) else None
+        self._own_log = local_log is None
         # A log row's partition is the edge's authenticated name once it has a link to Ops.
         linked = plan is not None and plan.action != "serve_only" and plan.edge_name
         partition = plan.edge_name if linked and plan else config.edge_name
@@ -199,6 +202,32 @@ class Agent:
             "or EDGEPUB_LOG_QUEUE_BYTES bytes).",
             lambda: float(self.handoff.dropped),
         )
+        self._log_gauges()
+
+    def _log_gauges(self) -> None:
+        def read(name: str) -> Callable[[], float]:
+            return lambda: float(getattr(self.sqlite_log, name, 0))
+
+        for metric, attr, kind, help_text in (
+            ("rows_total", "rows_written", "counter", "Inference rows the local log stored."),
+            ("backlog_rows", "backlog", "gauge", "Log lines (rows and gaps) Ops has not acked."),
+            ("evicted_rows_total", "evicted_rows", "counter", "Rows the bound evicted."),
+            ("write_failures_total", "write_failures", "counter", "Failed local log writes."),
+            ("file_bytes", "file_bytes", "gauge", "The local log's file and WAL, in bytes."),
+            ("watermark", "watermark", "gauge", "The last seq Ops acknowledged."),
+        ):
+            self.metrics.gauge(f"edgepub_edge_log_{metric}", help_text, read(attr), kind=kind)
+
+    async def open_log(self) -> None:
+        """The SQLite log at <persist_dir>/logs/inference.db, unless one was given."""
+        if not self._own_log or self.sqlite_log is not None:
+            return
+        path = self.config.persist_dir / "logs" / "inference.db"
+        bound = self.config.log_storage_bytes
+        if not self.config.log_limits_given:
+            bound = default_bound(await asyncio.to_thread(free_bytes, path.parent))
+        self.sqlite_log = await SqliteLog.open(path, bound_bytes=bound)
+        self.local_log = self.sqlite_log
 
     async def load(self, cached: CachedPipeline) -> tuple[LoadedPipeline, bool]:
         """Verify the cached files and start a session per step, off the event loop; and
@@ -281,6 +310,7 @@ class Agent:
             running_publish_id=running.publish_id if running else None,
             running_version=running.pipeline_version if running else None,
             agent_version=VERSION,
+            backlog=self.sqlite_log.backlog if self.sqlite_log else None,
         )
 
     def status(self) -> dict[str, Any]:
@@ -294,6 +324,7 @@ class Agent:
             "pipeline": msgspec.to_builtins(running) if running else None,
             "agent_version": VERSION,
             "ops": self.link.status.view() if self.link else None,
+            "log": self.sqlite_log.view() if self.sqlite_log else None,
         }
 
     def stop(self) -> None:
@@ -348,6 +379,7 @@ class Agent:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, on_signal, sig)
         self.cache.prepare()
+        await self.open_log()
         self.target_url = self.swapper.start().pipeline_url
         serving_url = await self.serve_cached()
         settle_heap()
@@ -369,5 +401,7 @@ class Agent:
         async with asyncio.timeout(DRAIN_TIMEOUT_S):
             moved = await drain(self.handoff, self.local_log)
         self.service.close()
+        if self._own_log and self.sqlite_log is not None:
+            await self.sqlite_log.close()
         self.log.info("engine_stopped", drained_events=moved, dropped_events=self.handoff.dropped)
         return 0

@@ -5,7 +5,7 @@ the request path allocates one object, not n). ``rows_of`` splits it into the pe
 ``InferenceLogRow``s a local log stores. ``LogHandoff.offer`` never blocks and never
 waits on disk or network: when the queue holds its count of events, or its bytes (an event
 weighs what its request body and outputs took), the event is dropped and counted.
-A ``LocalLog`` (SQLite in a later issue) receives batches from ``pump``.
+A ``LocalLog`` (``local_log.SqliteLog``) receives batches from ``pump``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 import numpy as np
@@ -99,6 +99,13 @@ class LocalLog(Protocol):
     async def write(self, events: Sequence[InferenceEvent]) -> None: ...
 
 
+@runtime_checkable
+class CountsDrops(Protocol):
+    """A local log that records the hand-off's drops as a gap (``SqliteLog``)."""
+
+    def note_dropped(self, count: int) -> None: ...
+
+
 class DiscardLog:
     """The local log while none is configured: counts what it was given."""
 
@@ -126,6 +133,7 @@ class LogHandoff:
         self.max_bytes = max_bytes
         self.offered = 0
         self.dropped = 0
+        self.dropped_records = 0  # the dropped events' records: a gap line's exact count
         self.queued_bytes = 0
         self._items: collections.deque[InferenceEvent] = collections.deque()
         self._sizes: collections.deque[int] = collections.deque()
@@ -140,6 +148,7 @@ class LogHandoff:
         items = self._items
         if len(items) >= self.capacity or self.queued_bytes + size > self.max_bytes:
             self.dropped += 1
+            self.dropped_records += event.records
             return False
         items.append(event)
         self._sizes.append(size)
@@ -178,10 +187,16 @@ async def pump(
     """Move events from the hand-off to the local log until cancelled.
 
     After a partial batch it lingers briefly so that under load the log gets batches and
-    the request path does not pay a consumer wake-up per inference.
+    the request path does not pay a consumer wake-up per inference. A log that
+    ``CountsDrops`` hears of the records the hand-off dropped before each batch.
     """
+    counts = log if isinstance(log, CountsDrops) else None
+    noted = 0
     while True:
         events = await handoff.take(batch)
+        if counts is not None and handoff.dropped_records > noted:
+            counts.note_dropped(handoff.dropped_records - noted)
+            noted = handoff.dropped_records
         await log.write(events)
         if len(events) < batch and linger_s > 0:
             await asyncio.sleep(linger_s)

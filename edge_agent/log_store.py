@@ -1,0 +1,311 @@
+"""The local inference log's SQLite file, used from one thread (``local_log.py`` owns it).
+
+Schema: ``blocks`` holds lines (``shared/log_lines.py``) as stored and shipped, joined by
+``\\n``: a block is a run of consecutive row lines of one pipeline (at most
+``BLOCK_BYTES``; one SQLite row per block, not per line, so an append costs a few B-tree
+inserts per batch) or a single gap line (``pipeline`` NULL, ``lost`` its count). ``meta``
+holds ``last_seq`` and ``watermark``: seqs are given here, never by SQLite, so acked
+rows being deleted never lets a number come back.
+
+WAL mode, ``synchronous=FULL`` by default: a committed batch survives a power cut, so a
+seq Ops may already hold is never handed out again. Every ``append`` is one transaction.
+
+Space: ``auto_vacuum=INCREMENTAL``. Evicted or acked blocks' pages go to the freelist and
+the next appends reuse them, so at the bound the file stops growing; after acks free more
+than ``KEEP_FREE_PAGES`` the rest go back to the file system (``incremental_vacuum``). The
+WAL is checkpointed every ``wal_bytes`` and truncated to it (``journal_size_limit``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Callable, Generator, Iterator, Sequence
+from pathlib import Path
+
+from edgepub.shared.log_lines import GapReason
+
+from . import pages
+from .inference_log import InferenceEvent
+from .pages import LineRef, Page, Span
+from .row_lines import row_lines
+
+BLOCK_BYTES = 64 << 10
+KEEP_FREE_PAGES = 256  # free pages kept for reuse after acks (1 MiB of 4 KiB pages)
+BLOCK_OVERHEAD = 64  # bytes of a block's cell and index entry, for the estimate
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS blocks (
+    last_seq INTEGER PRIMARY KEY,
+    first_seq INTEGER NOT NULL,
+    pipeline TEXT,
+    lost INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+"""
+Block = tuple[int, int, str | None, int, bytes]  # last_seq, first_seq, pipeline, lost, body
+
+
+def wal_bytes_for(bound: int) -> int:
+    """The WAL's share of the bound: 1/16, from 64 KiB to 4 MiB."""
+    return min(max(bound // 16, 64 << 10), 4 << 20)
+
+
+class Counts:
+    """What is not acked yet: lines (row + gap) and rows (row lines + gap counts)."""
+
+    def __init__(self, lines: int = 0, rows: int = 0) -> None:
+        self.lines, self.rows = lines, rows
+
+
+class LogStore:
+    def __init__(self, path: Path, bound_bytes: int, synchronous: str = "FULL") -> None:
+        self.path = path
+        self.bound = bound_bytes
+        self.wal_bytes = wal_bytes_for(bound_bytes)
+        self.db_budget = max(bound_bytes - self.wal_bytes, 0)
+        self.fault: Callable[[str], None] | None = None  # a test seam, inside transactions
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db = db
+        try:
+            db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new file only
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                raise sqlite3.OperationalError(f"journal_mode is {mode}, not wal")
+            db.execute(f"PRAGMA synchronous={synchronous}")
+            self.page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
+            db.execute(f"PRAGMA wal_autocheckpoint={max(self.wal_bytes // self.page_size, 1)}")
+            db.execute(f"PRAGMA journal_size_limit={self.wal_bytes}")
+            db.executescript(_SCHEMA)
+            self.last_seq = self._meta("last_seq")
+            self.watermark = self._meta("watermark")
+            self.last_seq = max(self.last_seq, self._max_seq(), self.watermark)
+            self.backlog = self.count(self.watermark, self.last_seq)
+        except BaseException:
+            db.close()
+            raise
+
+    def _meta(self, key: str) -> int:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _max_seq(self) -> int:
+        row = self.db.execute("SELECT max(last_seq) FROM blocks").fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def count(self, after: int, up_to: int) -> Counts:
+        """Lines and rows stored with seqs in (after, up_to]."""
+        row = self.db.execute(
+            "SELECT coalesce(sum(min(last_seq, ?2) - max(first_seq, ?1 + 1) + 1), 0),"
+            " coalesce(sum(CASE WHEN pipeline IS NULL THEN lost"
+            "  ELSE min(last_seq, ?2) - max(first_seq, ?1 + 1) + 1 END), 0)"
+            " FROM blocks WHERE last_seq > ?1 AND first_seq <= ?2",
+            (after, up_to),
+        ).fetchone()
+        return Counts(int(row[0]), int(row[1]))
+
+    def set_seq_floor(self, floor: int) -> None:
+        """Seqs continue above ``floor`` (a log that replaces a corrupt one)."""
+        if floor > self.last_seq:
+            self.last_seq = floor
+            self.watermark = max(self.watermark, floor)
+            self.db.execute("BEGIN IMMEDIATE")
+            self._put("last_seq", floor)
+            self._put("watermark", self.watermark)
+            self.db.execute("COMMIT")
+
+    def _put(self, key: str, value: int) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def used_bytes(self) -> int:
+        pages_used = self.db.execute("PRAGMA page_count").fetchone()[0]
+        pages_used -= self.db.execute("PRAGMA freelist_count").fetchone()[0]
+        return int(pages_used) * self.page_size
+
+    def file_bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(FileNotFoundError):
+                total += os.stat(f"{self.path}{suffix}").st_size
+        return total
+
+    def _blocks(
+        self, events: Sequence[InferenceEvent], gaps: Sequence[tuple[GapReason, int]]
+    ) -> tuple[list[Block], int]:
+        """New blocks: the pending gap lines, then the events' rows."""
+        seq = self.last_seq
+        blocks: list[Block] = []
+        for reason, count in gaps:
+            seq += 1
+            blocks.append((seq, seq, None, count, pages.gap_line(seq, count, reason)))
+        run: list[bytes] = []
+        run_first, run_pipeline, run_bytes = 0, "", 0
+        for event in events:
+            for line in row_lines(event, seq + 1):
+                seq += 1
+                if run and (event.pipeline != run_pipeline or run_bytes >= BLOCK_BYTES):
+                    blocks.append((seq - 1, run_first, run_pipeline, 0, b"\n".join(run)))
+                    run = []
+                if not run:
+                    run_first, run_pipeline, run_bytes = seq, event.pipeline, 0
+                run.append(line)
+                run_bytes += len(line) + 1
+        if run:
+            blocks.append((seq, run_first, run_pipeline, 0, b"\n".join(run)))
+        return blocks, seq
+
+    def append(
+        self,
+        events: Sequence[InferenceEvent],
+        gaps: Sequence[tuple[GapReason, int]],
+        protect: int,
+    ) -> tuple[int, int]:
+        """Store ``gaps`` then ``events`` in one transaction, evicting the oldest lines
+        after ``protect`` that the bound has no room for; (rows stored, rows evicted)."""
+        blocks, seq = self._blocks(events, [(r, c) for r, c in gaps if c > 0])
+        if not blocks:
+            return 0, 0
+        need = sum(len(b[4]) + BLOCK_OVERHEAD for b in blocks)
+        owed = sum(b[3] if b[2] is None else b[0] - b[1] + 1 for b in blocks)
+        excess = self.used_bytes() + need - self.db_budget
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            evicted_rows, kept, removed = self._evict(excess, blocks, protect)
+            db.executemany(
+                "INSERT INTO blocks(last_seq, first_seq, pipeline, lost, body) VALUES (?,?,?,?,?)",
+                kept,
+            )
+            self._put("last_seq", seq)
+            if self.fault is not None:
+                self.fault("write")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.rollback()
+            raise
+        self.last_seq = seq
+        self.backlog.lines += sum(b[0] - b[1] + 1 for b in kept) - removed
+        self.backlog.rows += owed  # stored as rows or counted in a gap line
+        stored = sum(b[0] - b[1] + 1 for b in kept if b[2] is not None)
+        return stored, evicted_rows
+
+    def _old_spans(self, protect: int) -> Generator[tuple[Span, int], None, None]:
+        cursor = self.db.execute(
+            "SELECT last_seq, first_seq, pipeline, lost, length(body),"
+            " CASE WHEN pipeline IS NULL THEN body END"
+            " FROM blocks WHERE first_seq > ? ORDER BY last_seq",
+            (protect,),
+        )
+        try:
+            for last, first, pipeline, lost, size, gap in cursor:
+                yield _span(last, first, pipeline, lost, gap), size + BLOCK_OVERHEAD
+        finally:
+            cursor.close()
+
+    def _evict(
+        self, excess: int, blocks: list[Block], protect: int
+    ) -> tuple[int, list[Block], int]:
+        """Make room for ``excess`` bytes, plus a margin so that eviction comes in chunks:
+        the oldest lines after ``protect`` go first, then (a batch bigger than the bound)
+        the batch's own oldest, never its last block. Returns the row lines evicted, the
+        blocks to insert (the gap line first) and how many stored lines were deleted."""
+        if excess <= 0:
+            return 0, blocks, 0
+        need = excess + self.db_budget // 32
+        candidates = self._old_spans(protect)
+        try:
+            old, freed = pages.evict_until(candidates, need)
+        finally:
+            candidates.close()  # its cursor, before the DELETE
+        dropped: list[Span] = []
+        if freed < need and len(blocks) > 1:
+            new = [(_span(*b), len(b[4]) + BLOCK_OVERHEAD) for b in blocks[:-1]]
+            dropped, _ = pages.evict_until(new, need - freed)
+        spans = old + dropped
+        if not spans:
+            return 0, blocks, 0
+        if old:
+            self.db.execute(
+                "DELETE FROM blocks WHERE last_seq BETWEEN ? AND ?",
+                (old[0].last_seq, old[-1].last_seq),
+            )
+        gap = spans[-1].last_seq
+        lost = sum(s.rows + s.lost for s in spans)
+        line = pages.evicted_gap(spans)
+        removed = sum(s.last_seq - s.first_seq + 1 for s in old)
+        rows = sum(s.rows for s in spans)
+        return rows, [(gap, gap, None, lost, line), *blocks[len(dropped) :]], removed
+
+    def read_page(self, after: int, max_rows: int, max_bytes: int) -> Page | None:
+        cursor = self.db.execute(
+            "SELECT last_seq, first_seq, pipeline, body FROM blocks"
+            " WHERE last_seq > ? ORDER BY last_seq",
+            (after,),
+        )
+        try:
+            if self.fault is not None:
+                self.fault("read")
+            return pages.next_page(_lines(cursor, after), max_rows, max_bytes)
+        finally:
+            cursor.close()
+
+    def ack(self, up_to: int) -> int:
+        """Move the watermark to ``up_to`` (forward only) and delete what it covers;
+        returns the new watermark."""
+        up_to = min(up_to, self.last_seq)
+        if up_to <= self.watermark:
+            return self.watermark
+        acked = self.count(self.watermark, up_to)
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM blocks WHERE last_seq <= ?", (up_to,))
+            self._put("watermark", up_to)
+            if self.fault is not None:
+                self.fault("ack")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.rollback()
+            raise
+        self.watermark = up_to
+        self.backlog.lines -= acked.lines
+        self.backlog.rows -= acked.rows
+        self._reclaim()
+        return up_to
+
+    def _reclaim(self) -> None:
+        free = int(self.db.execute("PRAGMA freelist_count").fetchone()[0])
+        if free > KEEP_FREE_PAGES:
+            # executescript steps the pragma to the end (execute frees only one page)
+            self.db.executescript(f"PRAGMA incremental_vacuum({free - KEEP_FREE_PAGES});")
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _span(last: int, first: int, pipeline: str | None, lost: int, body: bytes | None) -> Span:
+    """A stored block as a span (``body``: a gap block's line; unused for rows)."""
+    if pipeline is None and body is not None:
+        return Span(
+            first_seq=first,
+            last_seq=last,
+            rows=0,
+            lost=lost,
+            lost_from=pages.first_lost_seq(body),
+        )
+    return Span(first_seq=first, last_seq=last, rows=last - first + 1, lost=0, lost_from=first)
+
+
+def _lines(cursor: sqlite3.Cursor, after: int) -> Iterator[LineRef]:
+    for last, first, pipeline, body in cursor:
+        if pipeline is None:
+            yield last, None, body
+            continue
+        lines = body.split(b"\n")
+        start = max(after + 1 - first, 0)
+        for offset in range(start, last - first + 1):
+            yield first + offset, pipeline, lines[offset]
