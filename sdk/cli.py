@@ -9,6 +9,8 @@
     edgepub edge add NAME --publish ID [--tag T ...]
     edgepub edge remove NAME
     edgepub edge list [--pipeline P] [--publish ID]
+    edgepub logs show PIPELINE [--limit N] [--partition EDGE]
+    edgepub logs tail PIPELINE [--partition EDGE]   follow new rows until Ctrl-C
 Add ``--json`` for output a script can read.
 """
 
@@ -23,6 +25,8 @@ import msgspec
 
 from edgepub.shared.errors import EdgepubError
 from edgepub.shared.version import VERSION
+
+from . import log_print
 
 
 def _connection_args(p: argparse.ArgumentParser) -> None:
@@ -86,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("id", type=int)
     _connection_args(show)
     _edge_verbs(verbs)
+    log_print.add_parser(verbs, _connection_args)
     return parser
 
 
@@ -198,6 +203,9 @@ def run(argv: Sequence[str]) -> int:
             _print(args, publishes, [p.record for p in publishes])
     elif args.verb == "edge":
         _edge(args)
+    elif args.verb == "logs":
+        with _client(args) as client:
+            log_print.run(args, client)
     elif args.verb == "publish":
         with _client(args) as client:
             publish = client.get_publish(args.id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import uuid
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -163,6 +164,41 @@ class Pipeline:
             PublishListReply,
         )
         return make_edges(infos, publish_records(self._client, infos, reply.publishes))
+
+    def logs(
+        self,
+        limit: int | None = None,
+        start_datetime: datetime | None = None,
+        end_datetime: datetime | None = None,
+        valid: bool | None = None,
+        dataset: Sequence[str] | str | None = None,
+        dataset_exclude: Sequence[str] | str | None = None,
+        dataset_separator: str | None = None,
+        arrow: bool = False,
+        partition: str | None = None,
+    ) -> Any:
+        """The pipeline's inference rows at Ops, newest first: the newest ``limit`` (100)
+        without dates; with both dates the rows with ``start <= time < end`` (at most
+        ``limit``). A pandas DataFrame, or a pyarrow Table with ``arrow=True``. ``dataset``
+        picks column groups or columns (default time, in, out, anomaly; ``"metadata"`` adds
+        metadata.*); ``partition`` reads one edge's rows. Warns when more rows exist than
+        returned, and when the edges counted rows as lost (gap records)."""
+        from .log_reader import read_logs, warn_about
+
+        read = read_logs(
+            self._client,
+            self.name,
+            limit=limit,
+            start_datetime=start_datetime,
+            end_datetime=end_datetime,
+            valid=valid,
+            dataset=dataset,
+            dataset_exclude=dataset_exclude,
+            dataset_separator=dataset_separator,
+            partition=partition,
+        )
+        warn_about(read)
+        return read.table if arrow else read.table.to_pandas()
 
     def __repr__(self) -> str:
         steps = ", ".join(m.name for m in self._steps) or "(none)"
