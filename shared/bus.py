@@ -12,6 +12,7 @@ import random
 import time
 from typing import Any
 
+import msgspec
 import nats
 import structlog
 from nats.aio.client import Client as NATS
@@ -26,9 +27,9 @@ from nats.js.api import (
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from . import subjects
-from .errors import NotAuthorizedError, ServiceUnavailableError
+from .errors import ConfigError, NotAuthorizedError, ServiceUnavailableError
 from .logs import register_secret
-from .settings import NatsSettings
+from .settings import Env, NatsSettings
 
 log = structlog.get_logger("edgepub.bus")
 
@@ -168,21 +169,53 @@ LOGS_MAX_AGE_S = 30 * DAY
 LOGS_MAX_BYTES = 5 << 30
 
 
+class LogLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """The inference logs' retention, configuration of the publish service (which creates
+    the streams): ``EDGEPUB_LOGS_MAX_AGE_S``, ``EDGEPUB_LOGS_MAX_BYTES``,
+    ``EDGEPUB_PAGES_MAX_AGE_S``, ``EDGEPUB_PAGES_MAX_BYTES``,
+    ``EDGEPUB_PAGES_DUPLICATE_WINDOW_S``. Watermarks are exempt from the logs' age."""
+
+    logs_max_age_s: float = LOGS_MAX_AGE_S
+    logs_max_bytes: int = LOGS_MAX_BYTES
+    pages_max_age_s: float = PAGES_MAX_AGE_S
+    pages_max_bytes: int = PAGES_MAX_BYTES
+    pages_duplicate_window_s: float = PAGES_DUPLICATE_WINDOW_S
+
+    @classmethod
+    def from_env(cls, env: Env | None = None) -> LogLimits:
+        env = env or Env()
+        limits = cls(
+            logs_max_age_s=env.number("EDGEPUB_LOGS_MAX_AGE_S", LOGS_MAX_AGE_S),
+            logs_max_bytes=env.integer("EDGEPUB_LOGS_MAX_BYTES", LOGS_MAX_BYTES),
+            pages_max_age_s=env.number("EDGEPUB_PAGES_MAX_AGE_S", PAGES_MAX_AGE_S),
+            pages_max_bytes=env.integer("EDGEPUB_PAGES_MAX_BYTES", PAGES_MAX_BYTES),
+            pages_duplicate_window_s=env.number(
+                "EDGEPUB_PAGES_DUPLICATE_WINDOW_S", PAGES_DUPLICATE_WINDOW_S
+            ),
+        )
+        for name, value in msgspec.structs.asdict(limits).items():
+            if value <= 0:
+                raise ConfigError(f"EDGEPUB_{name.upper()}={value:g} must be more than 0")
+        if limits.pages_duplicate_window_s > limits.pages_max_age_s:
+            raise ConfigError(
+                f"EDGEPUB_PAGES_DUPLICATE_WINDOW_S={limits.pages_duplicate_window_s:g} must not "
+                f"exceed EDGEPUB_PAGES_MAX_AGE_S={limits.pages_max_age_s:g}"
+            )
+        return limits
+
+
 def log_stream_configs(
-    replicas: int = 1,
-    *,
-    logs_max_age_s: float = LOGS_MAX_AGE_S,
-    logs_max_bytes: int = LOGS_MAX_BYTES,
-    pages_duplicate_window_s: float = PAGES_DUPLICATE_WINDOW_S,
+    replicas: int = 1, limits: LogLimits | None = None
 ) -> tuple[StreamConfig, ...]:
+    limits = limits or LogLimits()
     return (
         StreamConfig(
             name=subjects.PAGES_STREAM,
             subjects=[subjects.PAGES_SUBJECTS],
             retention=RetentionPolicy.WORK_QUEUE,
-            max_age=PAGES_MAX_AGE_S,
-            max_bytes=PAGES_MAX_BYTES,
-            duplicate_window=pages_duplicate_window_s,
+            max_age=limits.pages_max_age_s,
+            max_bytes=limits.pages_max_bytes,
+            duplicate_window=limits.pages_duplicate_window_s,
             storage=StorageType.FILE,
             num_replicas=replicas,
         ),
@@ -190,8 +223,8 @@ def log_stream_configs(
             name=subjects.LOGS_STREAM,
             subjects=[f"{subjects.LOGS_ROOT}.>", f"{subjects.WATERMARK_ROOT}.>"],
             retention=RetentionPolicy.LIMITS,
-            max_age=logs_max_age_s,
-            max_bytes=logs_max_bytes,
+            max_age=limits.logs_max_age_s,
+            max_bytes=limits.logs_max_bytes,
             storage=StorageType.FILE,
             num_replicas=replicas,
             allow_rollup_hdrs=True,  # a watermark rolls its subject up to one message
@@ -258,13 +291,27 @@ def object_store_configs(replicas: int = 1) -> tuple[ObjectStoreConfig, ...]:
     )
 
 
-async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:
-    """Create (or leave as they are) the streams every service relies on."""
-    for cfg in (*stream_configs(replicas), *log_stream_configs(replicas)):
+async def ensure_streams(
+    js: JetStreamContext, *, replicas: int = 1, logs: LogLimits | None = None
+) -> None:
+    """Create (or leave as they are) the streams every service relies on; the log streams'
+    limits follow ``logs`` (configuration) when they differ."""
+    for cfg in stream_configs(replicas):
         try:
             await js.stream_info(cfg.name or "")
         except NotFoundError:
             await js.add_stream(cfg)
+    for cfg in log_stream_configs(replicas, logs):
+        try:
+            have = (await js.stream_info(cfg.name or "")).config
+        except NotFoundError:
+            await js.add_stream(cfg)
+            continue
+        limits = ("max_age", "max_bytes", "duplicate_window")
+        if any(getattr(have, f) != getattr(cfg, f) for f in limits):
+            await js.update_stream(cfg)
+            now = {f: getattr(cfg, f) for f in limits}
+            log.info("stream_limits_updated", stream=cfg.name, **now)
 
 
 async def ensure_buckets(js: JetStreamContext, *, replicas: int = 1) -> None:
@@ -285,9 +332,9 @@ async def ensure_object_store(js: JetStreamContext, *, replicas: int = 1) -> Non
             await js.create_object_store(cfg.bucket or "", config=cfg)
 
 
-async def ensure_all(js: JetStreamContext) -> None:
+async def ensure_all(js: JetStreamContext, logs: LogLimits | None = None) -> None:
     """Everything the publish service owns (it is the one service allowed to create it)."""
-    await ensure_streams(js)
+    await ensure_streams(js, logs=logs)
     await ensure_buckets(js)
 
 

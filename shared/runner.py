@@ -75,6 +75,7 @@ class Delivery(msgspec.Struct, frozen=True, kw_only=True):
     num_delivered: int
     stream_seq: int
     stored_at: float = 0.0  # when the server stored the message (its clock), epoch seconds
+    headers: dict[str, str] = msgspec.field(default_factory=dict)  # as the publisher set them
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -250,6 +251,7 @@ class Consumer(Generic[T]):
             num_delivered=meta.num_delivered or 1,
             stream_seq=meta.sequence.stream if meta.sequence else 0,
             stored_at=meta.timestamp.timestamp() if meta.timestamp else self._clock(),
+            headers=dict(msg.headers or {}),
         )
 
     async def _process(self, msg: Msg, delivery: Delivery, stop: asyncio.Event, mlog: Any) -> None:

@@ -30,7 +30,7 @@ from support.services import OpsServices
 
 pytest_plugins = ["support.registry_push"]
 
-OPS_SERVICES = ("publish", "registry_push", "token")
+OPS_SERVICES = ("publish", "registry_push", "token", "log_collector")
 
 
 @pytest.fixture

@@ -25,7 +25,8 @@ SERVICES = (
     ServiceSpec(name="publish", nats_user="publish", ready_event="requests_serving"),
     ServiceSpec(name="registry_push", nats_user="registry-push"),
     ServiceSpec(name="token", nats_user="token", replicas=2, ready_event="auth_callout_serving"),
-    ServiceSpec(name="log_collector", nats_user="log-collector"),
+    # ready once its durable consumer exists (the publish service creates the streams)
+    ServiceSpec(name="log_collector", nats_user="log-collector", ready_event="consumer_started"),
 )
 BY_NAME = {s.name: s for s in SERVICES}
 

@@ -215,6 +215,23 @@ def edge(name: str) -> Permissions:
     )
 
 
+def log_collector(user: str = "log-collector") -> Permissions:
+    """Takes pages from its durable consumer on the pages stream, appends them and the
+    edges' watermarks to the pipeline log, and reads watermarks back (direct get). It may
+    not create, change or delete a stream, write pages, or read any bucket."""
+    return Permissions(
+        publish_allow=_unique(
+            (
+                *durable_consumer(subjects.PAGES_STREAM, subjects.CONSUMER_LOG_COLLECTOR),
+                f"{subjects.LOGS_ROOT}.>",
+                f"{subjects.WATERMARK_ROOT}.>",
+                *stream_reader(subjects.LOGS_STREAM),
+            )
+        ),
+        subscribe_allow=_inbox(user),
+    )
+
+
 def inbox_only(user: str) -> Permissions:
     """A user whose service has nothing on the bus yet: its own inbox, nothing more."""
     return Permissions(publish_allow=(), subscribe_allow=_inbox(user))
@@ -224,8 +241,7 @@ SERVICES = {
     "publish": publish_service,
     "registry-push": registry_push_service,
     "token": token_service,
-    # log-collector gets its subjects with its service
-    "log-collector": inbox_only,
+    "log-collector": log_collector,
 }
 
 

@@ -247,7 +247,7 @@ def test_publish_service_cannot_delete_or_forge_push_outcomes(nats_server: NatsS
     _with_owner(nats_server, scenario)
 
 
-@pytest.mark.parametrize("user", ["token", "log-collector"])
+@pytest.mark.parametrize("user", ["token"])
 def test_users_of_services_still_to_come_can_do_nothing(nats_server: NatsServer, user: str) -> None:
     async def scenario(owner: NATS) -> None:
         probe = await _probe(nats_server, user)
@@ -259,6 +259,69 @@ def test_users_of_services_still_to_come_can_do_nothing(nats_server: NatsServer,
             assert await probe.subscribe_refused("edgepub.>") == []
         finally:
             await probe.nc.close()
+
+    _with_owner(nats_server, scenario)
+
+
+def test_log_collector_appends_logs_but_writes_no_page_and_reads_no_bucket(
+    nats_server: NatsServer,
+) -> None:
+    async def scenario(owner: NATS) -> None:
+        col = await _probe(nats_server, "log-collector")
+        try:
+            # what it uses: its durable on the pages, appends, watermark reads (direct get)
+            await col.js.add_consumer(
+                subjects.PAGES_STREAM,
+                durable_name=subjects.CONSUMER_LOG_COLLECTOR,
+                filter_subject=subjects.PAGES_SUBJECTS,
+            )
+            await col.js.pull_subscribe_bind(
+                subjects.CONSUMER_LOG_COLLECTOR, stream=subjects.PAGES_STREAM
+            )
+            ack = await col.js.publish(subjects.pipeline_log(1, "p", "e1"), b"{}")
+            assert ack.stream == subjects.LOGS_STREAM
+            await col.js.publish(subjects.watermark("e1"), b'{"edge":"e1","last_seq":1}')
+            got = await col.js.get_last_msg(
+                subjects.LOGS_STREAM, subjects.watermark("e1"), direct=True
+            )
+            assert got.data == b'{"edge":"e1","last_seq":1}'
+            assert col.errors == []
+            # and nothing more
+            await col.publish_refused(subjects.edge_subject("e1", subjects.EDGE_LOGS))
+            await col.publish_refused(subjects.PUBLISH_REQUESTED)
+            await col.publish_refused(f"$KV.{subjects.KV_EDGES}.e1", b"forged")
+            for stream in (subjects.LOGS_STREAM, subjects.PAGES_STREAM):
+                await col.refused(
+                    f"$JS.API.STREAM.DELETE.{stream}", lambda s=stream: col.js.delete_stream(s)
+                )
+                await col.refused(
+                    f"$JS.API.STREAM.PURGE.{stream}", lambda s=stream: col.js.purge_stream(s)
+                )
+            await col.refused(
+                f"$JS.API.STREAM.UPDATE.{subjects.LOGS_STREAM}",
+                lambda: col.js.update_stream(
+                    StreamConfig(name=subjects.LOGS_STREAM, subjects=["edgepub.logs.>"])
+                ),
+            )
+            await col.refused(
+                "$JS.API.STREAM.INFO.KV_edgepub_edges", lambda: col.js.key_value("edgepub_edges")
+            )
+            await col.refused(
+                "$JS.API.STREAM.MSG.GET.KV_edgepub_publishes",
+                lambda: col.js.get_last_msg("KV_edgepub_publishes", "$KV.edgepub_publishes.1"),
+            )
+            await col.refused(
+                "$JS.API.CONSUMER.DURABLE.CREATE.EDGEPUB_EDGE_PAGES.mine",
+                lambda: col.js._jsm._api_request(
+                    "$JS.API.CONSUMER.DURABLE.CREATE.EDGEPUB_EDGE_PAGES.mine",
+                    b"{}",
+                    timeout=REFUSAL_WAIT_S,
+                ),
+            )
+            assert await col.subscribe_refused("edgepub.edge.>") == []
+            assert await col.subscribe_refused("_INBOX.admin.>") == []
+        finally:
+            await col.nc.close()
 
     _with_owner(nats_server, scenario)
 

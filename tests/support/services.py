@@ -18,7 +18,7 @@ from .procs import ChildProcess
 from .servers import NatsServer, RegistryServer
 
 # Ready once it answers, not merely connected: the token service once it answers connects.
-READY_EVENTS = {"token": "auth_callout_serving"}
+READY_EVENTS = {"token": "auth_callout_serving", "log_collector": "consumer_started"}
 
 
 def clean_environ() -> dict[str, str]:

@@ -172,3 +172,37 @@ def test_the_publish_service_creates_every_bucket_and_writes_only_its_own() -> N
         assert f"$KV.{bucket}.>" in allowed.publish_allow
     assert f"$KV.{subjects.KV_EDGES}.>" not in allowed.publish_allow
     assert f"$KV.{subjects.KV_EDGES}.>" in users["token"].permissions.publish_allow
+
+
+def test_the_log_collector_may_append_logs_and_nothing_else() -> None:
+    from edgepub.shared import subjects
+
+    perms = config.nats_users(config.generate_credentials())["log-collector"].permissions
+    allowed = set(perms.publish_allow)
+    assert {"edgepub.logs.>", "edgepub.wm.>"} <= allowed
+    assert "$JS.API.DIRECT.GET.EDGEPUB_LOGS.>" in allowed
+    assert "$JS.API.CONSUMER.MSG.NEXT.EDGEPUB_EDGE_PAGES.log-collector" in allowed
+    assert "$JS.ACK.EDGEPUB_EDGE_PAGES.log-collector.>" in allowed
+    assert not any(x.startswith(("edgepub.edge", "$KV.", "$O.")) for x in allowed)
+    changes = (".STREAM.CREATE", ".STREAM.UPDATE", ".STREAM.DELETE", ".STREAM.PURGE")
+    assert not any(c in x for x in allowed for c in changes)
+    streams = {x.split(".")[-1] for x in allowed if x.startswith("$JS.API.STREAM.")}
+    assert streams == {subjects.PAGES_STREAM, subjects.LOGS_STREAM}
+    assert perms.subscribe_allow == ("_INBOX.log-collector.>",)
+    assert not perms.allow_responses
+
+
+def test_log_limits_come_from_the_environment_with_the_defaults() -> None:
+    from edgepub.shared import bus
+    from edgepub.shared.errors import ConfigError
+    from edgepub.shared.settings import Env
+
+    assert bus.LogLimits.from_env(Env({})) == bus.LogLimits()
+    limits = bus.LogLimits.from_env(
+        Env({"EDGEPUB_LOGS_MAX_AGE_S": "60", "EDGEPUB_PAGES_DUPLICATE_WINDOW_S": "2"})
+    )
+    pages, logs = bus.log_stream_configs(1, limits)
+    assert logs.max_age == 60 and logs.max_bytes == bus.LOGS_MAX_BYTES
+    assert pages.duplicate_window == 2 and pages.max_age == bus.PAGES_MAX_AGE_S
+    with pytest.raises(ConfigError, match="EDGEPUB_LOGS_MAX_BYTES"):
+        bus.LogLimits.from_env(Env({"EDGEPUB_LOGS_MAX_BYTES": "0"}))

@@ -1,0 +1,141 @@
+"""Appending a page to the pipeline log: one atomic batch the server checks.
+
+The batch is the page's lines on its pipeline log subject, then the edge's new watermark
+on ``edgepub.wm.<edge>`` (rolled up to one message per edge, exempt from ``max_age``), which
+commits it. Its first message expects the stream sequence of the edge's watermark message
+as this collector last saw it (0: none yet): if anyone appended for that edge since (a
+replay of any age, a second collector), the server refuses the whole batch with "wrong
+last sequence" (10071) and nothing is stored.
+
+What nats-server 2.15.1 answers (measured): a batch message that is not the commit gets an
+empty reply when it asks for one, so the first is published without a reply subject (one
+round trip per page, not two; one connection keeps the order); the commit's reply is the
+PubAck ``{"stream", "seq", "batch", "count"}`` whose ``seq`` is the watermark's, or
+``{"error": {"err_code": 10071, "description": "wrong last sequence: N"}}`` with N the
+subject's actual last sequence; a commit whose earlier messages never arrived gets 10176
+("atomic publish batch is incomplete").
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from nats.nuid import NUID
+
+from edgepub.shared import subjects
+
+from .pages import Page, appended, decode_watermark, encode_watermark
+
+WRONG_LAST_SEQUENCE = 10071
+
+_BATCH_ID = "Nats-Batch-Id"
+_BATCH_SEQ = "Nats-Batch-Sequence"
+_BATCH_COMMIT = "Nats-Batch-Commit"
+_EXPECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+_EXPECT_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
+_ROLLUP = "Nats-Rollup"
+_TTL = "Nats-TTL"
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """An edge's watermark as the stream holds it."""
+
+    stream_seq: int  # of the watermark message; 0: the edge has none
+    last_seq: int  # the edge sequence Ops holds up to
+
+
+NO_MARK = Mark(stream_seq=0, last_seq=0)
+
+
+class Conflict(Exception):
+    """The server refused the batch: the edge's watermark moved since it was read."""
+
+
+class AppendFailed(Exception):
+    """No answer, or another refusal: whether it was stored is unknown until the
+    watermark is read again."""
+
+
+class _Ack(msgspec.Struct):
+    seq: int = 0
+    error: dict[str, object] | None = None
+
+
+_ack = msgspec.json.Decoder(_Ack)
+
+
+class Appender:
+    def __init__(self, nc: NATS, js: JetStreamContext, *, timeout_s: float) -> None:
+        self._nc = nc
+        self._js = js
+        self._timeout = timeout_s
+        self._nuid = NUID()
+
+    async def read(self, edge: str) -> Mark:
+        """The edge's watermark, from the stream (a direct get of its last message)."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                msg = await self._js.get_last_msg(
+                    subjects.LOGS_STREAM, subjects.watermark(edge), direct=True
+                )
+        except NotFoundError:
+            return NO_MARK
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise AppendFailed(f"reading the watermark of {edge!r}: {exc!r}") from exc
+        try:
+            body = decode_watermark(msg.data or b"")
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            # Only this service writes watermarks: a bad one is a bug to look at, not a page's.
+            raise AppendFailed(f"the watermark of {edge!r} does not decode: {exc}") from exc
+        return Mark(stream_seq=msg.seq or 0, last_seq=body.last_seq)
+
+    async def append(self, page: Page, start: int, mark: Mark, watermark: int) -> Mark:
+        """Append ``page``'s lines from index ``start`` and the watermark, checked against
+        ``mark``; the new mark, or Conflict / AppendFailed."""
+        batch = self._nuid.next().decode()
+        expect = {_EXPECT_SEQ: str(mark.stream_seq), _EXPECT_SUBJECT: subjects.watermark(page.edge)}
+        n = 1
+        if start < len(page.lines):
+            body, headers = appended(page, start)
+            headers.update(expect, **{_BATCH_ID: batch, _BATCH_SEQ: "1"})
+            await self._nc.publish(page.log_subject, body, headers=headers)
+            n, expect = 2, {}
+        commit = {
+            _BATCH_ID: batch,
+            _BATCH_SEQ: str(n),
+            _BATCH_COMMIT: "1",
+            _ROLLUP: "sub",
+            _TTL: "never",
+            **expect,
+        }
+        try:
+            reply = await self._nc.request(
+                subjects.watermark(page.edge),
+                encode_watermark(page.edge, watermark),
+                headers=commit,
+                timeout=self._timeout,
+            )
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise AppendFailed(f"no answer to the commit: {exc!r}") from exc
+        return Mark(stream_seq=_committed(reply.data), last_seq=watermark)
+
+
+def _committed(data: bytes) -> int:
+    try:
+        ack = _ack.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise AppendFailed(f"the commit's answer is no PubAck: {data[:200]!r}") from exc
+    if ack.error is not None:
+        if ack.error.get("err_code") == WRONG_LAST_SEQUENCE:
+            raise Conflict(str(ack.error.get("description", "")))
+        raise AppendFailed(f"the commit was refused: {ack.error}")
+    if ack.seq <= 0:
+        raise AppendFailed(f"the commit's answer has no sequence: {data[:200]!r}")
+    return ack.seq

@@ -1,0 +1,122 @@
+"""The log collector across real processes: edges (joined through the token service, on
+their own subjects, exactly as the shipper publishes) ship pages; the pipeline log at Ops
+holds every row once, in order per edge, filed under the edge's name."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+
+from edgepub import Client
+from edgepub.shared import subjects
+from support import log_pages
+from support.edge_bus import add_edge, admin, connect_edge, join_token, new_seed
+from support.servers import NatsServer
+from support.services import OpsServices
+
+pytestmark = [pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+def publish_id(client: Client, model_file: Path) -> int:
+    model = client.upload_model("rf", model_file)
+    return client.build_pipeline("logs").add_model_step(model).publish(progress=False).id
+
+
+async def join(server: NatsServer, publish_id: int, name: str) -> NATS:
+    nc = await admin(server)
+    try:
+        token = join_token((await add_edge(nc, publish_id, name)).bundle)
+    finally:
+        await nc.close()
+    return await connect_edge(server, name, new_seed(), token)
+
+
+async def owner(server: NatsServer) -> NATS:
+    """The publish service's user: reads both streams (what the tests count with)."""
+    s = server.settings("publish")
+    return await nats.connect(
+        s.url, user=s.user, password=s.password, inbox_prefix=subjects.inbox_prefix("publish")
+    )
+
+
+def test_pages_of_two_edges_arrive_once_in_order_under_their_names(
+    nats_server: NatsServer, ops: OpsServices, publish_id: int
+) -> None:
+    async def main() -> None:
+        a = await join(nats_server, publish_id, "shop-a")
+        b = await join(nats_server, publish_id, "shop-b")
+        nc = await owner(nats_server)
+        try:
+            await asyncio.gather(
+                log_pages.ship(a, "shop-a", 1, 1000, size=100),
+                log_pages.ship(b, "shop-b", 1, 730, size=73),
+            )
+            got = await log_pages.wait_rows(nc, 1730)
+            got.assert_exactly_once({"shop-a": 1000, "shop-b": 730})
+            assert got.subjects_of == {
+                "shop-a": {subjects.pipeline_log(1, "p", "shop-a")},
+                "shop-b": {subjects.pipeline_log(1, "p", "shop-b")},
+            }
+            assert got.watermarks == {"shop-a": 1000, "shop-b": 730}
+            # the page is gone from the work queue once appended
+            assert await log_pages.pages_pending(nc) == 0
+        finally:
+            for c in (a, b, nc):
+                await c.close()
+
+    asyncio.run(main())
+
+
+def test_an_overlapping_page_is_cut_and_a_covered_one_dropped(
+    nats_server: NatsServer, ops: OpsServices, publish_id: int
+) -> None:
+    async def main() -> None:
+        edge = await join(nats_server, publish_id, "shop-c")
+        nc = await owner(nats_server)
+        subject = subjects.edge_subject("shop-c", subjects.EDGE_LOGS)
+        try:
+            await log_pages.ship(edge, "shop-c", 1, 100, size=100)
+            await log_pages.wait_rows(nc, 100)
+            # the edge re-paged after a restart: 51..150 overlaps, 1..60 is covered (a page of
+            # the same range and id within the duplicate window the pages stream drops itself)
+            for first, last in ((51, 150), (1, 60)):
+                body, headers = log_pages.page("shop-c", first, last)
+                await log_pages.send(edge, subject, body, headers)
+            await log_pages.ship(edge, "shop-c", 151, 200, size=50)
+            got = await log_pages.wait_rows(nc, 200)
+            got.assert_exactly_once({"shop-c": 200})
+            covered = ops["log_collector"].count_events("page_covered")
+            assert covered == 1
+        finally:
+            await edge.close()
+            await nc.close()
+
+    asyncio.run(main())
+
+
+def test_an_edge_cannot_write_the_pipeline_log_or_claim_another_partition(
+    nats_server: NatsServer, ops: OpsServices, publish_id: int
+) -> None:
+    async def main() -> None:
+        edge = await join(nats_server, publish_id, "shop-d")
+        nc = await owner(nats_server)
+        try:
+            body, headers = log_pages.page("shop-d", 1, 10)
+            headers[subjects.HEADER_PARTITION] = "shop-x"  # ignored: the subject names it
+            await log_pages.send(
+                edge, subjects.edge_subject("shop-d", subjects.EDGE_LOGS), body, headers
+            )
+            with pytest.raises((nats.errors.Error, TimeoutError)):
+                await edge.request(subjects.pipeline_log(1, "p", "shop-x"), body, timeout=1)
+            got = await log_pages.wait_rows(nc, 10)
+            got.assert_exactly_once({"shop-d": 10})
+        finally:
+            await edge.close()
+            await nc.close()
+
+    asyncio.run(main())
