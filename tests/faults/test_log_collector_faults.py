@@ -8,12 +8,11 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from nats.aio.client import Client as NATS
 
 from edgepub import Client
 from edgepub.shared import log_lines, subjects
 from support import log_pages
-from support.edge_bus import add_edge, admin, connect_edge, join_token, new_seed
+from support.log_pages import join, owner
 from support.servers import NatsServer
 from support.services import OpsServices
 from support.waiting import async_wait_for
@@ -33,24 +32,6 @@ def publish_id(client: Client, model_file: Path) -> int:
 def short_window(ops: OpsServices) -> None:
     """The publish service again, with a duplicate window of a second on the pages stream."""
     ops.start("publish", env={"EDGEPUB_PAGES_DUPLICATE_WINDOW_S": str(WINDOW_S)})
-
-
-async def join(server: NatsServer, publish_id: int, name: str) -> NATS:
-    nc = await admin(server)
-    try:
-        token = join_token((await add_edge(nc, publish_id, name)).bundle)
-    finally:
-        await nc.close()
-    return await connect_edge(server, name, new_seed(), token)
-
-
-async def owner(server: NatsServer) -> NATS:
-    import nats
-
-    s = server.settings("publish")
-    return await nats.connect(
-        s.url, user=s.user, password=s.password, inbox_prefix=subjects.inbox_prefix("publish")
-    )
 
 
 def collector_env(**extra: str) -> dict[str, str]:
@@ -84,6 +65,9 @@ def test_collector_killed_between_append_and_ack_duplicates_nothing(
             got = await log_pages.wait_rows(nc, 6000, within_s=60)
             got.assert_exactly_once({"shop-k": 6000})
             assert got.watermarks == {"shop-k": 6000}
+            # pages appended but not acked when a kill came back and were found in Ops (a
+            # kill lands in that gap about one time in three: counted, not required)
+            print(f"pages found appended after a kill: {refusals(ops)}")
         finally:
             await edge.close()
             await nc.close()

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import nats
 import pytest
-from nats.aio.client import Client as NATS
 
 from edgepub import Client
 from edgepub.shared import subjects
 from support import log_pages
-from support.edge_bus import add_edge, admin, connect_edge, join_token, new_seed
+from support.log_pages import join, owner
 from support.servers import NatsServer
 from support.services import OpsServices
 
@@ -25,23 +24,6 @@ pytestmark = [pytest.mark.timeout(120)]
 def publish_id(client: Client, model_file: Path) -> int:
     model = client.upload_model("rf", model_file)
     return client.build_pipeline("logs").add_model_step(model).publish(progress=False).id
-
-
-async def join(server: NatsServer, publish_id: int, name: str) -> NATS:
-    nc = await admin(server)
-    try:
-        token = join_token((await add_edge(nc, publish_id, name)).bundle)
-    finally:
-        await nc.close()
-    return await connect_edge(server, name, new_seed(), token)
-
-
-async def owner(server: NatsServer) -> NATS:
-    """The publish service's user: reads both streams (what the tests count with)."""
-    s = server.settings("publish")
-    return await nats.connect(
-        s.url, user=s.user, password=s.password, inbox_prefix=subjects.inbox_prefix("publish")
-    )
 
 
 def test_pages_of_two_edges_arrive_once_in_order_under_their_names(

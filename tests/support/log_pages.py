@@ -9,10 +9,14 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
 from edgepub.shared import log_lines, subjects
+
+from .edge_bus import add_edge, admin, connect_edge, join_token, new_seed
+from .servers import NatsServer
 
 ROW_PAD = "x" * 120  # about 200 bytes a row
 
@@ -126,3 +130,21 @@ async def wait_rows(nc: NATS, total: int, within_s: float = 30.0) -> OpsLog:
 
 async def pages_pending(nc: NATS) -> int:
     return (await nc.jetstream().stream_info(subjects.PAGES_STREAM)).state.messages
+
+
+async def join(server: NatsServer, publish_id: int, name: str) -> NATS:
+    """Add edge ``name`` to the publish and connect as it (its join token, its own key)."""
+    nc = await admin(server)
+    try:
+        token = join_token((await add_edge(nc, publish_id, name)).bundle)
+    finally:
+        await nc.close()
+    return await connect_edge(server, name, new_seed(), token)
+
+
+async def owner(server: NatsServer) -> NATS:
+    """The publish service's user: reads both streams (what the tests count with)."""
+    s = server.settings("publish")
+    return await nats.connect(
+        s.url, user=s.user, password=s.password, inbox_prefix=subjects.inbox_prefix("publish")
+    )
