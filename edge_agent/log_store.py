@@ -18,7 +18,9 @@ WAL is checkpointed every ``wal_bytes`` and truncated to it (``journal_size_limi
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import itertools
 import os
 import sqlite3
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -27,9 +29,8 @@ from pathlib import Path
 from edgepub.shared.log_lines import GapReason
 
 from . import pages
-from .inference_log import InferenceEvent
 from .pages import LineRef, Page, Span
-from .row_lines import row_lines
+from .row_lines import Run, with_seqs
 
 BLOCK_BYTES = 64 << 10
 KEEP_FREE_PAGES = 256  # free pages kept for reuse after acks (1 MiB of 4 KiB pages)
@@ -132,39 +133,38 @@ class LogStore:
         return total
 
     def _blocks(
-        self, events: Sequence[InferenceEvent], gaps: Sequence[tuple[GapReason, int]]
+        self, runs: Sequence[Run], gaps: Sequence[tuple[GapReason, int]]
     ) -> tuple[list[Block], int]:
-        """New blocks: the pending gap lines, then the events' rows."""
+        """New blocks: the pending gap lines, then the rows (``row_lines.bodies_of``)."""
         seq = self.last_seq
         blocks: list[Block] = []
         for reason, count in gaps:
             seq += 1
             blocks.append((seq, seq, None, count, pages.gap_line(seq, count, reason)))
-        run: list[bytes] = []
-        run_first, run_pipeline, run_bytes = 0, "", 0
-        for event in events:
-            for line in row_lines(event, seq + 1):
-                seq += 1
-                if run and (event.pipeline != run_pipeline or run_bytes >= BLOCK_BYTES):
-                    blocks.append((seq - 1, run_first, run_pipeline, 0, b"\n".join(run)))
-                    run = []
-                if not run:
-                    run_first, run_pipeline, run_bytes = seq, event.pipeline, 0
-                run.append(line)
-                run_bytes += len(line) + 1
-        if run:
-            blocks.append((seq, run_first, run_pipeline, 0, b"\n".join(run)))
+        for pipeline, bodies in runs:
+            lines = with_seqs(bodies, seq + 1)
+            ends = list(itertools.accumulate(map(len, lines)))  # bytes, less the newlines
+            start = 0
+            while start < len(lines):
+                base = ends[start - 1] if start else 0
+                # the line that reaches BLOCK_BYTES closes the block
+                end = min(bisect.bisect_left(ends, base + BLOCK_BYTES, start) + 1, len(lines))
+                blocks.append(
+                    (seq + end, seq + start + 1, pipeline, 0, b"\n".join(lines[start:end]))
+                )
+                start = end
+            seq += len(lines)
         return blocks, seq
 
     def append(
         self,
-        events: Sequence[InferenceEvent],
+        runs: Sequence[Run],
         gaps: Sequence[tuple[GapReason, int]],
         protect: int,
     ) -> tuple[int, int]:
-        """Store ``gaps`` then ``events`` in one transaction, evicting the oldest lines
-        after ``protect`` that the bound has no room for; (rows stored, rows evicted)."""
-        blocks, seq = self._blocks(events, [(r, c) for r, c in gaps if c > 0])
+        """Store ``gaps`` then the rows of ``runs`` in one transaction, evicting the oldest
+        lines after ``protect`` that the bound has no room for; (rows stored, evicted)."""
+        blocks, seq = self._blocks(runs, [(r, c) for r, c in gaps if c > 0])
         if not blocks:
             return 0, 0
         need = sum(len(b[4]) + BLOCK_OVERHEAD for b in blocks)
