@@ -38,8 +38,10 @@ from .link import Link, LinkSettings
 from .local_log import SqliteLog, default_bound, free_bytes
 from .looplag import LoopLag
 from .metrics import EdgeMetrics
+from .pages import Page
 from .puller import failure_reason, pull_url
 from .runtime import LoadedPipeline, PipelineLoadError, load_pipeline
+from .shipper import Shipper, ShipSettings
 from .swap import Swapper
 from .web.app import EdgeApp
 from .web.server import make_server
@@ -172,6 +174,7 @@ class Agent:
         self.target_url = config.pipeline_url  # what to serve: PIPELINE_URL or an assignment's
         self._stop = asyncio.Event()
         self.link: Link | None = None
+        self.shipper: Shipper | None = None
         if linked and plan is not None:
             self.link = Link(
                 plan,
@@ -228,6 +231,26 @@ class Agent:
             bound = default_bound(await asyncio.to_thread(free_bytes, path.parent))
         self.sqlite_log = await SqliteLog.open(path, bound_bytes=bound)
         self.local_log = self.sqlite_log
+
+    def start_shipping(self) -> None:
+        """Ship the local log home during every session of the link to Ops."""
+        if self.link is None or self.sqlite_log is None:
+            return
+        self.shipper = Shipper(
+            self.sqlite_log,
+            self.link.edge,
+            self.filed_under,
+            ShipSettings(page_rows=self.config.page_size),
+        )
+        self.link.on_session(self.shipper.run)
+
+    def filed_under(self, page: Page) -> tuple[str, int]:
+        """A page's pipeline (a page of gap lines only: what serves now) and workspace."""
+        running = self.running
+        pipeline = page.pipeline or (running.pipeline_name if running else None)
+        bundle = self.config.bundle
+        workspace = bundle.workspace_id if bundle and bundle.workspace_id else 1
+        return pipeline or _pipeline_of(self.config)[0], workspace
 
     async def load(self, cached: CachedPipeline) -> tuple[LoadedPipeline, bool]:
         """Verify the cached files and start a session per step, off the event loop; and
@@ -325,6 +348,7 @@ class Agent:
             "agent_version": VERSION,
             "ops": self.link.status.view() if self.link else None,
             "log": self.sqlite_log.view() if self.sqlite_log else None,
+            "shipping": self.shipper.view() if self.shipper else None,
         }
 
     def stop(self) -> None:
@@ -380,6 +404,7 @@ class Agent:
                 loop.add_signal_handler(sig, on_signal, sig)
         self.cache.prepare()
         await self.open_log()
+        self.start_shipping()
         self.target_url = self.swapper.start().pipeline_url
         serving_url = await self.serve_cached()
         settle_heap()
