@@ -13,14 +13,26 @@ server's CPU on 2 cores):
   no metrics and no inference log (``--serve-baseline``);
 - raw in-process onnxruntime for reference.
 
+Logging on vs off (``logging_on_off_ratio``, target >= 0.9), c16, alternating with the
+other runs: "on" is a second agent with an ``EDGE_BUNDLE`` against the embedded stack
+(``edgepub up`` on free ports, the same model published with the SDK and pulled from its
+registry, ``publish.add_edge``), so its local SQLite log writes and its shipper ships every
+row to the stack's log collector while wrk runs. The agent has no switch that turns its
+SQLite log off (``Agent.open_log`` always opens ``<persist>/logs/inference.db``), so "off"
+is the agent above, without a bundle: its log still writes, nothing ships
+(``logging_off_mode`` says so). The stack (nats-server, collector) runs on the same cores
+as the agents and wrk: on an edge Ops is elsewhere, so "on" here pays for both ends.
+
 The last line is one JSON object: agent_rps and baseline_rps (c16), ratio (target >= 0.8),
-p50_ms and p99_ms (agent, c1), raw_ort_us, rss_mb (agent idle RSS, target <= 150) and
-cold_start_s (cached pipeline to ready, target <= 2).
+p50_ms and p99_ms (agent, c1), raw_ort_us, rss_mb (agent idle RSS, target <= 150),
+cold_start_s (cached pipeline to ready, target <= 2), logging_on_rps, logging_off_rps and
+logging_on_off_ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -33,6 +45,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +262,59 @@ def stop(proc: subprocess.Popen[bytes]) -> int:
         return proc.wait()
 
 
+def wait_logged(log: Path, event: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """Until the agent's JSON log holds ``event``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the agent exited with {proc.returncode}; see {log}")
+        for line in log.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):  # a line still being written
+                if line.startswith("{") and json.loads(line).get("event") == event:
+                    return
+        time.sleep(0.1)
+    raise TimeoutError(f"the agent did not log {event} within {timeout:.0f}s; see {log}")
+
+
+def start_logging_agent(
+    model: Path, env: dict[str, str], work: Path, stack: ExitStack
+) -> tuple[subprocess.Popen[bytes], str, int]:
+    """The embedded stack, the model published to it with an edge added, and an agent with
+    that edge's bundle (log + shipper); the agent, its /pipelines URL and port."""
+    from edgepub import Client
+    from edgepub.demo import start_stack
+    from edgepub.shared.stack_file import load_stack_info
+
+    home = work / "stack"
+    home.mkdir()
+    start_stack(home, stack)
+    info = load_stack_info(home)
+    client = stack.enter_context(Client(data_dir=home))
+    uploaded = client.upload_model("gbr", model)
+    name = f"bench-on-{uuid.uuid4().hex[:6]}"
+    publish = client.build_pipeline(name).add_model_step(uploaded).publish(progress=False)
+    assert publish.status == "Published", publish.status
+    bundle = publish.add_edge("bench-inference-edge").docker_run_variables["EDGE_BUNDLE"]
+    port = free_port()
+    agent_env = dict(env, PIPELINE_URL=publish.pipeline_url or "", EDGE_BUNDLE=bundle,
+                     OCI_USERNAME=info.registry_username or "",
+                     OCI_PASSWORD=info.registry_password or "", CONFIG_CPUS="1",
+                     EDGEPUB_PORT=str(port), EDGEPUB_HOST="127.0.0.1",
+                     EDGEPUB_PERSIST_DIR=str(work / "persist-on"),
+                     EDGEPUB_LOG_FORMAT="json")  # fmt: skip
+    log = work / "agent-on.log"
+    agent = start([sys.executable, "-m", "edgepub.edge_agent"], agent_env, log)
+    stack.callback(stop, agent)
+    wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", agent)
+    wait_logged(log, "ops_connected", agent)
+    return agent, f"http://127.0.0.1:{port}/pipelines/{name}", port
+
+
+def status_of(port: int) -> dict[str, Any]:
+    with _OPENER.open(f"http://127.0.0.1:{port}/status", timeout=5) as resp:
+        return dict(json.loads(resp.read()))
+
+
 def _median(runs: list[dict[str, float]], key: str) -> float:
     return float(np.median([r[key] for r in runs]))
 
@@ -271,28 +338,40 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                      EDGEPUB_LOG_FORMAT="json")  # fmt: skip
     agent = start([sys.executable, "-m", "edgepub.edge_agent"], agent_env, work / "agent.log")
     baseline = None
+    stack = ExitStack()
     try:
         ready = f"http://127.0.0.1:{agent_port}/v2/health/ready"
         results["cold_start_s"] = round(wait_ready(ready, agent), 3)
+        logging_agent, on_url, on_port = start_logging_agent(model, env, work, stack)
         baseline = start([sys.executable, __file__, "--serve-baseline", str(base_port),
                           str(model)], env, work / "baseline.log")  # fmt: skip
         wait_ready(f"http://127.0.0.1:{base_port}/", baseline)
         urls = {name: f"http://127.0.0.1:{port}/pipelines/{PIPELINE}"
                 for name, port in (("agent", agent_port), ("baseline", base_port))}  # fmt: skip
         runs: dict[tuple[str, int], list[dict[str, float]]] = {}
-        for url in urls.values():
+        for url in (*urls.values(), on_url):
             wrk(url, body, 4, args.warmup, work)
+        shipped_before = status_of(on_port)["shipping"]["rows"]
         for _ in range(args.rounds):
             for connections in (1, 16):
                 for name, url in urls.items():
                     result = wrk(url, body, connections, args.duration, work)
                     runs.setdefault((name, connections), []).append(result)
+            # logging on, c16, right after the agent's c16 run (logging off)
+            runs.setdefault(("agent_on", 16), []).append(wrk(on_url, body, 16, args.duration, work))
         time.sleep(0.5)  # settle before reading idle memory (a measurement, not a sync)
         results["rss_mb"] = round(rss_mb(agent.pid), 1)
+        results["logging_on_rss_mb"] = round(rss_mb(logging_agent.pid), 1)
+        on_status = status_of(on_port)
+        results["logging_on_shipped_rows"] = on_status["shipping"]["rows"] - shipped_before
+        results["logging_on_backlog_rows"] = on_status["log"]["backlog"]
+        results["logging_on_dropped"] = on_status["log"]["handoff_dropped"]
+        results["logging_off_log_rows"] = status_of(agent_port)["log"]["last_seq"]
     finally:
         results["agent_exit"] = stop(agent)
         if baseline is not None:
             stop(baseline)
+        stack.close()
     agent_c16, base_c16 = _median(runs["agent", 16], "rps"), _median(runs["baseline", 16], "rps")
     results.update(
         agent_rps=round(agent_c16),
@@ -305,6 +384,16 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         baseline_p50_ms=round(_median(runs["baseline", 1], "p50_ms"), 3),
         rounds=args.rounds,
         seconds_per_run=args.duration,
+    )
+    on_c16 = _median(runs["agent_on", 16], "rps")
+    results.update(
+        logging_on_rps=round(on_c16),
+        logging_off_rps=round(agent_c16),
+        logging_on_off_ratio=round(on_c16 / agent_c16, 3),
+        logging_on_p99_ms=round(_median(runs["agent_on", 16], "p99_ms"), 3),
+        logging_off_p99_ms=round(_median(runs["agent", 16], "p99_ms"), 3),
+        logging_off_mode="no EDGE_BUNDLE, SQLite log still writing (the agent has no switch to "
+        "turn it off)",
     )
     return results
 
@@ -329,7 +418,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="edgepub-bench-") as tmp:
         results = measure(args, Path(tmp))
     order = ["agent_rps", "baseline_rps", "ratio", "p50_ms", "p99_ms", "raw_ort_us", "rss_mb",
-             "cold_start_s"]  # fmt: skip
+             "cold_start_s", "logging_on_rps", "logging_off_rps",
+             "logging_on_off_ratio"]  # fmt: skip
     print("details:", json.dumps({k: v for k, v in results.items() if k not in order}))
     print(json.dumps({k: results[k] for k in order}))
 
