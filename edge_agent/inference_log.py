@@ -138,6 +138,7 @@ class LogHandoff:
         self._items: collections.deque[InferenceEvent] = collections.deque()
         self._sizes: collections.deque[int] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
+        self._drop_unseen = False
 
     def __len__(self) -> int:
         return len(self._items)
@@ -149,6 +150,9 @@ class LogHandoff:
         if len(items) >= self.capacity or self.queued_bytes + size > self.max_bytes:
             self.dropped += 1
             self.dropped_records += event.records
+            self._drop_unseen = True  # the consumer must hear of it even with nothing queued
+            if self._waiter is not None:
+                self._wake()
             return False
         items.append(event)
         self._sizes.append(size)
@@ -171,13 +175,15 @@ class LogHandoff:
         return taken
 
     async def take(self, max_items: int) -> list[InferenceEvent]:
-        """Wait for at least one event; return up to ``max_items`` in order."""
-        while not self._items:
+        """Wait for at least one event, or a drop not yet seen (then the list may be empty:
+        the consumer still records the drop); return up to ``max_items`` in order."""
+        while not self._items and not self._drop_unseen:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
+        self._drop_unseen = False
         return self.take_nowait(max_items)
 
 

@@ -53,7 +53,9 @@ CREDENTIAL_VIEWS: tuple[CredentialView, ...] = (
     "revoked",
     "refused",
 )
-RETRY_CAP_S = 30.0  # longest wait between connects (a fleet must not hammer a fresh Ops)
+RETRY_CAP_S = 30.0
+REFUSALS_TO_CLOSE = 3  # refused reconnects in a row before the link builds a new connection
+CLOSE_TIMEOUT_S = 5.0  # longest wait between connects (a fleet must not hammer a fresh Ops)
 _control = msgspec.msgpack.Decoder(Control)
 
 
@@ -149,6 +151,8 @@ class Link:
         self._wanted_changed = asyncio.Event()
         self._renewed_at = _now()
         self._nc: NATS | None = None
+        self._session_closed: asyncio.Event | None = None
+        self._refusals = 0
         self._session_work: list[Callable[[NATS], Coroutine[Any, Any, None]]] = []
         self._closing: set[asyncio.Task[None]] = set()
         logs.register_secret(plan.seed)
@@ -200,13 +204,18 @@ class Link:
 
         async def on_reconnected() -> None:
             status.connected = True
+            self._refusals = 0
 
         async def on_error(exc: Exception) -> None:
-            # Refused while reconnecting (removed, expired): nats-py would keep retrying the
-            # same refused key; close, so the loop says why and backs off.
+            # Refused while reconnecting: once may be the callout not back yet (a broker
+            # restart); REFUSALS_TO_CLOSE in a row is a removed or expired credential, which
+            # nats-py would retry every half second for ever: close, so the loop says why and
+            # backs off.
             if _refused(exc):
                 status.reason = str(exc)
-                self._close_soon()
+                self._refusals += 1
+                if self._refusals >= REFUSALS_TO_CLOSE:
+                    self._close_soon(closed)
 
         opts: dict[str, Any] = {
             "servers": [self.plan.server_url],
@@ -234,6 +243,8 @@ class Link:
                 await nc.close()
             return None
         self._nc = nc
+        self._session_closed = closed
+        self._refusals = 0
         nc.options["allow_reconnect"] = True
         nc.options["max_reconnect_attempts"] = -1
         nc.options["reconnect_time_wait"] = 0.5
@@ -244,12 +255,25 @@ class Link:
         self.log.info("ops_connected", access=status.credential)
         return nc
 
-    def _close_soon(self) -> None:
-        """Close the current connection from a callback (its session then ends)."""
+    def _close_soon(self, closed: asyncio.Event | None = None) -> None:
+        """Close the current connection from a callback; its session then ends, even if
+        nats-py's close never comes back (it can hang while reconnecting)."""
         nc = self._nc
         if nc is None or nc.is_closed or self._closing:
             return
-        task = asyncio.get_running_loop().create_task(nc.close())
+        ended = closed or self._session_closed
+
+        async def close() -> None:
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await nc.close()
+            except TimeoutError:
+                self.log.info("close_timed_out")
+            finally:
+                if ended is not None:
+                    ended.set()
+
+        task = asyncio.get_running_loop().create_task(close())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 

@@ -137,6 +137,7 @@ class SqliteLog:
             "failed_rows": self.failed_rows,
             "corrupt_files": self.corrupt_files,
             "last_error": self.last_error,
+            "rows_written": self.rows_written,
         }
 
     # --- the API

@@ -98,6 +98,7 @@ class NatsServer(ServerProcess):
         users: dict[str, config.UserSpec] | None = None,
         port: int = 0,
         ws_tls: tuple[str, str] | None = None,
+        max_payload: int = config.MAX_PAYLOAD,
     ) -> None:
         self.base_dir = base_dir
         self.credentials = config.generate_credentials()
@@ -115,6 +116,7 @@ class NatsServer(ServerProcess):
                 port=self.port,
                 store_dir=str(self.store_dir),
                 users=self.user_specs,
+                max_payload=max_payload,
                 callout=config.callout_spec(self.credentials),
                 websocket=config.WebsocketSpec(
                     host=HOST,
