@@ -17,11 +17,10 @@ Logging on vs off (``logging_on_off_ratio``, target >= 0.9), c16, alternating wi
 other runs: "on" is a second agent with an ``EDGE_BUNDLE`` against the embedded stack
 (``edgepub up`` on free ports, the same model published with the SDK and pulled from its
 registry, ``publish.add_edge``), so its local SQLite log writes and its shipper ships every
-row to the stack's log collector while wrk runs. The agent has no switch that turns its
-SQLite log off (``Agent.open_log`` always opens ``<persist>/logs/inference.db``), so "off"
-is the agent above, without a bundle: its log still writes, nothing ships
-(``logging_off_mode`` says so). The stack (nats-server, collector) runs on the same cores
-as the agents and wrk: on an edge Ops is elsewhere, so "on" here pays for both ends.
+row to the stack's log collector while wrk runs; "off" is the agent above, without a bundle
+and with ``EDGEPUB_LOCAL_LOG=false`` (no SQLite log; the log hand-off still runs). The stack
+(nats-server, collector) runs on the same cores as the agents and wrk: on an edge Ops is
+elsewhere, so "on" here pays for both ends.
 
 The last line is one JSON object: agent_rps and baseline_rps (c16), ratio (target >= 0.8),
 p50_ms and p99_ms (agent, c1), raw_ort_us, rss_mb (agent idle RSS, target <= 150),
@@ -335,7 +334,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     agent_port, base_port = free_port(), free_port()
     agent_env = dict(env, PIPELINE_URL=pipeline_url, CONFIG_CPUS="1", EDGEPUB_PORT=str(agent_port),
                      EDGEPUB_HOST="127.0.0.1", EDGEPUB_PERSIST_DIR=str(persist),
-                     EDGEPUB_LOG_FORMAT="json")  # fmt: skip
+                     EDGEPUB_LOG_FORMAT="json", EDGEPUB_LOCAL_LOG="false")  # fmt: skip
     agent = start([sys.executable, "-m", "edgepub.edge_agent"], agent_env, work / "agent.log")
     baseline = None
     stack = ExitStack()
@@ -366,7 +365,6 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         results["logging_on_shipped_rows"] = on_status["shipping"]["rows"] - shipped_before
         results["logging_on_backlog_rows"] = on_status["log"]["backlog"]
         results["logging_on_dropped"] = on_status["log"]["handoff_dropped"]
-        results["logging_off_log_rows"] = status_of(agent_port)["log"]["last_seq"]
     finally:
         results["agent_exit"] = stop(agent)
         if baseline is not None:
@@ -392,8 +390,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         logging_on_off_ratio=round(on_c16 / agent_c16, 3),
         logging_on_p99_ms=round(_median(runs["agent_on", 16], "p99_ms"), 3),
         logging_off_p99_ms=round(_median(runs["agent", 16], "p99_ms"), 3),
-        logging_off_mode="no EDGE_BUNDLE, SQLite log still writing (the agent has no switch to "
-        "turn it off)",
+        logging_off_mode="no EDGE_BUNDLE, EDGEPUB_LOCAL_LOG=false",
     )
     return results
 

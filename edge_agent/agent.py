@@ -223,7 +223,7 @@ class Agent:
 
     async def open_log(self) -> None:
         """The SQLite log at <persist_dir>/logs/inference.db, unless one was given."""
-        if not self._own_log or self.sqlite_log is not None:
+        if not self._own_log or self.sqlite_log is not None or not self.config.local_log:
             return
         path = self.config.persist_dir / "logs" / "inference.db"
         bound = self.config.log_storage_bytes

@@ -68,6 +68,7 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
     log_storage_bytes: int = DEFAULT_LOG_STORAGE
     page_size: int = DEFAULT_PAGE_SIZE
     log_limits_given: bool = False
+    local_log: bool = True  # EDGEPUB_LOCAL_LOG=false: no SQLite log, nothing shipped (benches)
     persist_dir: Path = Path(DEFAULT_PERSIST_DIR)
     host: str = "0.0.0.0"
     port: int = DEFAULT_PORT
@@ -316,6 +317,7 @@ def parse_env(env: Mapping[str, str]) -> AgentConfig:
         log_storage_bytes=storage,
         page_size=page,
         log_limits_given=given,
+        local_log=_flag(env, "EDGEPUB_LOCAL_LOG", True),
         persist_dir=Path(_get(env, "EDGEPUB_PERSIST_DIR") or DEFAULT_PERSIST_DIR),
         host=_get(env, "EDGEPUB_HOST") or "0.0.0.0",
         port=_whole(env, "EDGEPUB_PORT", DEFAULT_PORT, 1, 65535),

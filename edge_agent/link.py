@@ -247,7 +247,7 @@ class Link:
         self._refusals = 0
         nc.options["allow_reconnect"] = True
         nc.options["max_reconnect_attempts"] = -1
-        nc.options["reconnect_time_wait"] = 0.5
+        nc.options["reconnect_time_wait"] = 0.25  # back within a second of the broker
         status.connected = True
         status.reason = ""
         if not self.identity.joined:

@@ -271,6 +271,14 @@ def run_demo(data_dir: str | None) -> int:
         print(pipeline.list_edges())
         infer_examples(base, pipeline.name, model.inputs[0].name, N_FEATURES)
 
+        _say("pipeline.logs(): the edge's inference rows at Ops, partition = the edge's name")
+        # six rows so far: two inference rounds of a two-record and a one-record request
+        wait_until(lambda: len(pipeline.logs()) >= 6, "the rows to reach Ops")
+        frame = pipeline.logs(dataset=["time", "out", "metadata"])
+        columns = [c for c in ("time", "out.variable", "metadata.partition",
+                               "metadata.pipeline_version") if c in frame.columns]  # fmt: skip
+        print(frame[columns].to_string(index=False))
+
         _say("remove_edge: its credential is revoked and its connection cut")
         client.remove_edge("demo-edge")
         wait_for_log(home, "ops_disconnected", timeout=10)
