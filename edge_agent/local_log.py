@@ -52,8 +52,14 @@ def default_bound(free_bytes: int) -> int:
 
 
 def free_bytes(path: Path) -> int:
-    path.mkdir(parents=True, exist_ok=True)
-    return shutil.disk_usage(path).free
+    """Free space where the log lives; 0 when that cannot be known (a dead disk, a file in
+    the way): the log then opens at its smallest bound, or fails and says so, and inference
+    never stops for it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        return shutil.disk_usage(path).free
+    except OSError:
+        return 0
 
 
 def _corrupt(exc: sqlite3.Error) -> bool:
