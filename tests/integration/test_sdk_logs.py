@@ -39,7 +39,15 @@ WRITER = "log-writer-test"
 WRITER_PASSWORD = "log-writer-test-password"
 EDGEPUB = [sys.executable, "-c", "from edgepub.cli import main; main()"]
 # Rows logged before their pages were appended (as always), within log_window.LATE_SLACK_MS
-T0 = int((datetime.now(UTC) - timedelta(minutes=10)).timestamp() * 1000)
+T0 = 0  # the rows' base time: set per test, see _rows_ten_minutes_ago
+
+
+@pytest.fixture(autouse=True)
+def _rows_ten_minutes_ago() -> None:
+    """Rows are timed 10 minutes before the test RUNS (not before the module was collected,
+    which in a long suite can be more than a window read's 15-minute late slack)."""
+    global T0
+    T0 = int((datetime.now(UTC) - timedelta(minutes=10)).timestamp() * 1000)
 
 
 @pytest.fixture
