@@ -232,11 +232,6 @@ def log_collector(user: str = "log-collector") -> Permissions:
     )
 
 
-def inbox_only(user: str) -> Permissions:
-    """A user whose service has nothing on the bus yet: its own inbox, nothing more."""
-    return Permissions(publish_allow=(), subscribe_allow=_inbox(user))
-
-
 SERVICES = {
     "publish": publish_service,
     "registry-push": registry_push_service,
