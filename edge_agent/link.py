@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +37,7 @@ from edgepub.shared.edge_messages import (
     RunPipeline,
 )
 from edgepub.shared.errors import EdgepubError
+from edgepub.shared.schemas import utcnow
 
 from . import backoff
 from .identity import ConnectPlan, Identity, joined, renewed, save_identity
@@ -117,10 +118,6 @@ class LinkStatus:
         )
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _refused(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "authorization" in text or "authentication" in text
@@ -149,7 +146,7 @@ class Link:
         self.log = log.bind(edge=self.edge, server=plan.server_url)
         self._wanted: Assignment | None = None
         self._wanted_changed = asyncio.Event()
-        self._renewed_at = _now()
+        self._renewed_at = utcnow()
         self._nc: NATS | None = None
         self._session_closed: asyncio.Event | None = None
         self._refusals = 0
@@ -215,7 +212,7 @@ class Link:
                 status.reason = str(exc)
                 self._refusals += 1
                 if self._refusals >= REFUSALS_TO_CLOSE:
-                    self._close_soon(closed)
+                    self._close_soon()
 
         opts: dict[str, Any] = {
             "servers": [self.plan.server_url],
@@ -255,13 +252,13 @@ class Link:
         self.log.info("ops_connected", access=status.credential)
         return nc
 
-    def _close_soon(self, closed: asyncio.Event | None = None) -> None:
+    def _close_soon(self) -> None:
         """Close the current connection from a callback; its session then ends, even if
         nats-py's close never comes back (it can hang while reconnecting)."""
         nc = self._nc
         if nc is None or nc.is_closed or self._closing:
             return
-        ended = closed or self._session_closed
+        ended = self._session_closed
 
         async def close() -> None:
             try:
@@ -288,7 +285,7 @@ class Link:
         elif not self.identity.joined:
             status.credential = "refused"
             reason = "the join was refused: the join token is used, expired or wrong"
-        elif status.expired_by_clock(_now()):
+        elif status.expired_by_clock(utcnow()):
             status.credential = "expired"
             reason = "the credential expired (no contact for too long)"
         else:
@@ -305,7 +302,7 @@ class Link:
     async def _joined(self) -> None:
         """The join went through: keep that before anything else (the token is spent). The
         credential's expiry comes with the renewal that follows at once."""
-        now = _now()
+        now = utcnow()
         self.identity = joined(self.identity, at=now, credential_expires_at=now)
         save_identity(self.persist_dir, self.identity)
         self.status.credential = "joined"
@@ -349,17 +346,16 @@ class Link:
             nc, subject, RenewRequest(), RenewReply, timeout=self.settings.request_timeout_s
         )
         self.status.credential_expires_at = reply.credential_expires_at
-        self.status.last_contact = _now()
+        self.status.last_contact = self._renewed_at = utcnow()
         self.identity = renewed(self.identity, credential_expires_at=reply.credential_expires_at)
         save_identity(self.persist_dir, self.identity)
-        self._renewed_at = _now()
 
     def _renew_due(self) -> bool:
         expires = self.status.credential_expires_at
         if expires is None:
             return True
         half = (expires - self._renewed_at) / 2
-        return _now() >= self._renewed_at + half
+        return utcnow() >= self._renewed_at + half
 
     async def _heartbeats(self, nc: NATS) -> None:
         subject = subjects.edge_subject(self.edge, subjects.EDGE_HEARTBEAT)
@@ -372,7 +368,7 @@ class Link:
                     HeartbeatReply,
                     timeout=self.settings.request_timeout_s,
                 )
-                self.status.last_contact = _now()
+                self.status.last_contact = utcnow()
                 self.want(reply.assignment)
                 if self._renew_due():
                     await self._renew(nc)

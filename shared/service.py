@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from . import bus, logs
+from .errors import ConfigError
 from .settings import LogSettings, NatsSettings
+
+S = TypeVar("S")
 
 Body = Callable[[NATS, JetStreamContext, asyncio.Event], Awaitable[None]]
 Provision = Callable[[JetStreamContext], Awaitable[None]]
@@ -42,3 +47,13 @@ def run(name: str, body: Body, provision: Provision | None = None) -> None:
     cfg = LogSettings.from_env()
     logs.configure(fmt=cfg.format, level=cfg.level)
     asyncio.run(_main(name, body, provision))
+
+
+def settings_or_exit(name: str, read: Callable[[], S]) -> S:
+    """A service's settings from the environment, or exit 2 with one line naming what is
+    wrong (before any connect or log setup, so a typo fails in milliseconds)."""
+    try:
+        return read()
+    except ConfigError as exc:
+        print(f"{name}: {exc.message}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -8,15 +8,13 @@ each append keeps every edge exactly once and in order among them.
 from __future__ import annotations
 
 import asyncio
-import sys
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from edgepub.shared import subjects
-from edgepub.shared.errors import ConfigError
 from edgepub.shared.runner import Consumer, ConsumerSpec
-from edgepub.shared.service import Body, run
+from edgepub.shared.service import Body, run, settings_or_exit
 
 from .appender import Appender
 from .config import CollectorSettings
@@ -54,12 +52,7 @@ def body_for(settings: CollectorSettings) -> Body:
 
 
 def main() -> None:
-    try:
-        settings = CollectorSettings.from_env()
-    except ConfigError as exc:
-        print(f"{NAME}: {exc.message}", file=sys.stderr)
-        raise SystemExit(2) from None
-    run(NAME, body_for(settings))
+    run(NAME, body_for(settings_or_exit(NAME, CollectorSettings.from_env)))
 
 
 if __name__ == "__main__":

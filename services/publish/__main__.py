@@ -6,13 +6,11 @@ Run: ``python -m edgepub.services.publish`` (env: EDGEPUB_NATS_URL/USER/PASSWORD
 from __future__ import annotations
 
 import asyncio
-import sys
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from edgepub.shared import bus, rpc, service, subjects
-from edgepub.shared.errors import ConfigError
 from edgepub.shared.runner import Consumer, ConsumerSpec
 from edgepub.shared.schemas import (
     ModelGetRequest,
@@ -72,11 +70,8 @@ async def body(nc: NATS, js: JetStreamContext, stop: asyncio.Event) -> None:
 
 
 def main() -> None:
-    try:
-        limits = bus.LogLimits.from_env()  # the inference logs' retention (EDGEPUB_LOGS_*)
-    except ConfigError as exc:
-        print(f"publish: {exc.message}", file=sys.stderr)
-        raise SystemExit(2) from None
+    # the inference logs' retention (EDGEPUB_LOGS_*)
+    limits = service.settings_or_exit("publish", bus.LogLimits.from_env)
 
     async def provision(js: JetStreamContext) -> None:
         await bus.ensure_all(js, logs=limits)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 
 import structlog
@@ -11,10 +10,10 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from edgepub.shared import subjects
-from edgepub.shared.errors import ConfigError, RegistryError
+from edgepub.shared.errors import RegistryError
 from edgepub.shared.oci import RegistryClient
 from edgepub.shared.runner import Consumer, ConsumerSpec
-from edgepub.shared.service import Body, run
+from edgepub.shared.service import Body, run, settings_or_exit
 
 from .cache import ModelCache, private_dir
 from .config import PushSettings
@@ -84,12 +83,7 @@ def body_for(settings: PushSettings) -> Body:
 
 
 def main() -> None:
-    try:
-        settings = PushSettings.from_env()
-    except ConfigError as exc:
-        print(f"{NAME}: {exc.message}", file=sys.stderr)
-        raise SystemExit(2) from None
-    run(NAME, body_for(settings))
+    run(NAME, body_for(settings_or_exit(NAME, PushSettings.from_env)))
 
 
 if __name__ == "__main__":

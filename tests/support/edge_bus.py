@@ -4,23 +4,22 @@ name, the join token as auth token until joined, the nonce signed with its own n
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
 
 from edgepub.shared import keys, rpc, subjects
+from edgepub.shared.bundle import decode_bundle
 from edgepub.shared.edge_messages import EdgeAdded, EdgeAddRequest, EdgeRemoved, EdgeRemoveRequest
 
 from .servers import NatsServer
 
 
 def join_token(bundle: str) -> str:
-    for line in base64.b64decode(bundle).decode().splitlines():
-        if line.startswith("export JOIN_TOKEN="):
-            return line.split("=", 1)[1]
-    raise AssertionError("bundle has no JOIN_TOKEN")
+    token = decode_bundle(bundle).join_token
+    assert token is not None, "bundle has no JOIN_TOKEN"
+    return token
 
 
 async def admin(server: NatsServer) -> NATS:
