@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import nats
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -268,17 +267,7 @@ def test_hostile_bodies_from_a_joined_edge_on_its_own_subjects(
 
 async def connect_as(server: NatsServer, name: str, token: str | None) -> NATS:
     """connect_edge for any name, even one no subject could hold (its inbox is fixed)."""
-    opts: dict[str, Any] = {"token": token} if token is not None else {}
-    return await nats.connect(
-        servers=[server.ws_url],
-        name=name,
-        nkeys_seed_str=new_seed(),
-        inbox_prefix="_INBOX.flood",
-        connect_timeout=3,
-        allow_reconnect=False,
-        max_reconnect_attempts=0,
-        **opts,
-    )
+    return await connect_edge(server, name, new_seed(), token, inbox_prefix="_INBOX.flood")
 
 
 def test_a_flood_of_connects_nobody_may_make_is_refused_and_the_service_carries_on(

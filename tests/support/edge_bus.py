@@ -4,6 +4,7 @@ name, the join token as auth token until joined, the nonce signed with its own n
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import nats
@@ -53,7 +54,6 @@ async def connect_edge(
         "servers": [server.ws_url],
         "name": name,
         "nkeys_seed_str": seed,
-        "inbox_prefix": subjects.inbox_prefix(name),
         "connect_timeout": 3,
         "allow_reconnect": False,
         "max_reconnect_attempts": 0,
@@ -61,7 +61,18 @@ async def connect_edge(
     if token is not None:
         opts["token"] = token
     opts.update(kw)
-    return await nats.connect(**opts)
+    if "inbox_prefix" not in opts:
+        opts["inbox_prefix"] = subjects.inbox_prefix(name)
+    nc = NATS()
+    try:
+        await nc.connect(**opts)
+    except BaseException:
+        # a refused WebSocket connect leaves nats-py's aiohttp session open: close it here,
+        # or its finalizer runs (and logs) inside some later test's event loop
+        with contextlib.suppress(Exception):
+            await nc.close()
+        raise
+    return nc
 
 
 def new_seed() -> str:

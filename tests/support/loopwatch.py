@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import Iterator
 
@@ -44,6 +45,9 @@ class _WatchedPolicy(asyncio.DefaultEventLoopPolicy):
 def watch_loops(threshold: float = THRESHOLD_S) -> Iterator[list[str]]:
     """Within the block every new event loop reports callbacks slower than ``threshold``;
     yields the list their reports are appended to."""
+    # garbage an earlier test left (its finalizers log, e.g. aiohttp's unclosed sessions)
+    # is collected now, not inside a loop this block watches
+    gc.collect()
     collector = _Collector()
     logger = logging.getLogger("asyncio")
     previous_policy = asyncio.get_event_loop_policy()
