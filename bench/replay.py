@@ -71,7 +71,6 @@ from edgepub.services.stack.binaries import find_nats_server
 from edgepub.services.stack.config import MAX_PAYLOAD
 from edgepub.shared import subjects
 from edgepub.shared.artifact import parse_reference
-from edgepub.shared.log_lines import join_lines
 from edgepub.shared.stack_file import StackInfo, load_stack_info
 
 WRITE_ROWS = 500  # rows per SqliteLog.write while pre-filling
@@ -150,7 +149,7 @@ async def prefill(
     bodies: list[bytes] = []
     after = log.watermark
     while (page := await log.read_page(after, page_rows, MAX_PAYLOAD - HEADROOM)) is not None:
-        bodies.append(join_lines(list(page.lines)))
+        bodies.append(page.body)
         after = page.last_seq
     assert after == last_seq, (after, last_seq)
     await log.close()

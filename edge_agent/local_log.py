@@ -42,6 +42,12 @@ from .row_lines import bodies_of
 T = TypeVar("T")
 log = structlog.get_logger("edgepub.edge.local_log")
 REOPEN_EVERY_S = 1.0  # a log that could not open is tried again this often (on writes)
+# Acks are stored every this many pages, or this long after the first one not stored yet
+# (or with the next write, in its transaction): a crash re-ships at most that many pages,
+# which Ops already holds and drops (its watermark check), and replay pays one fsync per
+# ACK_STORE_PAGES pages instead of one per page.
+ACK_STORE_PAGES = 16
+ACK_STORE_S = 0.25
 _CORRUPT = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 
 
@@ -89,6 +95,9 @@ class SqliteLog:
         self._dropped_written = 0  # of handoff_dropped, what a committed gap line holds
         self._failed_pending = 0  # rows lost to failed writes, not in a gap line yet
         self._horizon = 0  # the last seq read_page handed out
+        self._acked = 0  # what Ops acknowledged (loop thread); stored lazily
+        self._acks_unstored = 0
+        self._store_acks: asyncio.Task[None] | None = None
         self._retry_at = 0.0
         self._watermark = self._last_seq = self._backlog = self._file_bytes = 0
 
@@ -115,7 +124,8 @@ class SqliteLog:
 
     @property
     def backlog(self) -> int:
-        """Lines (rows and gap lines) not acked by Ops."""
+        """Lines (rows and gap lines) the file holds as not acked by Ops (acks reach the
+        file within ACK_STORE_S)."""
         return self._backlog
 
     @property
@@ -163,9 +173,40 @@ class SqliteLog:
         return await self._run(self._read_page, after_seq, max_rows, max_bytes)
 
     async def ack(self, up_to_seq: int) -> None:
-        await self._run(self._ack, up_to_seq)
+        """Ops holds everything up to ``up_to_seq``: the next page starts after it at once;
+        the file learns it with the next write, every ACK_STORE_PAGES acks, or after
+        ACK_STORE_S."""
+        up_to_seq = min(up_to_seq, self._last_seq)
+        if up_to_seq <= self._acked:
+            return
+        self._acked = up_to_seq
+        self._watermark = max(self._watermark, up_to_seq)
+        self._acks_unstored += 1
+        if self._acks_unstored >= ACK_STORE_PAGES:
+            await self._store_ack()
+        elif self._store_acks is None:
+            self._store_acks = asyncio.create_task(self._store_ack_soon())
+
+    async def flush(self) -> None:
+        """Store the acks not stored yet now."""
+        await self._store_ack()
+
+    async def _store_ack(self) -> None:
+        self._acks_unstored = 0
+        await self._run(self._ack, self._acked)
+
+    async def _store_ack_soon(self) -> None:
+        try:
+            await asyncio.sleep(ACK_STORE_S)
+            if self._acks_unstored:
+                await self._store_ack()
+        finally:
+            self._store_acks = None
 
     async def close(self) -> None:
+        if self._store_acks is not None:
+            self._store_acks.cancel()
+        await self._store_ack()
         await self._run(self._close)
         self._pool.shutdown(wait=False)
 
@@ -219,6 +260,7 @@ class SqliteLog:
                 bodies_of(events),
                 [("handoff_full", dropped), ("write_failed", failed)],
                 protect,
+                acked=self._acked,
             )
         except sqlite3.Error as exc:
             self._count_failed(rows, exc)
@@ -311,7 +353,7 @@ class SqliteLog:
         store = self._store
         if store is None:
             return
-        self._watermark = store.watermark
+        self._watermark = max(store.watermark, self._acked)
         self._last_seq = store.last_seq
         self._backlog = store.backlog.lines
         self._file_bytes = store.file_bytes()

@@ -29,7 +29,7 @@ from pathlib import Path
 from edgepub.shared.log_lines import GapReason
 
 from . import pages
-from .pages import LineRef, Page, Span
+from .pages import Chunk, Page, Span
 from .row_lines import Run, with_seqs
 
 BLOCK_BYTES = 64 << 10
@@ -161,18 +161,24 @@ class LogStore:
         runs: Sequence[Run],
         gaps: Sequence[tuple[GapReason, int]],
         protect: int,
+        acked: int = 0,
     ) -> tuple[int, int]:
         """Store ``gaps`` then the rows of ``runs`` in one transaction, evicting the oldest
-        lines after ``protect`` that the bound has no room for; (rows stored, evicted)."""
+        lines after ``protect`` that the bound has no room for; an ack up to ``acked`` not
+        stored yet goes in the same transaction (and frees its room first). Returns
+        (rows stored, evicted)."""
         blocks, seq = self._blocks(runs, [(r, c) for r, c in gaps if c > 0])
         if not blocks:
+            if acked > self.watermark:
+                self.ack(acked)
             return 0, 0
         need = sum(len(b[4]) + BLOCK_OVERHEAD for b in blocks)
         owed = sum(b[3] if b[2] is None else b[0] - b[1] + 1 for b in blocks)
-        excess = self.used_bytes() + need - self.db_budget
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
+            acked_counts = self._delete_acked(acked)
+            excess = self.used_bytes() + need - self.db_budget
             evicted_rows, kept, removed = self._evict(excess, blocks, protect)
             db.executemany(
                 "INSERT INTO blocks(last_seq, first_seq, pipeline, lost, body) VALUES (?,?,?,?,?)",
@@ -186,6 +192,7 @@ class LogStore:
             if db.in_transaction:
                 db.rollback()
             raise
+        self._acked(acked, acked_counts)
         self.last_seq = seq
         self.backlog.lines += sum(b[0] - b[1] + 1 for b in kept) - removed
         self.backlog.rows += owed  # stored as rows or counted in a gap line
@@ -241,29 +248,26 @@ class LogStore:
 
     def read_page(self, after: int, max_rows: int, max_bytes: int) -> Page | None:
         cursor = self.db.execute(
-            "SELECT last_seq, first_seq, pipeline, body FROM blocks"
+            "SELECT last_seq, first_seq, pipeline, lost, body FROM blocks"
             " WHERE last_seq > ? ORDER BY last_seq",
             (after,),
         )
         try:
             if self.fault is not None:
                 self.fault("read")
-            return pages.next_page(_lines(cursor, after), max_rows, max_bytes)
+            return pages.next_page(_chunks(cursor, after), max_rows, max_bytes)
         finally:
             cursor.close()
 
     def ack(self, up_to: int) -> int:
         """Move the watermark to ``up_to`` (forward only) and delete what it covers;
         returns the new watermark."""
-        up_to = min(up_to, self.last_seq)
-        if up_to <= self.watermark:
+        if min(up_to, self.last_seq) <= self.watermark:
             return self.watermark
-        acked = self.count(self.watermark, up_to)
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute("DELETE FROM blocks WHERE last_seq <= ?", (up_to,))
-            self._put("watermark", up_to)
+            counts = self._delete_acked(up_to)
             if self.fault is not None:
                 self.fault("ack")
             db.execute("COMMIT")
@@ -271,11 +275,28 @@ class LogStore:
             if db.in_transaction:
                 db.rollback()
             raise
-        self.watermark = up_to
-        self.backlog.lines -= acked.lines
-        self.backlog.rows -= acked.rows
+        self._acked(up_to, counts)
+        return self.watermark
+
+    def _delete_acked(self, up_to: int) -> Counts | None:
+        """Inside a transaction: the blocks ``up_to`` covers deleted and the watermark
+        stored; what they held, or None when ``up_to`` moves nothing."""
+        up_to = min(up_to, self.last_seq)
+        if up_to <= self.watermark:
+            return None
+        counts = self.count(self.watermark, up_to)
+        self.db.execute("DELETE FROM blocks WHERE last_seq <= ?", (up_to,))
+        self._put("watermark", up_to)
+        return counts
+
+    def _acked(self, up_to: int, counts: Counts | None) -> None:
+        """After the commit of ``_delete_acked``: the numbers follow, the room is freed."""
+        if counts is None:
+            return
+        self.watermark = min(up_to, self.last_seq)
+        self.backlog.lines -= counts.lines
+        self.backlog.rows -= counts.rows
         self._reclaim()
-        return up_to
 
     def _reclaim(self) -> None:
         free = int(self.db.execute("PRAGMA freelist_count").fetchone()[0])
@@ -300,12 +321,6 @@ def _span(last: int, first: int, pipeline: str | None, lost: int, body: bytes | 
     return Span(first_seq=first, last_seq=last, rows=last - first + 1, lost=0, lost_from=first)
 
 
-def _lines(cursor: sqlite3.Cursor, after: int) -> Iterator[LineRef]:
-    for last, first, pipeline, body in cursor:
-        if pipeline is None:
-            yield last, None, body
-            continue
-        lines = body.split(b"\n")
-        start = max(after + 1 - first, 0)
-        for offset in range(start, last - first + 1):
-            yield first + offset, pipeline, lines[offset]
+def _chunks(cursor: sqlite3.Cursor, after: int) -> Iterator[Chunk]:
+    for last, first, pipeline, lost, body in cursor:
+        yield Chunk(first, last, pipeline, lost, body).after(after)

@@ -3,7 +3,10 @@
 The log hands the shipper ``Page``s: consecutive lines (``shared/log_lines.py``) in
 sequence order, at most ``max_rows`` lines and ``max_bytes`` of body, never rows of two
 pipelines in one page (gap lines belong to no pipeline and join any page). ``next_page``
-cuts one from ``(seq, pipeline, line)`` tuples, where a gap line's pipeline is None.
+cuts one from ``Chunk``s, the log's stored blocks: a run of consecutive row lines of one
+pipeline already joined by ``\\n``, or one gap line. A chunk that fits is taken whole, its
+bytes as stored, so a page costs a few joins and not a step per line; only the chunk at
+the page's end is split into lines.
 
 ``evicted_gap`` decides the one gap line that takes the place of an evicted range: it
 keeps the range's last sequence number (the seq space stays ordered) and counts every row
@@ -17,61 +20,110 @@ from collections.abc import Iterable, Sequence
 
 import msgspec
 
-from edgepub.shared.log_lines import Gap, GapLine, GapReason, encode_line
+from edgepub.shared.log_lines import Gap, GapLine, GapReason, encode_line, split_lines
 
-LineRef = tuple[int, str | None, bytes]  # (seq, pipeline or None for a gap line, line)
+
+class Chunk(msgspec.Struct, frozen=True):
+    """Lines ``first_seq..last_seq`` of one pipeline joined by ``\\n`` (one per seq), or
+    one gap line (``pipeline`` None) counting ``lost`` rows."""
+
+    first_seq: int
+    last_seq: int
+    pipeline: str | None
+    lost: int
+    body: bytes
+
+    @property
+    def lines(self) -> int:
+        return 1 if self.pipeline is None else self.last_seq - self.first_seq + 1
+
+    def after(self, seq: int) -> Chunk:
+        """The chunk without its lines at or below ``seq`` (a page ended inside it)."""
+        if self.pipeline is None or self.first_seq > seq:
+            return self
+        rest = self.body.split(b"\n", seq + 1 - self.first_seq)[-1]
+        return Chunk(seq + 1, self.last_seq, self.pipeline, self.lost, rest)
 
 
 class Page(msgspec.Struct, frozen=True, kw_only=True):
     first_seq: int
     last_seq: int
-    lines: tuple[bytes, ...]
+    body: bytes  # the lines joined by \n, as shipped
+    line_count: int
     rows: int  # row lines
     gaps: int  # rows the gap lines in this page count as lost
     pipeline: str | None  # None: gap lines only
-    body_bytes: int  # len(join_lines(lines))
+
+    @property
+    def body_bytes(self) -> int:
+        return len(self.body)
+
+    def lines(self) -> list[bytes]:
+        return split_lines(self.body)
 
 
-def next_page(lines: Iterable[LineRef], max_rows: int, max_bytes: int) -> Page | None:
-    """The longest prefix of ``lines`` that is a page; None when there are none.
+def next_page(chunks: Iterable[Chunk], max_rows: int, max_bytes: int) -> Page | None:
+    """The longest prefix of ``chunks``' lines that is a page; None when there are none.
 
-    Consumes ``lines`` lazily and at most one line past the page (a generator over a
+    Consumes ``chunks`` lazily and at most one chunk past the page (a generator over a
     cursor reads no further). A first line bigger than ``max_bytes`` goes alone.
     """
     if max_rows < 1:
         raise ValueError("max_rows must be at least 1")
-    taken: list[bytes] = []
-    first = last = 0
+    parts: list[bytes] = []
+    first = last = lines = rows = gaps = size = 0
     pipeline: str | None = None
-    rows = size = 0
-    gap_lines: list[bytes] = []
-    for seq, line_pipeline, line in lines:
-        grown = size + len(line) + (1 if taken else 0)
-        if taken and (len(taken) >= max_rows or grown > max_bytes):
+    for chunk in chunks:
+        if chunk.pipeline is not None and pipeline not in (None, chunk.pipeline):
             break
-        if line_pipeline is not None:
-            if pipeline is None:
-                pipeline = line_pipeline
-            elif line_pipeline != pipeline:
+        grown = size + len(chunk.body) + (1 if parts else 0)
+        whole = lines + chunk.lines <= max_rows and grown <= max_bytes
+        if whole or (chunk.pipeline is None and not parts):
+            taken, n, end, size = chunk.body, chunk.lines, chunk.last_seq, grown
+        elif chunk.pipeline is None:
+            break
+        else:  # the page ends inside this block of rows
+            taken, n, size = _prefix(chunk.body, max_rows - lines, max_bytes, size, bool(parts))
+            if n == 0:
                 break
-            rows += 1
+            end = chunk.first_seq + n - 1
+        if not parts:
+            first = chunk.first_seq
+        parts.append(taken)
+        last, lines = end, lines + n
+        if chunk.pipeline is None:
+            gaps += chunk.lost
         else:
-            gap_lines.append(line)
-        if not taken:
-            first = seq
-        taken.append(line)
-        last, size = seq, grown
-    if not taken:
+            pipeline = chunk.pipeline
+            rows += n
+        if not whole:
+            break
+    if not parts:
         return None
     return Page(
         first_seq=first,
         last_seq=last,
-        lines=tuple(taken),
+        body=parts[0] if len(parts) == 1 else b"\n".join(parts),
+        line_count=lines,
         rows=rows,
-        gaps=sum(lost_of(line) for line in gap_lines),
+        gaps=gaps,
         pipeline=pipeline,
-        body_bytes=size,
     )
+
+
+def _prefix(
+    body: bytes, room_rows: int, max_bytes: int, size: int, joined: bool
+) -> tuple[bytes, int, int]:
+    """The first lines of ``body`` that fit: (their bytes, how many, the page's new size).
+    A page's first line always fits (it goes alone when too big)."""
+    lines = body.split(b"\n")
+    n = 0
+    while n < len(lines) and n < room_rows:
+        grown = size + len(lines[n]) + (1 if joined or n else 0)
+        if grown > max_bytes and (joined or n):
+            break
+        size, n = grown, n + 1
+    return b"\n".join(lines[:n]), n, size
 
 
 _gap_decoder = msgspec.json.Decoder(GapLine)

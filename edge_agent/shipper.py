@@ -22,7 +22,7 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from edgepub.shared import subjects
-from edgepub.shared.log_lines import Gap, GapLine, encode_line, join_lines
+from edgepub.shared.log_lines import Gap, GapLine, encode_line
 
 from . import backoff
 from .pages import Page
@@ -85,11 +85,11 @@ def too_large(page: Page) -> Page:
     return Page(
         first_seq=page.first_seq,
         last_seq=page.last_seq,
-        lines=(line,),
+        body=line,
+        line_count=1,
         rows=0,
         gaps=1,
         pipeline=page.pipeline,
-        body_bytes=len(line),
     )
 
 
@@ -162,7 +162,7 @@ class Shipper:
         pipeline, workspace = self.where(page)
         reply = await nc.request(
             self.subject,
-            join_lines(list(page.lines)),
+            page.body,
             timeout=self.settings.ack_timeout_s,
             headers=headers_of(self.edge, page, pipeline, workspace),
         )

@@ -67,7 +67,7 @@ async def drain_log(path: Path) -> tuple[int, list[int], int]:
     assert log.corrupt_files == 0 and log.write_failures == 0
     rows, seqs, after = 0, [], log.watermark
     while (page := await log.read_page(after, 1000, 1 << 20)) is not None:
-        for raw in page.lines:
+        for raw in page.lines():
             line = decode_line(raw)
             assert not isinstance(line, GapLine)
             seqs.append(line.seq)

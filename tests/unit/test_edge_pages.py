@@ -8,9 +8,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edgepub.edge_agent.inference_log import InferenceEvent, ModelUsed, rows_of
-from edgepub.edge_agent.pages import LineRef, Span, evict_until, evicted_gap, gap_line, next_page
+from edgepub.edge_agent.pages import (
+    Chunk,
+    Span,
+    evict_until,
+    evicted_gap,
+    gap_line,
+    next_page,
+)
 from edgepub.edge_agent.row_lines import row_lines
 from edgepub.shared.log_lines import GapLine, RowLine, decode_line, encode_line, join_lines
+
+LineRef = tuple[int, str | None, bytes]  # (seq, pipeline or None for a gap line, line)
 
 
 @st.composite
@@ -19,52 +28,95 @@ def line_refs(draw: st.DrawFn) -> list[LineRef]:
     sizes = draw(st.lists(st.integers(1, 300), min_size=len(kinds), max_size=len(kinds)))
     out: list[LineRef] = []
     for seq, (kind, size) in enumerate(zip(kinds, sizes, strict=True), start=1):
-        line = gap_line(seq, 2, "evicted") if kind is None else b"r" * size
+        line = gap_line(seq, 2, "evicted") if kind is None else bytes([97 + seq % 26]) * size
         out.append((seq, kind, line))
     return out
 
 
-@given(line_refs(), st.integers(1, 50), st.integers(1, 4000))
+def as_chunks(lines: list[LineRef], cuts: list[int]) -> list[Chunk]:
+    """The lines as the log stores them: runs of one pipeline's rows (cut where ``cuts``
+    say, as blocks fill), each gap line alone."""
+    chunks: list[Chunk] = []
+    run: list[LineRef] = []
+
+    def close() -> None:
+        if run:
+            body = join_lines([line for _, _, line in run])
+            chunks.append(Chunk(run[0][0], run[-1][0], run[0][1], 0, body))
+            run.clear()
+
+    for i, (seq, pipeline, line) in enumerate(lines):
+        if pipeline is None:
+            close()
+            chunks.append(Chunk(seq, seq, None, 2, line))
+            continue
+        if run and (run[0][1] != pipeline or i in cuts):
+            close()
+        run.append((seq, pipeline, line))
+    close()
+    return chunks
+
+
+def rest_after(lines: list[LineRef], cuts: list[int], after: int) -> list[Chunk]:
+    """What the store reads after ``after``: its blocks past it, the first one trimmed."""
+    return [c.after(after) for c in as_chunks(lines, cuts) if c.last_seq > after]
+
+
+@given(line_refs(), st.lists(st.integers(0, 40)), st.integers(1, 50), st.integers(1, 4000))
 def test_pages_cover_every_line_once_within_their_limits(
-    lines: list[LineRef], max_rows: int, max_bytes: int
+    lines: list[LineRef], cuts: list[int], max_rows: int, max_bytes: int
 ) -> None:
-    rest, seen = list(lines), []
-    while (page := next_page(iter(rest), max_rows, max_bytes)) is not None:
-        assert 1 <= len(page.lines) <= max_rows
-        assert page.body_bytes == len(join_lines(list(page.lines)))
-        assert page.body_bytes <= max_bytes or len(page.lines) == 1
-        taken, rest = rest[: len(page.lines)], rest[len(page.lines) :]
-        assert page.lines == tuple(line for _, _, line in taken)
+    seen: list[LineRef] = []
+    after = 0
+    while page := next_page(iter(rest_after(lines, cuts, after)), max_rows, max_bytes):
+        rest = [ref for ref in lines if ref[0] > after]
+        assert 1 <= page.line_count <= max_rows
+        assert page.body_bytes <= max_bytes or page.line_count == 1
+        taken, rest = rest[: page.line_count], rest[page.line_count :]
+        assert page.lines() == [line for _, _, line in taken]
+        assert page.body == join_lines([line for _, _, line in taken])
         assert (page.first_seq, page.last_seq) == (taken[0][0], taken[-1][0])
         pipelines = {p for _, p, _ in taken if p is not None}
         assert len(pipelines) <= 1 and page.pipeline == (pipelines.pop() if pipelines else None)
         assert page.rows == sum(p is not None for _, p, _ in taken)
         assert page.gaps == 2 * sum(p is None for _, p, _ in taken)
-        if rest and len(page.lines) < max_rows:  # it stopped for a reason
+        if rest and page.line_count < max_rows:  # it stopped for a reason
             grown = page.body_bytes + 1 + len(rest[0][2])
             assert grown > max_bytes or rest[0][1] not in (None, page.pipeline)
         seen.extend(taken)
+        after = page.last_seq
     assert seen == lines
 
 
 def test_an_oversized_line_goes_alone_and_no_lines_no_page() -> None:
-    page = next_page(iter([(5, "a", b"x" * 100), (6, "a", b"y")]), 10, 10)
-    assert page is not None and page.lines == (b"x" * 100,) and page.body_bytes == 100
+    page = next_page(iter([Chunk(5, 6, "a", 0, b"x" * 100 + b"\ny")]), 10, 10)
+    assert page is not None and page.lines() == [b"x" * 100] and page.body_bytes == 100
+    gap = gap_line(7, 3, "evicted")
+    page = next_page(iter([Chunk(7, 7, None, 3, gap)]), 10, 10)
+    assert page is not None and page.body == gap and page.gaps == 3
     assert next_page(iter([]), 10, 10) is None
     with pytest.raises(ValueError):
         next_page(iter([]), 0, 10)
 
 
-def test_next_page_reads_one_line_past_the_page_at_most() -> None:
+def test_next_page_reads_one_block_past_the_page_at_most() -> None:
     consumed = []
 
     def source():  # type: ignore[no-untyped-def]
-        for seq in range(1, 100):
+        for seq in range(1, 100, 2):
             consumed.append(seq)
-            yield seq, "a", b"x"
+            yield Chunk(seq, seq + 1, "a", 0, b"x\nx")
 
     page = next_page(source(), 3, 1000)
-    assert page is not None and page.last_seq == 3 and consumed == [1, 2, 3, 4]
+    assert page is not None and page.last_seq == 3 and consumed == [1, 3]
+    page = next_page(source(), 4, 1000)
+    assert page is not None and page.last_seq == 4 and consumed == [1, 3, 1, 3, 5]
+
+
+def test_whole_blocks_are_shipped_as_stored() -> None:
+    block = join_lines([b"r1", b"r2", b"r3"])
+    page = next_page(iter([Chunk(1, 3, "a", 0, block)]), 10, 1000)
+    assert page is not None and page.body is block
 
 
 @given(st.lists(st.tuples(st.booleans(), st.integers(1, 5), st.integers(0, 9)), min_size=1))
