@@ -21,6 +21,7 @@ would count rows in a gap that Ops then also receives. The shipper's window boun
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import sqlite3
@@ -37,7 +38,7 @@ from .config import DEFAULT_LOG_STORAGE, MIN_LOG_STORAGE
 from .inference_log import InferenceEvent
 from .log_store import LogStore
 from .pages import Page
-from .row_lines import bodies_of
+from .row_lines import lines_of
 
 T = TypeVar("T")
 log = structlog.get_logger("edgepub.edge.local_log")
@@ -257,7 +258,7 @@ class SqliteLog:
         protect = max(self._horizon, store.watermark)
         try:
             stored, evicted = store.append(
-                bodies_of(events),
+                functools.partial(lines_of, events),
                 [("handoff_full", dropped), ("write_failed", failed)],
                 protect,
                 acked=self._acked,

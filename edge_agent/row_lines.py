@@ -3,16 +3,21 @@ gives, without building a Struct per record.
 
 The local log encodes every row once; this is its hot path. Consecutive events of one
 pipeline version whose tensors are numeric arrays of the same names, dtypes and trailing
-shapes (one request after another of the same model) are encoded as one group: each
+shapes (one request after another of the same model) are encoded as one run: each
 column is concatenated, encoded in one call and cut at its top-level commas (numbers hold
-no brackets or commas), and what records share (pipeline, version, models) is encoded
-once. Anything else (strings, lists, other shapes) is encoded a record at a time.
+no brackets or commas), what records share (pipeline, version, models) is encoded once,
+and each line is one ``%`` format with its seq. Whether a whole batch is one run is
+checked with C-level passes (``map`` over the events) before any per-event step.
+Anything else (strings, lists, other shapes) is grouped where it can and encoded a record
+at a time where it cannot.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+from operator import attrgetter
+from typing import Any, TypeVar
 
 import msgspec
 import numpy as np
@@ -20,7 +25,8 @@ import numpy as np
 from .inference_log import InferenceEvent
 
 _NUMERIC = frozenset("biuf")
-Run = tuple[str, list[bytes]]  # a pipeline and its records' line bodies
+T = TypeVar("T")
+Run = tuple[str, list[bytes]]  # a pipeline and its records' lines
 
 
 def _enc_hook(obj: Any) -> Any:
@@ -157,18 +163,154 @@ def _group_bodies(group: Sequence[InferenceEvent]) -> list[bytes]:
     return bodies
 
 
-def bodies_of(events: Sequence[InferenceEvent]) -> list[Run]:
-    """``(pipeline, bodies)`` runs of the events' records, in order, before seqs are known."""
+_pipeline = attrgetter("pipeline")
+_version = attrgetter("pipeline_version")
+_models = attrgetter("model_versions")
+_steps = attrgetter("elapsed_ns")
+_records = attrgetter("records")
+_dtype = attrgetter("dtype")
+
+
+def _all_same(values: list[Any]) -> bool:
+    return values.count(values[0]) == len(values)
+
+
+def _alike(events: Sequence[InferenceEvent]) -> bool:
+    """Every event shares the first's pipeline, version, models, step count and tensor
+    names in order (one pass in C per property, no step per event in Python)."""
+    return (
+        _all_same(list(map(_pipeline, events)))
+        and _all_same(list(map(_version, events)))
+        and _all_same(list(map(_models, events)))
+        and _all_same(list(map(len, map(_steps, events))))
+        and _all_same(list(map(tuple, map(attrgetter("inputs"), events))))
+        and _all_same(list(map(tuple, map(attrgetter("outputs"), events))))
+    )
+
+
+def _run_end(events: Sequence[InferenceEvent], start: int) -> int:
+    """The end of the run of events from ``start`` that ``_alike`` would pass."""
+    if _alike(events[start:]):
+        return len(events)
+    end = start + 1
+    while end < len(events) and _alike([events[start], events[end]]):
+        end += 1
+    return end
+
+
+def _run_column(columns: list[Any], counts: list[int]) -> Any:
+    """The run's column as one array, or None when it is not numeric arrays of one dtype
+    and trailing shape whose lengths are the events' record counts."""
+    first = columns[0]
+    if type(first) is not np.ndarray or first.dtype.kind not in _NUMERIC or first.ndim > 2:
+        return None
+    if set(map(type, columns)) != {np.ndarray} or not _all_same(list(map(_dtype, columns))):
+        return None
+    if list(map(len, columns)) != counts:
+        return None
+    if len(columns) == 1:
+        return first
+    try:
+        return np.concatenate(columns)  # trailing shapes that differ raise
+    except ValueError:
+        return None
+
+
+def _literal(data: bytes) -> bytes:
+    """``data`` inside a ``%`` template."""
+    return data.replace(b"%", b"%%")
+
+
+def _side(names: list[str], columns: list[Any]) -> tuple[bytes, list[list[bytes]]]:
+    """A tensor map's part of the line template (``{"x":[%s],...}``) and each column's
+    per-record cells, cut from one encode of the column."""
+    slots, cells = [], []
+    for name, column in zip(names, columns, strict=True):
+        key = _literal(_json.encode(str(name)))
+        if column.ndim == 1:
+            slots.append(key + b":%s")
+            cells.append(_json.encode(column.tolist())[1:-1].split(b","))
+        else:
+            slots.append(key + b":[%s]")
+            cells.append(_json.encode(column.tolist())[2:-2].split(b"],["))
+    return b"{" + b",".join(slots) + b"}", cells
+
+
+def _run_lines(run: Sequence[InferenceEvent], first_seq: int) -> list[bytes] | None:
+    """The run's records as lines from ``first_seq``: each column encoded in one call,
+    each step list in one, each line one ``%`` format of a template the run shares; None
+    when a column is not numeric arrays alike."""
+    first = run[0]
+    counts = list(map(_records, run))
+    total = sum(counts)
+    parts, cells = [], []
+    for side in ("inputs", "outputs"):
+        names = list(getattr(first, side))
+        columns = []
+        for name in names:
+            column = _run_column([getattr(e, side)[name] for e in run], counts)
+            if column is None:
+                return None
+            columns.append(column)
+        part, side_cells = _side(names, columns)
+        parts.append(part)
+        cells.extend(side_cells)
+    template = b'{"seq":%%d,"time":%%d,"pipeline":%s,"pipeline_version":%s,"in":%s,"out":%s%%s' % (
+        _literal(_json.encode(first.pipeline)),
+        _literal(_json.encode(first.pipeline_version)),
+        parts[0],
+        parts[1],
+    )
+    models = b""
+    if first.model_versions:
+        models = b',"models":' + _json.encode(
+            [[m.name, m.version, m.sha256] for m in first.model_versions]
+        )
+    if first.elapsed_ns:
+        steps = _json.encode(list(map(_steps, run)))[2:-2].split(b"],[")
+        tail = b',"anomaly":{"count":0},"elapsed_ns":[%s]' + _literal(models) + b"}"
+        tails = [tail % step for step in steps]
+    else:
+        tails = [b',"anomaly":{"count":0}%s}' % models] * len(run)
+    times: Iterable[int] = map(attrgetter("time"), run)
+    if total != len(run):  # requests of several records: what they share, per record
+        times = _per_record(list(times), counts)
+        tails = _per_record(tails, counts)
+    rows = zip(itertools.count(first_seq), times, *cells, tails)
+    return [template % row for row in rows]
+
+
+def _per_record(values: list[T], counts: list[int]) -> list[T]:
+    return list(itertools.chain.from_iterable(map(itertools.repeat, values, counts)))
+
+
+def lines_of(events: Sequence[InferenceEvent], first_seq: int) -> list[Run]:
+    """``(pipeline, lines)`` runs of the events' records, in order, numbered from
+    ``first_seq``. A run of like events is encoded at once; a run that is not goes
+    through the general path, which groups what it can."""
     runs: list[Run] = []
+    start, seq = 0, first_seq
+    while start < len(events):
+        end = _run_end(events, start)
+        run = events[start:end]
+        lines = _run_lines(run, seq) if all(map(_records, run)) else None
+        if lines is None:
+            lines = with_seqs(_general(run), seq)
+        if lines:
+            runs.append((run[0].pipeline, lines))
+            seq += len(lines)
+        start = end
+    return runs
+
+
+def _general(events: Sequence[InferenceEvent]) -> list[bytes]:
+    bodies: list[bytes] = []
     start = 0
     while start < len(events):
         end = _group_end(events, start)
-        group = events[start:end]
-        bodies = _group_bodies(group)
-        if bodies:
-            runs.append((group[0].pipeline, bodies))
+        bodies.extend(_group_bodies(events[start:end]))
         start = end
-    return runs
+    return bodies
 
 
 def with_seqs(bodies: Sequence[bytes], first_seq: int) -> list[bytes]:
@@ -177,4 +319,4 @@ def with_seqs(bodies: Sequence[bytes], first_seq: int) -> list[bytes]:
 
 def row_lines(event: InferenceEvent, first_seq: int) -> list[bytes]:
     """One event's records as lines with seqs ``first_seq``, ``first_seq + 1``, ..."""
-    return with_seqs([b for _, bodies in bodies_of([event]) for b in bodies], first_seq)
+    return [line for _, lines in lines_of([event], first_seq) for line in lines]

@@ -16,7 +16,7 @@ from edgepub.edge_agent.pages import (
     gap_line,
     next_page,
 )
-from edgepub.edge_agent.row_lines import row_lines
+from edgepub.edge_agent.row_lines import lines_of, row_lines
 from edgepub.shared.log_lines import GapLine, RowLine, decode_line, encode_line, join_lines
 
 LineRef = tuple[int, str | None, bytes]  # (seq, pipeline or None for a gap line, line)
@@ -187,6 +187,72 @@ def test_row_lines_are_exactly_encode_line(
         for i, row in enumerate(rows_of(event))
     ]
     assert row_lines(event, 40) == expected
+
+
+def reference_lines(event: InferenceEvent, first_seq: int) -> list[bytes]:
+    """One RowLine Struct per record, encoded: what every faster path must equal."""
+    return [
+        encode_line(
+            RowLine(
+                seq=first_seq + i,
+                time=row.time,
+                pipeline=row.pipeline,
+                pipeline_version=row.pipeline_version,
+                in_=row.inputs,
+                out=row.outputs,
+                elapsed_ns=row.elapsed_ns,
+                models=tuple((m.name, m.version, m.sha256) for m in row.model_versions),
+            )
+        )
+        for i, row in enumerate(rows_of(event))
+    ]
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> list[InferenceEvent]:
+    """Requests as a hand-off batch holds them: mostly alike, now and then another
+    pipeline, dtype, shape, tensor order, step count or a non-numeric tensor."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    events = []
+    for i in range(draw(st.integers(1, 30))):
+        records = draw(st.sampled_from([1, 1, 1, 2, 3]))
+        width = draw(st.sampled_from([4, 4, 4, 0, 2]))
+        dtype = draw(st.sampled_from(["float32", "float32", "float64", "int64"]))
+        ins = {"x": (rng.random((records, width)) * 100).astype(dtype)}
+        if draw(st.booleans()):
+            ins["flag"] = rng.random(records) > 0.5
+        if draw(st.integers(0, 9)) == 0:
+            ins["note"] = [f"n%{i}" for _ in range(records)]  # type: ignore[assignment]
+        if draw(st.integers(0, 9)) == 0:
+            ins = dict(reversed(list(ins.items())))
+        events.append(
+            InferenceEvent(
+                time=1_700_000_000_000 + i,
+                pipeline=draw(st.sampled_from(["p", "p", "p", 'q"%'])),
+                pipeline_version="v-1",
+                records=records,
+                inputs=ins,
+                outputs={"y": rng.random((records, 1)).astype("float32")},
+                elapsed_ns=draw(st.sampled_from([[41_000], [41_000], [1, 2], []])),
+                model_versions=(ModelUsed("m%d", "1", "ab" * 32),),
+                partition="edge",
+            )
+        )
+    return events
+
+
+@given(batches(), st.integers(1, 10**12))
+def test_a_batch_encodes_as_its_records_one_at_a_time(
+    events: list[InferenceEvent], first_seq: int
+) -> None:
+    expected, seq = [], first_seq
+    for event in events:
+        expected.extend(reference_lines(event, seq))
+        seq += event.records
+    runs = lines_of(events, first_seq)
+    assert [line for _, lines in runs for line in lines] == expected
+    for pipeline, lines in runs:  # a run is one pipeline's (blocks never mix two)
+        assert {getattr(decode_line(line), "pipeline", None) for line in lines} == {pipeline}
 
 
 def test_row_lines_without_steps_or_records() -> None:
