@@ -1,17 +1,20 @@
 """Log collector append speed: pages through one collector vs a raw ``js.publish``, same run.
 
     .venv/bin/python bench/collector.py [--quick] [--edges N] [--concurrency N]
+        [--batch-pages N] [--open-batches N]
 
 A fresh nats-server (JetStream, no auth) and the streams as the publish service creates
 them. ``pages`` pages of 500 rows of ~200 bytes (~100 KB) from ``edges`` edges are put in
 the pages stream first; then one collector (the service's own Consumer, Collector and
 Appender, in this process) runs until every page is appended: pages appended per second,
-each an atomic batch of page + watermark checked against the edge's watermark. Against
+an edge's pages in hand grouped into atomic batches (up to ``batch_pages`` pages + the
+watermark, checked against the edge's watermark). Against
 it, the same page bodies published raw to a plain stream: awaited ``js.publish`` one at
 a time, and windows of 64 ``js.publish`` in flight (the faster one is ``raw``).
 
 Prints one JSON object on its last line: ``collector_pages_per_s``, ``collector_rows_per_s``,
-``raw_pages_per_s``, ``raw_rows_per_s``, ``ratio`` = collector / raw.
+``raw_pages_per_s``, ``raw_rows_per_s``, ``ratio`` = collector / raw, ``batches`` (atomic
+batches the collector committed: every commit is one watermark message in the stream).
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ async def _drained(js: JetStreamContext) -> None:
         await asyncio.sleep(0.01)
 
 
-async def run(url: str, pages: int, edges: int, concurrency: int) -> dict[str, float]:
+async def run(url: str, pages: int, edges: int, settings: CollectorSettings) -> dict[str, float]:
     nc = await nats.connect(url)
     js = nc.jetstream(timeout=10)
     await bus.ensure_streams(js)
@@ -72,7 +75,6 @@ async def run(url: str, pages: int, edges: int, concurrency: int) -> dict[str, f
     for i in range(0, len(work), 64):
         await asyncio.gather(*(js.publish(s, b, headers=h) for s, b, h in work[i : i + 64]))
 
-    settings = CollectorSettings(concurrency=concurrency, batch=concurrency)
     collector = Collector(Appender(nc, js, timeout_s=10), settings)
     stop = asyncio.Event()
     started = time.perf_counter()
@@ -83,6 +85,7 @@ async def run(url: str, pages: int, edges: int, concurrency: int) -> dict[str, f
         stop.set()
     info = await js.stream_info(subjects.LOGS_STREAM)
     assert info.state.messages == pages + edges, info.state  # pages + one watermark each
+    batches = info.state.last_seq - pages  # each batch added one watermark (rolled up since)
 
     bodies = [(f"raw.{i % edges}", b) for i, (_, b, _) in enumerate(work)]
     t0 = time.perf_counter()
@@ -98,7 +101,10 @@ async def run(url: str, pages: int, edges: int, concurrency: int) -> dict[str, f
     return {
         "pages": pages,
         "edges": edges,
-        "concurrency": concurrency,
+        "concurrency": settings.concurrency,
+        "batch_pages": settings.batch_pages,
+        "open_batches": settings.open_batches,
+        "batches": batches,
         "page_bytes": len(work[0][1]),
         "rows_per_page": ROWS,
         "collector_pages_per_s": round(pages / took, 1),
@@ -115,8 +121,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="400 pages instead of 2000")
     ap.add_argument("--edges", type=int, default=4)
-    ap.add_argument("--concurrency", type=int, default=16)
+    d = CollectorSettings()
+    ap.add_argument("--concurrency", type=int, default=d.concurrency)
+    ap.add_argument("--batch-pages", type=int, default=d.batch_pages)
+    ap.add_argument("--open-batches", type=int, default=d.open_batches)
     args = ap.parse_args()
+    settings = CollectorSettings(
+        concurrency=args.concurrency,
+        batch=min(d.batch, args.concurrency),
+        batch_pages=args.batch_pages,
+        open_batches=args.open_batches,
+    )
+    settings.check()
     pages = 400 if args.quick else 2000
     logs.configure(fmt="console", level="warning")
     assert log_lines.LINE_VERSION == 1
@@ -129,9 +145,7 @@ def main() -> None:
         )
         try:
             time.sleep(0.5)
-            result = asyncio.run(
-                run(f"nats://127.0.0.1:{port}", pages, args.edges, args.concurrency)
-            )
+            result = asyncio.run(run(f"nats://127.0.0.1:{port}", pages, args.edges, settings))
         finally:
             server.terminate()
             server.wait(10)

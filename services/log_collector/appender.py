@@ -1,24 +1,34 @@
-"""Appending a page to the pipeline log: one atomic batch the server checks.
+"""Appending pages to the pipeline log: one atomic batch the server checks.
 
-The batch is the page's lines on its pipeline log subject, then the edge's new watermark
-on ``edgepub.wm.<edge>`` (rolled up to one message per edge, exempt from ``max_age``), which
-commits it. Its first message expects the stream sequence of the edge's watermark message
-as this collector last saw it (0: none yet): if anyone appended for that edge since (a
-replay of any age, a second collector), the server refuses the whole batch with "wrong
-last sequence" (10071) and nothing is stored.
+The batch is one or more pages of one edge that chain (group commit: the server's cost is
+mostly per batch, ~3.5 ms), each page's lines one message on its pipeline log subject, then
+the edge's new watermark on ``edgepub.wm.<edge>`` (rolled up to one message per edge, exempt
+from ``max_age``), which commits it. Its first message expects the stream sequence of the
+edge's watermark message as this collector last saw it (0: none yet): if anyone appended
+for that edge since (a replay of any age, a second collector), the server refuses the
+whole batch with "wrong last sequence" (10071) and nothing of it is stored.
 
 What nats-server 2.15.1 answers (measured): a batch message that is not the commit gets an
-empty reply when it asks for one, so the first is published without a reply subject (one
-round trip per page, not two; one connection keeps the order); the commit's reply is the
+empty reply when it asks for one, so every page is published without a reply subject (one
+round trip per batch; one connection keeps the order); the commit's reply is the
 PubAck ``{"stream", "seq", "batch", "count"}`` whose ``seq`` is the watermark's, or
 ``{"error": {"err_code": 10071, "description": "wrong last sequence: N"}}`` with N the
 subject's actual last sequence; a commit whose earlier messages never arrived gets 10176
 ("atomic publish batch is incomplete").
+
+The server's limits on one atomic batch (nats-server ``server/stream.go``): at most 1000
+messages, the commit included (``streamDefaultMaxAtomicBatchSize``, else 10199 "too
+large"), at most 50 open per stream and 1000 per server (else 10210 "too many inflight"),
+the commit within 10 s of the first message. There is no limit on a batch's bytes beyond
+each message's ``max_payload``; the stream's ingest queue holds 128 MiB
+(``streamDefaultMaxQueueBytes``), which is why a group is also capped by bytes
+(``config.GROUP_MAX_BYTES``).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -96,17 +106,25 @@ class Appender:
             raise AppendFailed(f"the watermark of {edge!r} does not decode: {exc}") from exc
         return Mark(stream_seq=msg.seq or 0, last_seq=body.last_seq)
 
-    async def append(self, page: Page, start: int, mark: Mark, watermark: int) -> Mark:
-        """Append ``page``'s lines from index ``start`` and the watermark, checked against
-        ``mark``; the new mark, or Conflict / AppendFailed."""
+    async def append(
+        self, edge: str, parts: Sequence[tuple[Page, int]], mark: Mark, watermark: int
+    ) -> Mark:
+        """Append each of ``parts`` (a page of ``edge`` and the index of its first line to
+        append; a page cut to nothing adds no message) and the watermark, as one batch
+        checked against ``mark``; the new mark, or Conflict / AppendFailed."""
         batch = self._nuid.next().decode()
-        expect = {_EXPECT_SEQ: str(mark.stream_seq), _EXPECT_SUBJECT: subjects.watermark(page.edge)}
+        expect = {_EXPECT_SEQ: str(mark.stream_seq), _EXPECT_SUBJECT: subjects.watermark(edge)}
         n = 1
-        if start < len(page.lines):
+        for page, start in parts:
+            if start >= len(page.lines):
+                continue
             body, headers = appended(page, start)
-            headers.update(expect, **{_BATCH_ID: batch, _BATCH_SEQ: "1"})
-            await self._nc.publish(page.log_subject, body, headers=headers)
-            n, expect = 2, {}
+            headers.update(expect, **{_BATCH_ID: batch, _BATCH_SEQ: str(n)})
+            try:
+                await self._nc.publish(page.log_subject, body, headers=headers)
+            except nats.errors.Error as exc:
+                raise AppendFailed(f"publishing page {n} of the batch: {exc!r}") from exc
+            n, expect = n + 1, {}
         commit = {
             _BATCH_ID: batch,
             _BATCH_SEQ: str(n),
@@ -117,8 +135,8 @@ class Appender:
         }
         try:
             reply = await self._nc.request(
-                subjects.watermark(page.edge),
-                encode_watermark(page.edge, watermark),
+                subjects.watermark(edge),
+                encode_watermark(edge, watermark),
                 headers=commit,
                 timeout=self._timeout,
             )

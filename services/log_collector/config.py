@@ -1,4 +1,11 @@
-"""The log collector's settings, from the environment (every bad value names itself)."""
+"""The log collector's settings, from the environment (every bad value names itself).
+
+Throughput comes from group commit (``handlers``): the pages of one edge in this process
+while that edge's append is in progress are appended next as ONE atomic batch, because
+nats-server's cost is mostly per batch (~3.5 ms), not per page. So the process holds many
+pages (``concurrency``), groups up to ``batch_pages`` of an edge into one batch, and keeps up
+to ``open_batches`` batches (of different edges) in flight.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +14,26 @@ import msgspec
 from edgepub.shared.errors import ConfigError
 from edgepub.shared.settings import Env
 
+# nats-server's limits on atomic batches (server/stream.go): 1000 messages in one, the
+# commit included; 50 open per stream (across every collector process on the stream).
+SERVER_BATCH_MESSAGES = 1000
+SERVER_OPEN_BATCHES = 50
+# Bytes of pages in one batch past its first page. The server sets no byte limit on a batch
+# (each message is held to max_payload), but every open batch goes through the stream's
+# 128 MiB ingest queue and is staged whole before its commit: 16 open batches of 8 MiB stay
+# within it.
+GROUP_MAX_BYTES = 8 * 1024 * 1024
+
 
 class CollectorSettings(msgspec.Struct, frozen=True, kw_only=True):
-    # Pages handled at once in one process (different edges in parallel, one edge in turn).
-    # nats-server holds at most 50 open batches per stream: keep the sum over processes under.
-    concurrency: int = 16
-    batch: int = 16  # pages one fetch asks for
+    # Pages in hand in one process (the runner's slots): while an edge's batch is in flight
+    # its next pages queue here to form the next one. Different edges go in parallel.
+    concurrency: int = 128
+    batch: int = 64  # pages one fetch asks for (never more than the free slots)
+    batch_pages: int = 64  # most pages of one edge in one atomic batch (+1 for its commit)
+    # Most atomic batches in flight at once in this process. nats-server keeps at most 50
+    # open per stream: keep the sum over collector processes under it.
+    open_batches: int = 16
     ack_wait_s: float = 30.0
     append_timeout_s: float = 5.0  # one watermark read or one commit's answer
     wait_hold_s: float = 2.0  # a page ahead of its edge's watermark waits here this long ...
@@ -26,23 +47,39 @@ class CollectorSettings(msgspec.Struct, frozen=True, kw_only=True):
         settings = cls(
             concurrency=env.integer("EDGEPUB_COLLECTOR_CONCURRENCY", d.concurrency),
             batch=env.integer("EDGEPUB_COLLECTOR_BATCH", d.batch),
+            batch_pages=env.integer("EDGEPUB_COLLECTOR_BATCH_PAGES", d.batch_pages),
+            open_batches=env.integer("EDGEPUB_COLLECTOR_OPEN_BATCHES", d.open_batches),
             ack_wait_s=env.number("EDGEPUB_ACK_WAIT_S", d.ack_wait_s),
             append_timeout_s=env.number("EDGEPUB_COLLECTOR_APPEND_TIMEOUT_S", d.append_timeout_s),
             wait_hold_s=env.number("EDGEPUB_COLLECTOR_WAIT_HOLD_S", d.wait_hold_s),
             wait_retry_s=env.number("EDGEPUB_COLLECTOR_WAIT_RETRY_S", d.wait_retry_s),
             retry_s=env.number("EDGEPUB_COLLECTOR_RETRY_S", d.retry_s),
         )
-        if not 1 <= settings.concurrency <= 50:
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Raise ConfigError naming the first bad value (as its environment variable)."""
+        if not 1 <= self.concurrency <= 1000:
             raise ConfigError(
-                f"EDGEPUB_COLLECTOR_CONCURRENCY={settings.concurrency} must be 1..50 (nats-server "
-                "keeps at most 50 atomic batches open per stream)"
+                f"EDGEPUB_COLLECTOR_CONCURRENCY={self.concurrency} must be 1..1000 (pages in "
+                "hand; the durable consumer lets 1000 be unacked at once)"
             )
-        if settings.batch < 1:
-            raise ConfigError(f"EDGEPUB_COLLECTOR_BATCH={settings.batch} must be at least 1")
+        if self.batch < 1:
+            raise ConfigError(f"EDGEPUB_COLLECTOR_BATCH={self.batch} must be at least 1")
+        if not 1 <= self.batch_pages < SERVER_BATCH_MESSAGES:
+            raise ConfigError(
+                f"EDGEPUB_COLLECTOR_BATCH_PAGES={self.batch_pages} must be 1..999 (an atomic "
+                f"batch is at most {SERVER_BATCH_MESSAGES} messages, its commit included)"
+            )
+        if not 1 <= self.open_batches <= SERVER_OPEN_BATCHES:
+            raise ConfigError(
+                f"EDGEPUB_COLLECTOR_OPEN_BATCHES={self.open_batches} must be 1..50 (nats-server "
+                f"keeps at most {SERVER_OPEN_BATCHES} atomic batches open per stream)"
+            )
         for name, value in (
-            ("EDGEPUB_ACK_WAIT_S", settings.ack_wait_s),
-            ("EDGEPUB_COLLECTOR_APPEND_TIMEOUT_S", settings.append_timeout_s),
+            ("EDGEPUB_ACK_WAIT_S", self.ack_wait_s),
+            ("EDGEPUB_COLLECTOR_APPEND_TIMEOUT_S", self.append_timeout_s),
         ):
             if value <= 0:
                 raise ConfigError(f"{name}={value:g} must be more than 0 seconds")
-        return settings

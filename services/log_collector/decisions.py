@@ -73,3 +73,87 @@ def cut(seqs: Sequence[int], after: int) -> int:
 def wait_delay(attempt: int, *, base: float = 0.05, cap: float = 1.0) -> float:
     """How long a waiting page sleeps before it looks at the watermark again."""
     return float(min(cap, base * 2 ** max(0, attempt - 1)))
+
+
+# --- group commit: one atomic batch for the pages of one edge that chain ---------------
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A page of the group: its lines above ``after`` are appended (``after`` is the
+    watermark for the first page, the previous page's end for the others)."""
+
+    index: int  # in the queued pages given to ``group``
+    after: int
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """What one round does with an edge's queued pages.
+
+    ``members`` chain from the watermark, in the order given, and are appended as one atomic
+    batch whose commit moves the watermark to ``watermark``; ``covered`` are in Ops already;
+    ``waiting`` have a hole before them that nothing queued fills; ``later`` are decided in
+    the next round (past the group's size, or reaching only into what the group appends: if
+    its batch is refused they are not covered after all)."""
+
+    members: tuple[Member, ...]
+    watermark: int  # the members' last end; the given watermark when there are none
+    covered: tuple[int, ...]
+    waiting: tuple[tuple[int, Wait], ...]
+    later: tuple[int, ...]
+
+
+def group(
+    watermark: int,
+    ranges: Sequence[PageRange],
+    *,
+    max_pages: int,
+    sizes: Sequence[int] | None = None,
+    max_bytes: int | None = None,
+) -> Group:
+    """Split an edge's queued pages (in fetch order, which is stream order) against its
+    watermark. A page joins the group when it reaches the group's end (``reach <= end +
+    1``) and goes past it; the group takes at most ``max_pages`` pages and, past its first,
+    at most ``max_bytes`` of ``sizes`` in all. Nothing past a hole is appended: a page after
+    a hole joins only once an earlier page in the queue fills it."""
+    if max_pages < 1:
+        raise ValueError(f"a group needs max_pages >= 1, not {max_pages}")
+    members: list[Member] = []
+    covered: list[int] = []
+    later: list[int] = []
+    skipped: list[int] = []  # a hole before them when they came up
+    end, used, full = watermark, 0, False
+    for i, r in enumerate(ranges):
+        if r.end <= watermark:
+            covered.append(i)
+            continue
+        size = 0 if sizes is None else sizes[i]
+        if full or r.end <= end:  # full, or within what the group appends
+            later.append(i)
+            continue
+        if r.reach > end + 1:
+            skipped.append(i)
+            continue
+        if members and (
+            len(members) >= max_pages or (max_bytes is not None and used + size > max_bytes)
+        ):
+            full = True
+            later.append(i)
+            continue
+        members.append(Member(index=i, after=end))
+        end, used = r.end, used + size
+    waiting: list[tuple[int, Wait]] = []
+    for i in skipped:
+        r = ranges[i]
+        if r.reach <= end + 1:  # a later member filled its hole: it can go next round
+            later.append(i)
+        else:
+            waiting.append((i, Wait(missing_from=end + 1, missing_to=r.reach - 1)))
+    return Group(
+        members=tuple(members),
+        watermark=end,
+        covered=tuple(covered),
+        waiting=tuple(waiting),
+        later=tuple(sorted(later)),
+    )

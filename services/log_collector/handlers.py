@@ -1,21 +1,26 @@
-"""One page from the durable consumer: check it, decide against the edge's watermark,
-append it (or not), and let the runner ack by outcome.
+"""One page from the durable consumer: check it, queue it with its edge's other pages in
+hand, and let the runner ack by the outcome of the round that settled it.
 
-Exactly once rests on the server's check of every append (``appender``), never on this
-process's memory: the watermarks held here only save a read. A remembered watermark can
-only be behind the stream's (they only grow), so "covered" decided from it is right, an
-append decided from it is checked by the server, and a "wait" is decided again from a
-fresh read. Pages of one edge are handled one at a time in this process (in the order
-they were fetched, which is stream order); other collector processes are kept in order by
-the server's check.
+Group commit: an edge's pages are settled a round at a time (``edge_queues``, in fetch
+order, which is stream order). A round reads the edge's watermark (or remembers it), lets
+``decisions.group`` pick the queued pages that chain from it, and appends them all as ONE
+atomic batch the server checks (``appender``); the pages that arrive meanwhile form the
+next round's group. Pages of different edges go in parallel, at most ``open_batches``
+batches at once.
+
+Exactly once rests on the server's check of every batch, never on this process's memory:
+the watermarks held here only save a read. A remembered watermark can only be behind the
+stream's (they only grow), so "covered" decided from it is right, an append decided from
+it is checked by the server, and a "wait" is decided again from a fresh read. Other
+collector processes are kept in order by the same check.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -23,33 +28,92 @@ from edgepub.shared.runner import Delivery, Reject, Retry
 
 from . import decisions
 from .appender import Appender, AppendFailed, Conflict, Mark
-from .config import CollectorSettings
+from .config import GROUP_MAX_BYTES, CollectorSettings
 from .pages import CorruptPage, Page, parse
 
 log = structlog.get_logger("edgepub.log_collector")
 
-MAX_CONFLICTS = 8  # decisions in a row refused by the server before the page is naked
+MAX_CONFLICTS = 8  # rounds in a row a page's batch was refused before the page is naked
+
+# --- the queues: each edge's pages in hand, in fetch order, one drainer per edge --------
+#
+# What makes group commit possible: while one round of an edge is appending, the edge's
+# next pages queue here, and the next round sees them all at once. Every handler awaits its
+# own page's outcome. The queue is memory only and holds nothing exactly once rests on: a
+# page whose handler is gone (cancelled on stop) is skipped, and its message comes back.
+
+# None: appended or covered (ack); Wait: an earlier page has to come first.
+Outcome = decisions.Wait | None
 
 
-class _EdgeLocks:
-    """One lock per edge while anyone holds or waits for it (FIFO: fetch order)."""
+@dataclass(eq=False, slots=True)
+class Entry:
+    """One page in hand, and the future its handler awaits."""
 
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+    page: Page
+    done: asyncio.Future[Outcome]
+    conflicts: int = 0  # rounds in a row its batch was refused by a moving watermark
 
-    @asynccontextmanager
-    async def hold(self, edge: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(edge, (asyncio.Lock(), 0))
-        self._locks[edge] = (lock, users + 1)
+    @property
+    def open(self) -> bool:
+        return not self.done.done()
+
+    def settle(self, outcome: Outcome) -> None:
+        if self.open:
+            self.done.set_result(outcome)
+
+    def fail(self, error: BaseException) -> None:
+        if self.open:
+            self.done.set_exception(error)
+
+
+# One round for an edge: takes the open entries (in fetch order) when it is ready to
+# decide, settles some and leaves the rest for the next round; it must settle at least one
+# or count a conflict on one, so the drainer ends.
+Round = Callable[[str, Callable[[], list[Entry]]], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class _Edge:
+    entries: list[Entry] = field(default_factory=list)
+    drainer: asyncio.Task[None] | None = None
+
+
+class EdgeQueues:
+    """Each edge's queue and its drainer, a task that runs rounds while pages are queued."""
+
+    def __init__(self, round_: Round) -> None:
+        self._round = round_
+        self._edges: dict[str, _Edge] = {}
+
+    async def submit(self, page: Page) -> Outcome:
+        """Queue the page for its edge and wait for its outcome (Retry and other failures
+        are raised)."""
+        entry = Entry(page=page, done=asyncio.get_running_loop().create_future())
+        state = self._edges.setdefault(page.edge, _Edge())
+        state.entries.append(entry)
+        if state.drainer is None:
+            state.drainer = asyncio.create_task(self._drain(page.edge, state))
         try:
-            async with lock:
-                yield
+            return await entry.done
         finally:
-            lock, users = self._locks[edge]
-            if users == 1:
-                del self._locks[edge]
-            else:
-                self._locks[edge] = (lock, users - 1)
+            entry.done.cancel()  # a no-op once settled; else the drainer skips it
+
+    async def _drain(self, edge: str, state: _Edge) -> None:
+        try:
+            while True:
+                state.entries = [e for e in state.entries if e.open]
+                if not state.entries:
+                    return
+                try:
+                    await self._round(edge, lambda: [e for e in state.entries if e.open])
+                except Exception as exc:  # a bug: fail the pages (naked), never hang them
+                    for entry in state.entries:
+                        entry.fail(exc)
+        finally:
+            state.drainer = None
+            if self._edges.get(edge) is state:
+                del self._edges[edge]
 
 
 class Collector:
@@ -57,7 +121,8 @@ class Collector:
         self._appender = appender
         self._settings = settings
         self._marks: dict[str, Mark] = {}
-        self._locks = _EdgeLocks()
+        self._queues = EdgeQueues(self._round)
+        self._open = asyncio.Semaphore(settings.open_batches)
 
     async def handle(self, body: bytes, delivery: Delivery) -> None:
         try:
@@ -67,8 +132,7 @@ class Collector:
         deadline = time.monotonic() + self._settings.wait_hold_s
         attempt = 0
         while True:
-            async with self._locks.hold(page.edge):
-                waiting = await self._settle(page)
+            waiting = await self._queues.submit(page)
             if waiting is None:
                 return
             attempt += 1
@@ -88,58 +152,96 @@ class Collector:
                 )
             await asyncio.sleep(decisions.wait_delay(attempt))
 
-    async def _settle(self, page: Page) -> decisions.Wait | None:
-        """Append or drop the page; a Wait if an earlier page must come first."""
-        fresh = page.edge not in self._marks
-        for _ in range(MAX_CONFLICTS):
-            mark = await self._mark(page.edge, fresh=fresh)
-            decision = decisions.decide(page.range, mark.last_seq)
-            if isinstance(decision, decisions.Covered):
-                log.info(
-                    "page_covered",
-                    edge=page.edge,
-                    first_seq=page.first,
-                    last_seq=page.last,
-                    watermark=mark.last_seq,
+    async def _round(self, edge: str, pending: Callable[[], list[Entry]]) -> None:
+        """Settle what one atomic batch (or none) can of ``edge``'s queued pages."""
+        async with self._open:  # the queue grows while a batch slot is awaited
+            fresh = edge not in self._marks
+            while True:
+                entries = pending()
+                if not entries:
+                    return
+                try:
+                    mark = await self._mark(edge, fresh=fresh)
+                except AppendFailed as exc:
+                    for entry in entries:
+                        entry.fail(Retry(str(exc), delay=self._settings.retry_s))
+                    return
+                g = decisions.group(
+                    mark.last_seq,
+                    [e.page.range for e in entries],
+                    max_pages=self._settings.batch_pages,
+                    sizes=[len(e.page.body) for e in entries],
+                    max_bytes=GROUP_MAX_BYTES,
                 )
-                return None
-            if isinstance(decision, decisions.Wait):
-                if fresh:
-                    return decision
-                fresh = True  # remembered marks lag: look at the stream's before waiting
-                continue
-            start = decisions.cut(page.seqs, decision.after)
+                for i in g.covered:
+                    self._covered(entries[i], mark)
+                if g.members:
+                    break
+                if g.waiting and not fresh:
+                    fresh = True  # remembered marks lag: look at the stream's before waiting
+                    continue
+                for i, wait in g.waiting:
+                    entries[i].settle(wait)
+                return
+            members = [entries[m.index] for m in g.members]
+            parts = [
+                (e.page, decisions.cut(e.page.seqs, m.after))
+                for e, m in zip(members, g.members, strict=True)
+            ]
             try:
-                new = await self._appender.append(page, start, mark, decision.watermark)
+                new = await self._appender.append(edge, parts, mark, g.watermark)
             except Conflict as exc:
-                log.info("append_refused", edge=page.edge, first_seq=page.first, reason=str(exc))
-                fresh = True
-                continue
+                self._refused(edge, members, exc)
+                return
             except AppendFailed as exc:
-                self._marks.pop(page.edge, None)  # stored or not: the stream will say
-                raise Retry(str(exc), delay=self._settings.retry_s) from exc
-            self._marks[page.edge] = new
+                self._marks.pop(edge, None)  # stored or not: the stream will say
+                for entry in members:
+                    entry.fail(Retry(str(exc), delay=self._settings.retry_s))
+                return
+        self._marks[edge] = new
+        for (page, start), m in zip(parts, g.members, strict=True):
             log.debug(
                 "page_appended",
-                edge=page.edge,
+                edge=edge,
                 first_seq=page.seqs[min(start, len(page.seqs) - 1)],
                 last_seq=page.last,
                 cut=start,
-                watermark=decision.watermark,
+                watermark=g.watermark,
+                group=len(parts),
             )
-            return None
-        self._marks.pop(page.edge, None)
-        raise Retry(
-            f"edge {page.edge!r}: {MAX_CONFLICTS} appends in a row refused by a moving watermark",
-            delay=self._settings.retry_s,
+            entries[m.index].settle(None)
+        log.debug("batch_appended", edge=edge, pages=len(parts), watermark=g.watermark)
+
+    def _covered(self, entry: Entry, mark: Mark) -> None:
+        page = entry.page
+        log.info(
+            "page_covered",
+            edge=page.edge,
+            first_seq=page.first,
+            last_seq=page.last,
+            watermark=mark.last_seq,
         )
+        entry.settle(None)
+
+    def _refused(self, edge: str, members: list[Entry], exc: Conflict) -> None:
+        """The watermark moved under the batch: its pages are decided again next round
+        from a fresh read, up to MAX_CONFLICTS rounds each."""
+        self._marks.pop(edge, None)
+        for entry in members:
+            log.info("append_refused", edge=edge, first_seq=entry.page.first, reason=str(exc))
+            entry.conflicts += 1
+            if entry.conflicts >= MAX_CONFLICTS:
+                entry.fail(
+                    Retry(
+                        f"edge {edge!r}: {MAX_CONFLICTS} appends in a row refused by a moving "
+                        "watermark",
+                        delay=self._settings.retry_s,
+                    )
+                )
 
     async def _mark(self, edge: str, *, fresh: bool) -> Mark:
         if not fresh and edge in self._marks:
             return self._marks[edge]
-        try:
-            mark = await self._appender.read(edge)
-        except AppendFailed as exc:
-            raise Retry(str(exc), delay=self._settings.retry_s) from exc
+        mark = await self._appender.read(edge)  # AppendFailed: the caller's pages retry
         self._marks[edge] = mark
         return mark

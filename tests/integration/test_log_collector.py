@@ -102,3 +102,35 @@ def test_an_edge_cannot_write_the_pipeline_log_or_claim_another_partition(
             await nc.close()
 
     asyncio.run(main())
+
+
+def test_one_edges_backlog_goes_home_in_fewer_atomic_batches_than_pages(
+    nats_server: NatsServer, ops: OpsServices, publish_id: int
+) -> None:
+    """Group commit: 200 pages of one edge queued while the collector was away are appended
+    in batches of many pages, every row once, in order."""
+    col = ops["log_collector"]
+    col.terminate()
+
+    async def main() -> None:
+        edge = await join(nats_server, publish_id, "shop-g")
+        nc = await owner(nats_server)
+        try:
+            pages = await log_pages.ship(edge, "shop-g", 1, 2000, size=10)
+            assert pages == 200 and await log_pages.pages_pending(nc) == 200
+            col.start()
+            got = await log_pages.wait_rows(nc, 2000, within_s=60)
+            got.assert_exactly_once({"shop-g": 2000})
+            assert got.watermarks == {"shop-g": 2000}
+            state = (await nc.jetstream().stream_info(subjects.LOGS_STREAM)).state
+            # each batch stored its pages and one watermark (rolled up to the last since)
+            assert state.messages == pages + 1
+            batches = state.last_seq - pages
+            print(f"{pages} pages in {batches} atomic batches")
+            assert 1 <= batches <= pages // 4, f"{batches} atomic batches for {pages} pages"
+            assert await log_pages.pages_pending(nc) == 0
+        finally:
+            await edge.close()
+            await nc.close()
+
+    asyncio.run(main())
