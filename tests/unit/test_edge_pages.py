@@ -218,11 +218,20 @@ def batches(draw: st.DrawFn) -> list[InferenceEvent]:
         records = draw(st.sampled_from([1, 1, 1, 2, 3]))
         width = draw(st.sampled_from([4, 4, 4, 0, 2]))
         dtype = draw(st.sampled_from(["float32", "float32", "float64", "int64"]))
-        ins = {"x": (rng.random((records, width)) * 100).astype(dtype)}
+        x = (rng.random((records, width)) * 100).astype(dtype)
+        # the pandas-records path echoes inputs as lists (of lists, of numbers, nested)
+        shape = draw(st.sampled_from(["array", "array", "lists", "flat", "nested"]))
+        column = {
+            "array": x,
+            "lists": x.tolist(),
+            "flat": x[:, 0].tolist() if width else [0.5] * records,
+            "nested": [[row.tolist(), [1]] for row in x],
+        }[shape]
+        ins: dict[str, object] = {"x": column}
         if draw(st.booleans()):
             ins["flag"] = rng.random(records) > 0.5
         if draw(st.integers(0, 9)) == 0:
-            ins["note"] = [f"n%{i}" for _ in range(records)]  # type: ignore[assignment]
+            ins["note"] = [f"n%{i}" for _ in range(records)]
         if draw(st.integers(0, 9)) == 0:
             ins = dict(reversed(list(ins.items())))
         events.append(
