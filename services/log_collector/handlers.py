@@ -164,7 +164,7 @@ class Collector:
                     mark = await self._mark(edge, fresh=fresh)
                 except AppendFailed as exc:
                     for entry in entries:
-                        entry.fail(Retry(str(exc), delay=self._settings.retry_s))
+                        entry.fail(self._retry(str(exc), exc))
                     return
                 g = decisions.group(
                     mark.last_seq,
@@ -196,7 +196,7 @@ class Collector:
             except AppendFailed as exc:
                 self._marks.pop(edge, None)  # stored or not: the stream will say
                 for entry in members:
-                    entry.fail(Retry(str(exc), delay=self._settings.retry_s))
+                    entry.fail(self._retry(str(exc), exc))
                 return
         self._marks[edge] = new
         for (page, start), m in zip(parts, g.members, strict=True):
@@ -231,13 +231,17 @@ class Collector:
             log.info("append_refused", edge=edge, first_seq=entry.page.first, reason=str(exc))
             entry.conflicts += 1
             if entry.conflicts >= MAX_CONFLICTS:
-                entry.fail(
-                    Retry(
-                        f"edge {edge!r}: {MAX_CONFLICTS} appends in a row refused by a moving "
-                        "watermark",
-                        delay=self._settings.retry_s,
-                    )
+                reason = (
+                    f"edge {edge!r}: {MAX_CONFLICTS} appends in a row refused by a moving watermark"
                 )
+                entry.fail(self._retry(reason, exc))
+
+    def _retry(self, reason: str, cause: Exception) -> Retry:
+        """What each page of a failed round raises: as if raised ``from`` its cause, which a
+        dead letter reads."""
+        retry = Retry(reason, delay=self._settings.retry_s)
+        retry.__cause__ = cause
+        return retry
 
     async def _mark(self, edge: str, *, fresh: bool) -> Mark:
         if not fresh and edge in self._marks:
