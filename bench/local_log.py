@@ -3,11 +3,14 @@
     .venv/bin/python bench/local_log.py [--quick] [--synchronous FULL|NORMAL]
 
 Events of realistic rows (18 float32 features in, 1 out, one model step) in batches of
-500 rows, each batch one ``write``; against it, on a fresh file with the same
-``synchronous`` setting and batch size, plain ``sqlite3``: the same rows already encoded
-(encode time not counted), one ``executemany`` of one row per line and one transaction
-per batch - the floor a per-row table costs. The log stores blocks of lines, so it also
-runs ``raw_blocks``: the same lines joined into the log's 64 KiB blocks, inserted raw.
+500 rows, each batch one ``write``, two in flight as the agent's pump writes them (one
+encodes while the other commits; each returns once committed); ``--inputs lists`` gives
+the events the inputs as Python lists, as the pandas-records path echoes them. Against it,
+on a fresh file with the same ``synchronous`` setting and batch size, plain ``sqlite3``:
+the same rows already encoded (encode time not counted), one ``executemany`` of one row
+per line and one transaction per batch - the floor a per-row table costs. The log stores
+blocks of lines, so it also runs ``raw_blocks``: the same lines joined into the log's
+64 KiB blocks, inserted raw.
 
 Prints one JSON object on its last line: ``log_rows_per_s``, ``raw_rows_per_s``,
 ``ratio`` = log / raw (target >= 0.7), ``raw_blocks_rows_per_s``, batch size, setting.
@@ -24,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -34,23 +38,25 @@ from edgepub.edge_agent.log_store import BLOCK_BYTES
 from edgepub.edge_agent.row_lines import row_lines
 
 BATCH_ROWS = 500
+PUMP_DEPTH = 2  # edge_agent.inference_log.pump's writes in flight
 FEATURES = 18
 
 
-def make_events(batches: int, per_event: int) -> list[list[InferenceEvent]]:
+def make_events(batches: int, per_event: int, lists: bool = False) -> list[list[InferenceEvent]]:
     rng = np.random.default_rng(7)
     steps = (ModelUsed("house-price", "m-3f2a", "9c" * 32),)
     out = []
     for b in range(batches):
         batch = []
         for _ in range(BATCH_ROWS // per_event):
+            x = (rng.random((per_event, FEATURES)) * 100).astype("float32")
             batch.append(
                 InferenceEvent(
                     time=1_700_000_000_000 + b,
                     pipeline="house-price",
                     pipeline_version="v-8d1e",
                     records=per_event,
-                    inputs={"x": (rng.random((per_event, FEATURES)) * 100).astype("float32")},
+                    inputs={"x": x.tolist() if lists else x},
                     outputs={"y": (rng.random((per_event, 1)) * 1e6).astype("float32")},
                     elapsed_ns=[41_000],
                     model_versions=steps,
@@ -62,10 +68,17 @@ def make_events(batches: int, per_event: int) -> list[list[InferenceEvent]]:
 
 
 async def time_log(path: Path, batches: list[list[InferenceEvent]], sync: str) -> float:
+    """Writes as the agent's pump makes them: at most two in flight (one encodes while the
+    other commits), each returning once committed."""
     log = await SqliteLog.open(path, bound_bytes=1 << 40, synchronous=sync)
+    writing: deque[asyncio.Task[None]] = deque()
     start = time.perf_counter()
     for batch in batches:
-        await log.write(batch)
+        writing.append(asyncio.create_task(log.write(batch)))
+        if len(writing) >= PUMP_DEPTH:
+            await writing.popleft()
+    for task in writing:
+        await task
     elapsed = time.perf_counter() - start
     assert log.write_failures == 0 and log.last_seq == len(batches) * BATCH_ROWS
     await log.close()
@@ -110,9 +123,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="100k rows x 3 rounds")
     parser.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL", "OFF"])
     parser.add_argument("--per-event", type=int, default=1, help="records per request")
+    parser.add_argument("--inputs", choices=["arrays", "lists"], default="arrays")
     args = parser.parse_args()
     rows, rounds = (100_000, 3) if args.quick else (500_000, 5)
-    batches = make_events(rows // BATCH_ROWS, args.per_event)
+    batches = make_events(rows // BATCH_ROWS, args.per_event, args.inputs == "lists")
     lines: list[list[tuple[bytes]]] = []
     seq = 1
     for batch in batches:
@@ -142,6 +156,7 @@ def main() -> int:
         "ratio_to_raw_blocks": round(rate["log"] / rate["raw_blocks"], 3),
         "batch_rows": BATCH_ROWS,
         "records_per_event": args.per_event,
+        "inputs": args.inputs,
         "synchronous": args.synchronous,
         "rows": rows,
         "row_bytes": round(line_bytes),

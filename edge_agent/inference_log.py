@@ -188,24 +188,32 @@ class LogHandoff:
 
 
 async def pump(
-    handoff: LogHandoff, log: LocalLog, batch: int = 512, linger_s: float = 0.02
+    handoff: LogHandoff, log: LocalLog, batch: int = 512, linger_s: float = 0.02, depth: int = 2
 ) -> None:
     """Move events from the hand-off to the local log until cancelled.
 
     After a partial batch it lingers briefly so that under load the log gets batches and
-    the request path does not pay a consumer wake-up per inference. A log that
+    the request path does not pay a consumer wake-up per inference. Up to ``depth``
+    writes are in flight (the next batch encodes while one commits); a log that
     ``CountsDrops`` hears of the records the hand-off dropped before each batch.
     """
     counts = log if isinstance(log, CountsDrops) else None
     noted = 0
-    while True:
-        events = await handoff.take(batch)
-        if counts is not None and handoff.dropped_records > noted:
-            counts.note_dropped(handoff.dropped_records - noted)
-            noted = handoff.dropped_records
-        await log.write(events)
-        if len(events) < batch and linger_s > 0:
-            await asyncio.sleep(linger_s)
+    writing: collections.deque[asyncio.Task[None]] = collections.deque()
+    try:
+        while True:
+            events = await handoff.take(batch)
+            if counts is not None and handoff.dropped_records > noted:
+                counts.note_dropped(handoff.dropped_records - noted)
+                noted = handoff.dropped_records
+            writing.append(asyncio.create_task(log.write(events)))
+            while len(writing) >= depth:
+                await writing.popleft()
+            if len(events) < batch and linger_s > 0:
+                await asyncio.sleep(linger_s)
+    finally:  # a write once called happens (SqliteLog sees to it): stop waiting for it
+        for task in writing:
+            task.cancel()
 
 
 async def drain(handoff: LogHandoff, log: LocalLog, batch: int = 512) -> int:

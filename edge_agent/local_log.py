@@ -21,13 +21,12 @@ would count rows in a gap that Ops then also receives. The shipper's window boun
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,7 +37,7 @@ from .config import DEFAULT_LOG_STORAGE, MIN_LOG_STORAGE
 from .inference_log import InferenceEvent
 from .log_store import LogStore
 from .pages import Page
-from .row_lines import lines_of
+from .row_lines import Run, bodies_of
 
 T = TypeVar("T")
 log = structlog.get_logger("edgepub.edge.local_log")
@@ -93,6 +92,7 @@ class SqliteLog:
         self.last_error: str | None = None
         self._store: LogStore | None = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="edgepub-local-log")
+        self._encoder = ThreadPoolExecutor(1, thread_name_prefix="edgepub-log-encode")
         self._dropped_written = 0  # of handoff_dropped, what a committed gap line holds
         self._failed_pending = 0  # rows lost to failed writes, not in a gap line yet
         self._horizon = 0  # the last seq read_page handed out
@@ -165,10 +165,15 @@ class SqliteLog:
             self.handoff_dropped += count
 
     async def write(self, events: Sequence[InferenceEvent]) -> None:
-        """Encode and commit ``events`` as one transaction on the worker (returns once
-        committed, or counted as failed)."""
+        """Encode ``events`` (encoder thread), then commit them as one transaction (the
+        worker); returns once committed, or counted as failed. Writes are stored in the
+        order they were called, also when a caller stops waiting: once called, a write
+        happens. While one commits (its fsync holds no lock) the next one encodes."""
         if events or self.handoff_dropped > self._dropped_written:
-            await self._run(self._write, list(events))
+            # shielded: a caller that stops waiting must not cancel the queued jobs
+            encoding = self._encoder.submit(self._encode, list(events))
+            stored = await asyncio.shield(asyncio.wrap_future(encoding))
+            await asyncio.shield(asyncio.wrap_future(stored))
 
     async def read_page(self, after_seq: int, max_rows: int, max_bytes: int) -> Page | None:
         return await self._run(self._read_page, after_seq, max_rows, max_bytes)
@@ -208,7 +213,10 @@ class SqliteLog:
         if self._store_acks is not None:
             self._store_acks.cancel()
         await self._store_ack()
-        await self._run(self._close)
+        # behind every write already called: through the encoder, then the worker
+        closing = await asyncio.wrap_future(self._encoder.submit(self._pool.submit, self._close))
+        await asyncio.wrap_future(closing)
+        self._encoder.shutdown(wait=False)
         self._pool.shutdown(wait=False)
 
     # --- the worker thread
@@ -247,10 +255,23 @@ class SqliteLog:
             log.info("local_log_reopened", path=str(self.path), last_seq=self._last_seq)
         return self._store
 
-    def _write(self, events: list[InferenceEvent]) -> None:
+    # --- the encoder thread
+
+    def _encode(self, events: list[InferenceEvent]) -> Future[None]:
+        """Encode, then queue the commit on the worker (in call order: one encoder)."""
+        try:
+            runs: list[Run] | None = bodies_of(events)
+        except Exception as exc:  # a value nothing can encode: counted, never raised
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            runs = None
+        return self._pool.submit(self._write, events, runs)
+
+    # --- the worker thread (continued)
+
+    def _write(self, events: list[InferenceEvent], runs: list[Run] | None) -> None:
         rows = sum(e.records for e in events)
         store = self._store_or_none()
-        if store is None:
+        if store is None or runs is None:
             self._count_failed(rows)
             return
         dropped = self.handoff_dropped - self._dropped_written
@@ -258,7 +279,7 @@ class SqliteLog:
         protect = max(self._horizon, store.watermark)
         try:
             stored, evicted = store.append(
-                functools.partial(lines_of, events),
+                runs,
                 [("handoff_full", dropped), ("write_failed", failed)],
                 protect,
                 acked=self._acked,

@@ -30,7 +30,7 @@ from edgepub.shared.log_lines import GapReason
 
 from . import pages
 from .pages import Chunk, Page, Span
-from .row_lines import Run
+from .row_lines import Run, with_seqs
 
 BLOCK_BYTES = 64 << 10
 KEEP_FREE_PAGES = 256  # free pages kept for reuse after acks (1 MiB of 4 KiB pages)
@@ -46,7 +46,6 @@ CREATE TABLE IF NOT EXISTS blocks (
 );
 """
 Block = tuple[int, int, str | None, int, bytes]  # last_seq, first_seq, pipeline, lost, body
-Rows = Callable[[int], Sequence[Run]]  # the first seq -> runs of lines numbered from it
 
 
 def wal_bytes_for(bound: int) -> int:
@@ -133,14 +132,18 @@ class LogStore:
                 total += os.stat(f"{self.path}{suffix}").st_size
         return total
 
-    def _blocks(self, rows: Rows, gaps: Sequence[tuple[GapReason, int]]) -> tuple[list[Block], int]:
-        """New blocks: the pending gap lines, then the rows numbered after them."""
+    def _blocks(
+        self, runs: Sequence[Run], gaps: Sequence[tuple[GapReason, int]]
+    ) -> tuple[list[Block], int]:
+        """New blocks: the pending gap lines, then the rows (``row_lines.bodies_of``)
+        numbered after them."""
         seq = self.last_seq
         blocks: list[Block] = []
         for reason, count in gaps:
             seq += 1
             blocks.append((seq, seq, None, count, pages.gap_line(seq, count, reason)))
-        for pipeline, lines in rows(seq + 1):
+        for pipeline, bodies in runs:
+            lines = with_seqs(bodies, seq + 1)
             ends = list(itertools.accumulate(map(len, lines)))  # bytes, less the newlines
             start = 0
             while start < len(lines):
@@ -156,17 +159,17 @@ class LogStore:
 
     def append(
         self,
-        rows: Rows,
+        runs: Sequence[Run],
         gaps: Sequence[tuple[GapReason, int]],
         protect: int,
         acked: int = 0,
     ) -> tuple[int, int]:
-        """Store ``gaps`` then the lines ``rows(first_seq)`` gives (``row_lines.lines_of``
-        numbered from the seq the store hands out) in one transaction, evicting the oldest
-        lines after ``protect`` that the bound has no room for; an ack up to ``acked`` not
+        """Store ``gaps`` then the rows of ``runs``, numbered here, in one transaction,
+        evicting the oldest lines after ``protect`` that the bound has no room for; an
+        ack up to ``acked`` not
         stored yet goes in the same transaction (and frees its room first). Returns
         (rows stored, evicted)."""
-        blocks, seq = self._blocks(rows, [(r, c) for r, c in gaps if c > 0])
+        blocks, seq = self._blocks(runs, [(r, c) for r, c in gaps if c > 0])
         if not blocks:
             if acked > self.watermark:
                 self.ack(acked)

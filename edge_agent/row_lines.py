@@ -9,8 +9,11 @@ request after another of the same model) are encoded as one run:
   numbers hold no brackets, commas or quotes, so a column of numbers (or of flat lists of
   numbers) cuts at its top-level commas; the cut is checked by counting bytes, and a
   column it does not fit (strings, nesting) has each cell encoded on its own instead;
+  numpy columns are written by orjson straight from the array (``enc_hook``), Python
+  values (the pandas-records path echoes its inputs as lists) by msgspec;
 - what records share (pipeline, version, tensor names, models) goes into one ``%``
-  template, and each line is one format of it with its seq, time, cells and steps.
+  template, and each line body is one format of it with its time, cells and steps; the
+  store prefixes its seq when it numbers it (``with_seqs``).
 
 Whether a batch is one run is checked with C-level passes (``map`` over the events)
 before any step per event. Requests answered with their inputs echoed as lists (the
@@ -26,21 +29,30 @@ from typing import Any, TypeVar
 
 import msgspec
 import numpy as np
+import orjson
 
 from .inference_log import InferenceEvent
 
 _NUMERIC = frozenset("biuf")
 T = TypeVar("T")
-Run = tuple[str, list[bytes]]  # a pipeline and its records' lines
+Run = tuple[str, list[bytes]]  # a pipeline and its records' line bodies
 
 
-def _enc_hook(obj: Any) -> Any:
+def enc_hook(obj: Any) -> Any:
+    """numpy values as orjson writes them: a float32 as its shortest float32 decimal
+    (``0.1``, not the float64 widening's ``0.10000000149011612``), in one pass in C; a
+    dtype orjson does not write goes through ``tolist``."""
     if isinstance(obj, np.ndarray | np.generic):
-        return obj.tolist()
+        try:
+            value = np.ascontiguousarray(obj) if isinstance(obj, np.ndarray) else obj
+            return msgspec.Raw(orjson.dumps(value, option=_NUMPY))
+        except orjson.JSONEncodeError:
+            return obj.tolist()
     raise NotImplementedError(f"cannot encode {type(obj).__name__}")
 
 
-_json = msgspec.json.Encoder(enc_hook=_enc_hook)
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+_json = msgspec.json.Encoder(enc_hook=enc_hook)
 _pipeline = attrgetter("pipeline")
 _version = attrgetter("pipeline_version")
 _models = attrgetter("model_versions")
@@ -77,53 +89,69 @@ def _run_end(events: Sequence[InferenceEvent], start: int) -> int:
     return end
 
 
-def _item(value: Any, index: int) -> Any:
-    item = value[index]
-    return item.tolist() if isinstance(item, np.ndarray | np.generic) else item
-
-
-def _values(columns: list[Any], counts: list[int]) -> list[Any]:
-    """The run's records of one tensor as plain values, in order (what ``rows_of`` puts
-    in each record): numeric arrays of one dtype and trailing shape in one conversion."""
+def _numeric(columns: list[Any], counts: list[int], total: int) -> tuple[bytes, list[bytes]] | None:
+    """The run's records of one tensor cut from one JSON array, when they are numeric
+    arrays of one dtype and trailing shape whose lengths are the events' record counts
+    and of one or two dimensions (the array's shape says how it cuts: no check needed)."""
     first = columns[0]
-    if (
+    if not (
         type(first) is np.ndarray
         and first.dtype.kind in _NUMERIC
+        and 1 <= first.ndim <= 2
         and set(map(type, columns)) == {np.ndarray}
         and _all_same(list(map(_dtype, columns)))
         and list(map(len, columns)) == counts
     ):
-        try:
-            joined = first if len(columns) == 1 else np.concatenate(columns)
-            return list(joined.tolist())
-        except ValueError:  # trailing shapes differ
-            pass
+        return None
+    try:
+        joined = first if len(columns) == 1 else np.concatenate(columns)
+    except ValueError:  # trailing shapes differ
+        return None
+    encoded = _json.encode(joined)
+    if joined.ndim == 1:
+        return b"%s", encoded[1:-1].split(b",")
+    if joined.shape[1] == 0:
+        return b"[%s]", [b""] * total
+    return b"[%s]", encoded[2:-2].split(b"],[")
+
+
+def _values(columns: list[Any], counts: list[int]) -> list[Any]:
+    """The run's records of one tensor, in order (numpy items are encoded by ``enc_hook``)."""
     out: list[Any] = []
     for column, n in zip(columns, counts, strict=True):
         if isinstance(column, list) and len(column) == n:
             out.extend(column)
         else:
-            out.extend(_item(column, i) for i in range(n))
+            out.extend(column[i] for i in range(n))
     return out
 
 
-def _cells(values: list[Any]) -> tuple[bytes, list[bytes]]:
-    """Each value as JSON, and the slot its cell fills (``%s`` or ``[%s]``): one encode
-    of the whole column cut at its top-level commas where the bytes show that is safe
-    (no quotes or braces; scalars, or flat lists), else one encode per value."""
-    encoded = _json.encode(values)
+def _cut(encoded: bytes, n: int) -> tuple[bytes, list[bytes]] | None:
+    """A JSON array of ``n`` values cut into their cells, and the slot a cell fills
+    (``%s`` or ``[%s]``), where the bytes show it is safe: no quotes or braces, and
+    scalars or flat lists; None otherwise."""
     inner = encoded[1:-1]
-    n = len(values)
-    if b'"' not in inner and b"{" not in inner:
-        if b"[" not in inner:
-            cells = inner.split(b",")
-            if len(cells) == n:
-                return b"%s", cells
-        elif inner[:1] == b"[" and inner[-1:] == b"]":
-            flat = inner[1:-1]
-            if flat.count(b"[") == n - 1 == flat.count(b"]"):
-                return b"[%s]", flat.split(b"],[")
-    return b"%s", list(map(_json.encode, values))
+    if b'"' in inner or b"{" in inner:
+        return None
+    if b"[" not in inner:
+        cells = inner.split(b",")
+        return (b"%s", cells) if len(cells) == n else None
+    if inner[:1] == b"[" and inner[-1:] == b"]":
+        flat = inner[1:-1]
+        if flat.count(b"[") == n - 1 == flat.count(b"]"):
+            return b"[%s]", flat.split(b"],[")
+    return None
+
+
+def _column(columns: list[Any], counts: list[int], total: int) -> tuple[bytes, list[bytes]]:
+    """One tensor's cells over the run: one encode of the whole column where it cuts,
+    else one encode per record."""
+    numeric = _numeric(columns, counts, total)
+    if numeric is not None:
+        return numeric
+    values = _values(columns, counts)
+    cut = _cut(_json.encode(values), total)
+    return cut if cut is not None else (b"%s", list(map(_json.encode, values)))
 
 
 def _literal(data: bytes) -> bytes:
@@ -137,20 +165,21 @@ def _side(
     """A tensor map's part of the line template (``{"x":[%s],...}``) and each tensor's
     cells, record by record."""
     slots, cells = [], []
+    total = sum(counts)
     for name in getattr(run[0], side):
-        slot, column = _cells(_values([getattr(e, side)[name] for e in run], counts))
+        slot, column = _column([getattr(e, side)[name] for e in run], counts, total)
         slots.append(_literal(_json.encode(str(name))) + b":" + slot)
         cells.append(column)
     return b"{" + b",".join(slots) + b"}", cells
 
 
-def _run_lines(run: Sequence[InferenceEvent], first_seq: int) -> list[bytes]:
-    """The run's records as lines numbered from ``first_seq``."""
+def _run_bodies(run: Sequence[InferenceEvent]) -> list[bytes]:
+    """The run's records as line bodies: each line without its ``{"seq":n``."""
     first = run[0]
     counts = list(map(_records, run))
     ins, in_cells = _side(run, "inputs", counts)
     outs, out_cells = _side(run, "outputs", counts)
-    template = b'{"seq":%%d,"time":%%d,"pipeline":%s,"pipeline_version":%s,"in":%s,"out":%s%%s' % (
+    template = b',"time":%%d,"pipeline":%s,"pipeline_version":%s,"in":%s,"out":%s%%s' % (
         _literal(_json.encode(first.pipeline)),
         _literal(_json.encode(first.pipeline_version)),
         ins,
@@ -171,7 +200,7 @@ def _run_lines(run: Sequence[InferenceEvent], first_seq: int) -> list[bytes]:
     if sum(counts) != len(run):  # requests of several records: what they share, per record
         times = _per_record(list(times), counts)
         tails = _per_record(tails, counts)
-    rows = zip(itertools.count(first_seq), times, *in_cells, *out_cells, tails)
+    rows = zip(times, *in_cells, *out_cells, tails, strict=True)
     return [template % row for row in rows]
 
 
@@ -179,24 +208,26 @@ def _per_record(values: list[T], counts: list[int]) -> list[T]:
     return list(itertools.chain.from_iterable(map(itertools.repeat, values, counts)))
 
 
-def lines_of(events: Sequence[InferenceEvent], first_seq: int) -> list[Run]:
-    """``(pipeline, lines)`` runs of the events' records, in order, numbered from
-    ``first_seq``."""
+def bodies_of(events: Sequence[InferenceEvent]) -> list[Run]:
+    """``(pipeline, bodies)`` runs of the events' records, in order, before their seqs
+    are known (``with_seqs`` numbers them as they are stored)."""
     runs: list[Run] = []
-    start, seq = 0, first_seq
+    start = 0
     while start < len(events):
         end = _run_end(events, start)
         run = events[start:end]
         if not all(map(_records, run)):  # requests of no records have no lines
             run = [e for e in run if e.records > 0]
         if run:
-            lines = _run_lines(run, seq)
-            runs.append((run[0].pipeline, lines))
-            seq += len(lines)
+            runs.append((run[0].pipeline, _run_bodies(run)))
         start = end
     return runs
 
 
+def with_seqs(bodies: Sequence[bytes], first_seq: int) -> list[bytes]:
+    return [b'{"seq":%d%s' % pair for pair in zip(itertools.count(first_seq), bodies)]
+
+
 def row_lines(event: InferenceEvent, first_seq: int) -> list[bytes]:
     """One event's records as lines with seqs ``first_seq``, ``first_seq + 1``, ..."""
-    return [line for _, lines in lines_of([event], first_seq) for line in lines]
+    return with_seqs([b for _, bodies in bodies_of([event]) for b in bodies], first_seq)

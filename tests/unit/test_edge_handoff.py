@@ -156,7 +156,7 @@ def test_a_stuck_local_log_never_blocks_inference(pipeline: LoadedPipeline) -> N
         return svc.handoff, log, svc.metrics
 
     handoff, log, metrics = asyncio.run(scenario())
-    assert log.calls == 1  # the one batch the pump took is stuck in the log's write
+    assert 1 <= log.calls <= 2  # what the pump took (two writes in flight at most) is stuck
     assert handoff.offered + handoff.dropped == 50
     assert len(handoff) == 5 and handoff.dropped >= 40
     assert metrics.records.get() == 50

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgepub.edge_agent.inference_log import InferenceEvent, ModelUsed, rows_of
+from edgepub.edge_agent.inference_log import InferenceEvent, ModelUsed
 from edgepub.edge_agent.pages import (
     Chunk,
     Span,
@@ -16,7 +17,7 @@ from edgepub.edge_agent.pages import (
     gap_line,
     next_page,
 )
-from edgepub.edge_agent.row_lines import lines_of, row_lines
+from edgepub.edge_agent.row_lines import bodies_of, enc_hook, row_lines, with_seqs
 from edgepub.shared.log_lines import GapLine, RowLine, decode_line, encode_line, join_lines
 
 LineRef = tuple[int, str | None, bytes]  # (seq, pipeline or None for a gap line, line)
@@ -171,40 +172,30 @@ def test_row_lines_are_exactly_encode_line(
         model_versions=(ModelUsed("m", "1", "ab" * 32),),
         partition="edge",
     )
-    expected = [
-        encode_line(
-            RowLine(
-                seq=40 + i,
-                time=row.time,
-                pipeline=row.pipeline,
-                pipeline_version=row.pipeline_version,
-                in_=row.inputs,
-                out=row.outputs,
-                elapsed_ns=row.elapsed_ns,
-                models=tuple((m.name, m.version, m.sha256) for m in row.model_versions),
-            )
-        )
-        for i, row in enumerate(rows_of(event))
-    ]
+    expected = reference_lines(event, 40)
     assert row_lines(event, 40) == expected
 
 
+_reference = msgspec.json.Encoder(enc_hook=enc_hook)
+
+
 def reference_lines(event: InferenceEvent, first_seq: int) -> list[bytes]:
-    """One RowLine Struct per record, encoded: what every faster path must equal."""
+    """One RowLine Struct per record, each value the record's item as it is (numpy items
+    written by the agent's ``enc_hook``): what every faster path must equal."""
     return [
-        encode_line(
+        _reference.encode(
             RowLine(
                 seq=first_seq + i,
-                time=row.time,
-                pipeline=row.pipeline,
-                pipeline_version=row.pipeline_version,
-                in_=row.inputs,
-                out=row.outputs,
-                elapsed_ns=row.elapsed_ns,
-                models=tuple((m.name, m.version, m.sha256) for m in row.model_versions),
+                time=event.time,
+                pipeline=event.pipeline,
+                pipeline_version=event.pipeline_version,
+                in_={name: column[i] for name, column in event.inputs.items()},
+                out={name: column[i] for name, column in event.outputs.items()},
+                elapsed_ns=tuple(event.elapsed_ns),
+                models=tuple((m.name, m.version, m.sha256) for m in event.model_versions),
             )
         )
-        for i, row in enumerate(rows_of(event))
+        for i in range(event.records)
     ]
 
 
@@ -258,10 +249,12 @@ def test_a_batch_encodes_as_its_records_one_at_a_time(
     for event in events:
         expected.extend(reference_lines(event, seq))
         seq += event.records
-    runs = lines_of(events, first_seq)
-    assert [line for _, lines in runs for line in lines] == expected
-    for pipeline, lines in runs:  # a run is one pipeline's (blocks never mix two)
-        assert {getattr(decode_line(line), "pipeline", None) for line in lines} == {pipeline}
+    runs = bodies_of(events)
+    lines = with_seqs([body for _, bodies in runs for body in bodies], first_seq)
+    assert lines == expected
+    for pipeline, bodies in runs:  # a run is one pipeline's (blocks never mix two)
+        run_lines = with_seqs(bodies, 1)
+        assert {getattr(decode_line(line), "pipeline", None) for line in run_lines} == {pipeline}
 
 
 def test_row_lines_without_steps_or_records() -> None:
