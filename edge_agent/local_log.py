@@ -46,8 +46,8 @@ REOPEN_EVERY_S = 1.0  # a log that could not open is tried again this often (on 
 # (or with the next write, in its transaction): a crash re-ships at most that many pages,
 # which Ops already holds and drops (its watermark check), and replay pays one fsync per
 # ACK_STORE_PAGES pages instead of one per page.
-ACK_STORE_PAGES = 16
-ACK_STORE_S = 0.25
+ACK_STORE_PAGES = 64
+ACK_STORE_S = 0.5
 _CORRUPT = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 
 
@@ -189,7 +189,7 @@ class SqliteLog:
         self._watermark = max(self._watermark, up_to_seq)
         self._acks_unstored += 1
         if self._acks_unstored >= ACK_STORE_PAGES:
-            await self._store_ack()
+            self._queue_ack()  # the shipper goes on: the worker stores it in turn
         elif self._store_acks is None:
             self._store_acks = asyncio.create_task(self._store_ack_soon())
 
@@ -197,9 +197,12 @@ class SqliteLog:
         """Store the acks not stored yet now."""
         await self._store_ack()
 
-    async def _store_ack(self) -> None:
+    def _queue_ack(self) -> Future[None]:
         self._acks_unstored = 0
-        await self._run(self._ack, self._acked)
+        return self._pool.submit(self._ack, self._acked)
+
+    async def _store_ack(self) -> None:
+        await asyncio.wrap_future(self._queue_ack())
 
     async def _store_ack_soon(self) -> None:
         try:

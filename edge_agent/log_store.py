@@ -11,8 +11,9 @@ WAL mode, ``synchronous=FULL`` by default: a committed batch survives a power cu
 seq Ops may already hold is never handed out again. Every ``append`` is one transaction.
 
 Space: ``auto_vacuum=INCREMENTAL``. Evicted or acked blocks' pages go to the freelist and
-the next appends reuse them, so at the bound the file stops growing; after acks free more
-than ``KEEP_FREE_PAGES`` the rest go back to the file system (``incremental_vacuum``). The
+the next appends reuse them, so at the bound the file stops growing; once acks have
+shipped the backlog (or freed more than a quarter of the bound), free pages beyond
+``KEEP_FREE_PAGES`` go back to the file system (``incremental_vacuum``). The
 WAL is checkpointed every ``wal_bytes`` and truncated to it (``journal_size_limit``).
 """
 
@@ -301,10 +302,16 @@ class LogStore:
         self._reclaim()
 
     def _reclaim(self) -> None:
+        """Free pages go back to the file system once the backlog is shipped, or when
+        they are more than a quarter of the bound; while a backlog drains, the appends
+        reuse them (a vacuum per ack was most of a replay's cost at the edge)."""
         free = int(self.db.execute("PRAGMA freelist_count").fetchone()[0])
-        if free > KEEP_FREE_PAGES:
-            # executescript steps the pragma to the end (execute frees only one page)
-            self.db.executescript(f"PRAGMA incremental_vacuum({free - KEEP_FREE_PAGES});")
+        if free <= KEEP_FREE_PAGES:
+            return
+        if self.backlog.lines > 0 and free * self.page_size < self.db_budget // 4:
+            return
+        # executescript steps the pragma to the end (execute frees only one page)
+        self.db.executescript(f"PRAGMA incremental_vacuum({free - KEEP_FREE_PAGES});")
 
     def close(self) -> None:
         self.db.close()
