@@ -87,7 +87,7 @@ async def connect(
     who = settings.user or inbox_user or "anonymous"
     callbacks = _Callbacks(name)
     opts: dict[str, Any] = {
-        "servers": [settings.url],
+        "servers": settings.servers,
         "name": name,
         "connect_timeout": connect_timeout,
         # The first connect is bounded here, not by nats-py (whose default first connect

@@ -62,19 +62,51 @@ class Env:
         raise ConfigError(f"{name}={raw!r} is not a boolean; use true or false")
 
 
+_NATS_SCHEMES = ("nats://", "tls://", "ws://", "wss://")
+
+
 class NatsSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """``url`` is one server or a comma-separated list of a cluster's (a client connects
+    to any and moves to another when its node goes away)."""
+
     url: str = "nats://127.0.0.1:4222"
     user: str | None = None
     password: str | None = None
 
+    @property
+    def servers(self) -> list[str]:
+        return servers_of(self.url)
+
     @classmethod
     def from_env(cls, env: Env | None = None) -> NatsSettings:
         env = env or Env()
+        url = env.text("EDGEPUB_NATS_URL", cls.url)
+        try:
+            servers_of(url)
+        except ValueError as exc:
+            raise ConfigError(f"EDGEPUB_NATS_URL={url!r}: {exc}") from None
         return cls(
-            url=env.text("EDGEPUB_NATS_URL", cls.url),
+            url=url,
             user=env.optional("EDGEPUB_NATS_USER"),
             password=env.optional("EDGEPUB_NATS_PASSWORD"),
         )
+
+
+def servers_of(url: str) -> list[str]:
+    """The servers of a comma-separated list: each ``nats://`` (also without a scheme),
+    ``tls://`` (TCP) or ``ws://``, ``wss://`` (WebSocket), not both kinds (a client speaks
+    one)."""
+    servers = [part.strip() for part in url.split(",") if part.strip()]
+    if not servers:
+        raise ValueError("no server given")
+    servers = [s if "://" in s else f"nats://{s}" for s in servers]
+    for server in servers:
+        if not server.startswith(_NATS_SCHEMES):
+            raise ValueError(f"{server!r}: use nats://, tls://, ws:// or wss://")
+    websocket = {server.startswith(("ws://", "wss://")) for server in servers}
+    if len(websocket) > 1:
+        raise ValueError("mixes WebSocket (ws://, wss://) and TCP (nats://, tls://) servers")
+    return servers
 
 
 class RegistrySettings(msgspec.Struct, frozen=True, kw_only=True):
