@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import time
 from typing import Any
@@ -24,9 +25,9 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import NotFoundError
 
-from . import subjects
+from . import objects, subjects
 from .errors import ConfigError, NotAuthorizedError, ServiceUnavailableError
 from .logs import register_secret
 from .settings import Env, NatsSettings
@@ -204,6 +205,18 @@ class LogLimits(msgspec.Struct, frozen=True, kw_only=True):
         return limits
 
 
+MAX_REPLICAS = 5  # JetStream's own limit
+
+
+def replicas_from_env(env: Env | None = None) -> int:
+    """``EDGEPUB_REPLICAS``: copies of every stream, bucket and object store (1 on one
+    server; 3 on a three-node cluster, so one node may die without losing a row)."""
+    replicas = (env or Env()).integer("EDGEPUB_REPLICAS", 1)
+    if not 1 <= replicas <= MAX_REPLICAS:
+        raise ConfigError(f"EDGEPUB_REPLICAS={replicas} must be 1..{MAX_REPLICAS}")
+    return replicas
+
+
 def log_stream_configs(
     replicas: int = 1, limits: LogLimits | None = None
 ) -> tuple[StreamConfig, ...]:
@@ -291,34 +304,62 @@ def object_store_configs(replicas: int = 1) -> tuple[ObjectStoreConfig, ...]:
     )
 
 
+# What ensure_* reconcile on a stream that exists: its replicas, bounds and the features
+# edgepub relies on (a stream's storage, retention and name cannot change in place).
+_OWNED = (
+    "subjects",
+    "num_replicas",
+    "max_age",
+    "max_bytes",
+    "max_msgs_per_subject",
+    "duplicate_window",
+    "allow_rollup_hdrs",
+    "allow_msg_ttl",
+    "allow_atomic",
+    "allow_direct",
+)
+
+
+def _wanted(cfg: StreamConfig) -> dict[str, Any]:
+    want = {f: getattr(cfg, f) for f in _OWNED if getattr(cfg, f) is not None}
+    if not want.get("duplicate_window"):  # 0: the server's default (2 min) was asked for
+        want.pop("duplicate_window", None)
+    return want
+
+
+async def reconcile(js: JetStreamContext, stream: str, want: dict[str, Any]) -> dict[str, Any]:
+    """Make the existing ``stream`` have ``want`` (field -> value) where it differs, keeping
+    everything else as the server holds it; what changed (logged)."""
+    have = (await js.stream_info(stream)).config
+    changed = {f: v for f, v in want.items() if getattr(have, f) != v}
+    if changed:
+        await js.update_stream(dataclasses.replace(have, **changed))
+        log.info("stream_updated", stream=stream, **{f: str(v) for f, v in changed.items()})
+    return changed
+
+
 async def ensure_streams(
     js: JetStreamContext, *, replicas: int = 1, logs: LogLimits | None = None
 ) -> None:
-    """Create (or leave as they are) the streams every service relies on; the log streams'
-    limits follow ``logs`` (configuration) when they differ."""
-    for cfg in stream_configs(replicas):
+    """Create the streams every service relies on, or bring existing ones to this
+    configuration (replicas, limits: ``logs`` and the constants above)."""
+    for cfg in (*stream_configs(replicas), *log_stream_configs(replicas, logs)):
         try:
-            await js.stream_info(cfg.name or "")
+            await reconcile(js, cfg.name or "", _wanted(cfg))
         except NotFoundError:
             await js.add_stream(cfg)
-    for cfg in log_stream_configs(replicas, logs):
-        try:
-            have = (await js.stream_info(cfg.name or "")).config
-        except NotFoundError:
-            await js.add_stream(cfg)
-            continue
-        limits = ("max_age", "max_bytes", "duplicate_window")
-        if any(getattr(have, f) != getattr(cfg, f) for f in limits):
-            await js.update_stream(cfg)
-            now = {f: getattr(cfg, f) for f in limits}
-            log.info("stream_limits_updated", stream=cfg.name, **now)
 
 
 async def ensure_buckets(js: JetStreamContext, *, replicas: int = 1) -> None:
     for kv in bucket_configs(replicas):
+        want = {
+            "num_replicas": kv.replicas,
+            "max_msgs_per_subject": kv.history,
+            "max_age": kv.ttl or 0.0,
+        }
         try:
-            await js.key_value(kv.bucket)
-        except BucketNotFoundError:
+            await reconcile(js, f"KV_{kv.bucket}", want)
+        except NotFoundError:
             await js.create_key_value(kv)
     await ensure_object_store(js, replicas=replicas)
 
@@ -326,16 +367,20 @@ async def ensure_buckets(js: JetStreamContext, *, replicas: int = 1) -> None:
 async def ensure_object_store(js: JetStreamContext, *, replicas: int = 1) -> None:
     """The verified model files, and the upload area SDK users write into."""
     for cfg in object_store_configs(replicas):
+        want = {"num_replicas": cfg.replicas, "max_age": cfg.ttl or 0.0}
         try:
-            await js.object_store(cfg.bucket or "")
-        except (BucketNotFoundError, NotFoundError):
+            await reconcile(js, objects.stream_of(cfg.bucket or ""), want)
+        except NotFoundError:
             await js.create_object_store(cfg.bucket or "", config=cfg)
 
 
-async def ensure_all(js: JetStreamContext, logs: LogLimits | None = None) -> None:
-    """Everything the publish service owns (it is the one service allowed to create it)."""
-    await ensure_streams(js, logs=logs)
-    await ensure_buckets(js)
+async def ensure_all(
+    js: JetStreamContext, logs: LogLimits | None = None, *, replicas: int = 1
+) -> None:
+    """Everything the publish service owns (it is the one service allowed to create it),
+    with ``replicas`` copies of each (1 on one server, 3 on a cluster)."""
+    await ensure_streams(js, logs=logs, replicas=replicas)
+    await ensure_buckets(js, replicas=replicas)
 
 
 async def wait_for_stream(js: JetStreamContext, stream: str, stop: asyncio.Event) -> bool:

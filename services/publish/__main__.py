@@ -70,11 +70,12 @@ async def body(nc: NATS, js: JetStreamContext, stop: asyncio.Event) -> None:
 
 
 def main() -> None:
-    # the inference logs' retention (EDGEPUB_LOGS_*)
+    # the inference logs' retention (EDGEPUB_LOGS_*) and the copies kept (EDGEPUB_REPLICAS)
     limits = service.settings_or_exit("publish", bus.LogLimits.from_env)
+    replicas = service.settings_or_exit("publish", bus.replicas_from_env)
 
     async def provision(js: JetStreamContext) -> None:
-        await bus.ensure_all(js, logs=limits)
+        await bus.ensure_all(js, logs=limits, replicas=replicas)
 
     service.run("publish", body, provision=provision)
 
