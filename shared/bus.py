@@ -31,6 +31,7 @@ from . import objects, subjects
 from .errors import ConfigError, NotAuthorizedError, ServiceUnavailableError
 from .logs import register_secret
 from .settings import Env, NatsSettings
+from .transient import TRANSIENT
 
 log = structlog.get_logger("edgepub.bus")
 
@@ -383,6 +384,9 @@ async def ensure_all(
     await ensure_buckets(js, replicas=replicas)
 
 
+NOT_YET: tuple[type[BaseException], ...] = (NotFoundError, *TRANSIENT)
+
+
 async def wait_for_stream(js: JetStreamContext, stream: str, stop: asyncio.Event) -> bool:
     """Wait until ``stream`` exists (its owner creates it), saying so every few seconds.
     False if ``stop`` came first."""
@@ -392,7 +396,7 @@ async def wait_for_stream(js: JetStreamContext, stream: str, stop: asyncio.Event
         try:
             await js.stream_info(stream)
             return True
-        except NotFoundError:
+        except NOT_YET:  # not created yet, or no leader to say so yet
             waited = time.monotonic() - started
             if waited - said >= 5.0 or said == 0.0:
                 log.info("waiting_for_stream", stream=stream, waited_s=round(waited, 1))

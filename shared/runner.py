@@ -41,6 +41,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError
 
 from . import bus
+from .transient import retry_transient
 
 log = structlog.get_logger("edgepub.runner")
 
@@ -184,8 +185,12 @@ class Consumer(Generic[T]):
         have created it); returns once every message in hand is settled or cancelled."""
         if not await bus.wait_for_stream(self._js, self._spec.stream, stop):
             return
-        await self.ensure()
-        sub = await self._js.pull_subscribe_bind(self._spec.durable, stream=self._spec.stream)
+        what = f"consumer {self._spec.durable}"
+        await retry_transient(self.ensure, what=what)
+        sub = await retry_transient(
+            lambda: self._js.pull_subscribe_bind(self._spec.durable, stream=self._spec.stream),
+            what=what,
+        )
         spec = self._spec
         self._log.info(
             "consumer_started",

@@ -15,6 +15,7 @@ from nats.js import JetStreamContext
 from . import bus, logs
 from .errors import ConfigError
 from .settings import LogSettings, NatsSettings
+from .transient import retry_transient
 
 S = TypeVar("S")
 
@@ -33,7 +34,7 @@ async def _main(name: str, body: Body, provision: Provision | None) -> None:
     try:
         js = nc.jetstream()
         if provision is not None:  # only the owner of streams and buckets creates them
-            await provision(js)
+            await retry_transient(lambda: provision(js), what="provisioning streams")
         log.info("service_started")
         await body(nc, js, stop)
     finally:
