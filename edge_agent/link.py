@@ -38,6 +38,7 @@ from edgepub.shared.edge_messages import (
 )
 from edgepub.shared.errors import EdgepubError
 from edgepub.shared.schemas import utcnow
+from edgepub.shared.settings import servers_of
 
 from . import backoff
 from .identity import ConnectPlan, Identity, joined, renewed, save_identity
@@ -215,7 +216,7 @@ class Link:
                     self._close_soon()
 
         opts: dict[str, Any] = {
-            "servers": [self.plan.server_url],
+            "servers": servers_of(self.plan.server_url or ""),  # one, or a cluster's nodes
             "name": self.edge,
             "nkeys_seed_str": self.identity.seed,
             "inbox_prefix": subjects.inbox_prefix(self.edge),

@@ -20,6 +20,8 @@ import uuid
 
 import msgspec
 
+from .settings import servers_of
+
 KEYS = (
     "BUNDLE_VERSION",
     "EDGE_NAME",
@@ -37,7 +39,8 @@ MAX_WORKSPACE_ID = 2**63 - 1
 MAX_HOSTNAME = 253
 SCHEMES = ("nats", "tls", "ws", "wss")
 DEFAULT_SCHEME = "wss"  # host/edge: through HTTPS reverse proxies, as the seed's edges report
-HOST_EXPECTED = "[nats://|tls://|ws://|wss://]host[:port][/path]"
+HOST_EXPECTED = "[nats://|tls://|ws://|wss://]host[:port][/path] (a cluster's: comma-separated)"
+MAX_HOSTS = 16
 
 _LINE = re.compile(r"(?:export\s+)?(?P<key>[A-Z_][A-Z0-9_]*)=(?P<value>.*)")
 _EDGE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -146,6 +149,15 @@ def _workspace(raw: str | None, token: str | None) -> int | None:
     return int(raw)
 
 
+def _hosts(value: str) -> list[re.Match[str]] | None:
+    """Every entry of an OPSCENTER_HOST list checked (one host, or a cluster's nodes)."""
+    parts = value.split(",")
+    if len(parts) > MAX_HOSTS:
+        return None
+    matches = [_host(part) for part in parts]
+    return None if any(m is None for m in matches) else matches  # type: ignore[return-value]
+
+
 def _host(host: str) -> re.Match[str] | None:
     match = _HOST.fullmatch(host)
     if match is None or len(match["host"]) > MAX_HOSTNAME:
@@ -173,7 +185,7 @@ def _check_fields(values: dict[str, str]) -> EdgeBundle:
         )
     token = _join_token(values["JOIN_TOKEN"])
     host = values["OPSCENTER_HOST"]
-    if _host(host) is None:
+    if _hosts(host) is None:
         raise BundleError(f"has OPSCENTER_HOST={_show(host)}; expected {HOST_EXPECTED}")
     pipeline_url = values["PIPELINE_URL"]
     if not _PIPELINE_URL.fullmatch(pipeline_url):
@@ -227,8 +239,14 @@ def encode_bundle(bundle: EdgeBundle) -> str:
 
 def opscenter_url(host: str) -> str:
     """The NATS server URL an edge connects to for ``OPSCENTER_HOST``: an explicit scheme
-    wins (returned as is); ``host[:port][/path]`` means ``wss://host[:port][/path]``."""
-    match = _host(host)
-    if match is None:
+    wins (returned as is); ``host[:port][/path]`` means ``wss://host[:port][/path]``. A
+    comma-separated list (a cluster's nodes) gives the list of URLs, comma-separated."""
+    matches = _hosts(host)
+    if matches is None:
         raise BundleError(f"OPSCENTER_HOST={_show(host)}: expected {HOST_EXPECTED}")
-    return host if match["scheme"] else f"{DEFAULT_SCHEME}://{host}"
+    urls = [m.string if m["scheme"] else f"{DEFAULT_SCHEME}://{m.string}" for m in matches]
+    try:
+        servers_of(",".join(urls))
+    except ValueError as exc:
+        raise BundleError(f"OPSCENTER_HOST={_show(host)}: {exc}") from None
+    return ",".join(urls)

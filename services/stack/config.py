@@ -48,10 +48,12 @@ class StackCredentials(msgspec.Struct, frozen=True, kw_only=True):
     auth_issuer_seed: str = ""
     # The token service's nkey user in the system account (CONNZ/KICK to cut an edge off).
     system_user_seed: str = ""
+    # What a cluster's nodes log in to each other's route listeners with.
+    route_password: str = ""
 
     @property
     def complete(self) -> bool:
-        return bool(self.auth_issuer_seed and self.system_user_seed)
+        return bool(self.auth_issuer_seed and self.system_user_seed and self.route_password)
 
 
 class CalloutSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -80,17 +82,19 @@ def generate_credentials(sdk_user: str = SDK_USER) -> StackCredentials:
         registry_http_secret=secrets.token_urlsafe(32),
         auth_issuer_seed=keys.new_seed("account"),
         system_user_seed=keys.new_seed("user"),
+        route_password=secrets.token_urlsafe(32),
     )
 
 
 def completed(creds: StackCredentials) -> StackCredentials:
-    """``creds`` with the edge keys a file from an older version lacks."""
+    """``creds`` with the keys a file from an older version lacks."""
     if creds.complete:
         return creds
     return msgspec.structs.replace(
         creds,
         auth_issuer_seed=creds.auth_issuer_seed or keys.new_seed("account"),
         system_user_seed=creds.system_user_seed or keys.new_seed("user"),
+        route_password=creds.route_password or secrets.token_urlsafe(32),
     )
 
 
@@ -174,6 +178,41 @@ def _websocket(ws: WebsocketSpec) -> list[str]:
     return lines
 
 
+ROUTE_USER = "route"
+
+
+class ClusterSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """This node's place in a JetStream cluster: its route listener and every other
+    node's (routes log in with ``password``)."""
+
+    name: str
+    host: str
+    port: int
+    peers: tuple[tuple[str, int], ...]  # the other nodes' route listeners
+    password: str
+
+
+def _cluster(cluster: ClusterSpec) -> list[str]:
+    routes = [
+        quote(f"nats-route://{ROUTE_USER}:{cluster.password}@{host}:{port}")
+        for host, port in cluster.peers
+    ]
+    return [
+        "cluster {",
+        f"  name: {quote(cluster.name)}",
+        f"  listen: {quote(f'{cluster.host}:{cluster.port}')}",
+        "  authorization {",
+        f"    user: {quote(ROUTE_USER)}",
+        f"    password: {quote(cluster.password)}",
+        "  }",
+        f"  routes: [{', '.join(routes)}]",
+        # clients hear of no other node: nats-py would dial a WebSocket node's URL with
+        # nats://; every client has the list (an edge's, or the load balancer in front)
+        "  no_advertise: true",
+        "}",
+    ]
+
+
 def _accounts(users: dict[str, UserSpec], callout: CalloutSpec | None) -> list[str]:
     app, system = subjects.APP_ACCOUNT, subjects.SYSTEM_ACCOUNT
     lines = ["accounts {", f"  {app} {{", "    jetstream: enabled", "    users = ["]
@@ -218,11 +257,13 @@ def nats_config(
     server_name: str = "edgepub",
     callout: CalloutSpec | None = None,
     websocket: WebsocketSpec | None = None,
+    cluster: ClusterSpec | None = None,
 ) -> str:
     """nats-server config: JetStream on, authentication always on (no anonymous user).
 
     Every static user lives in the app account; with ``callout``, any other connect is an
-    edge asking the token service to vouch for it. ``websocket`` adds the edge listener.
+    edge asking the token service to vouch for it. ``websocket`` adds the edge listener,
+    ``cluster`` the routes to the other nodes of a JetStream cluster.
     """
     if not users:
         raise ValueError("a NATS config needs at least one user: the bus is never open")
@@ -236,6 +277,8 @@ def nats_config(
         lines.append(f"http: {quote(f'{host}:{http_port}')}")
     if websocket is not None:
         lines += _websocket(websocket)
+    if cluster is not None:
+        lines += _cluster(cluster)
     lines += [
         "jetstream {",
         f"  store_dir: {quote(store_dir)}",

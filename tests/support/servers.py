@@ -99,9 +99,12 @@ class NatsServer(ServerProcess):
         port: int = 0,
         ws_tls: tuple[str, str] | None = None,
         max_payload: int = config.MAX_PAYLOAD,
+        credentials: config.StackCredentials | None = None,
+        server_name: str = "edgepub",
+        cluster: config.ClusterSpec | None = None,
     ) -> None:
         self.base_dir = base_dir
-        self.credentials = config.generate_credentials()
+        self.credentials = credentials or config.generate_credentials()
         self.user_specs = users if users is not None else config.nats_users(self.credentials)
         self.users: dict[str, str] = {u: s.password for u, s in self.user_specs.items()}
         self.port = port or free_port()
@@ -117,6 +120,7 @@ class NatsServer(ServerProcess):
                 store_dir=str(self.store_dir),
                 users=self.user_specs,
                 max_payload=max_payload,
+                server_name=server_name,
                 callout=config.callout_spec(self.credentials),
                 websocket=config.WebsocketSpec(
                     host=HOST,
@@ -124,6 +128,7 @@ class NatsServer(ServerProcess):
                     cert_file=ws_tls[0] if ws_tls else None,
                     key_file=ws_tls[1] if ws_tls else None,
                 ),
+                cluster=cluster,
             )
         )
         self.child = ChildProcess(
@@ -152,6 +157,55 @@ class NatsServer(ServerProcess):
             return nats_handshake(self.port, user, self.users[user]) == "PONG"
         except OSError:
             return False
+
+
+class NatsCluster:
+    """A JetStream cluster of ``size`` nats-server nodes on loopback, each configured as
+    ``edgepub up --cluster`` configures it (one set of users and keys, routes between all);
+    ``url`` lists every node, ``nodes[i]`` stops, kills and restarts one."""
+
+    def __init__(self, base_dir: Path, size: int = 3) -> None:
+        self.credentials = config.generate_credentials()
+        routes = [free_port() for _ in range(size)]
+        self.nodes = [
+            NatsServer(
+                base_dir / f"node-{i + 1}",
+                credentials=self.credentials,
+                server_name=f"edgepub-{i + 1}",
+                cluster=config.ClusterSpec(
+                    name="edgepub",
+                    host=HOST,
+                    port=routes[i],
+                    peers=tuple((HOST, p) for j, p in enumerate(routes) if j != i),
+                    password=self.credentials.route_password,
+                ),
+            )
+            for i in range(size)
+        ]
+        self.users = self.nodes[0].users
+
+    @property
+    def url(self) -> str:
+        return ",".join(node.url for node in self.nodes)
+
+    @property
+    def ws_url(self) -> str:
+        return ",".join(node.ws_url for node in self.nodes)
+
+    def settings(self, user: str = config.SDK_USER) -> NatsSettings:
+        return NatsSettings(url=self.url, user=user, password=self.users[user])
+
+    def start(self, timeout: float = 30.0) -> Self:
+        for node in self.nodes:
+            node.child.spawn()
+        for node in self.nodes:
+            wait_started(node.child, node.ready, timeout, f"cluster node on port {node.port}")
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            if node.running():
+                node.stop()
 
 
 def registry_get(

@@ -15,7 +15,7 @@ import pytest
 from edgepub.services.stack.catalog import BY_NAME, service_env, service_exists, token_env
 
 from .procs import ChildProcess
-from .servers import NatsServer, RegistryServer
+from .servers import NatsCluster, NatsServer, RegistryServer
 
 # Ready once it answers, not merely connected: the token service once it answers connects.
 READY_EVENTS = {"token": "auth_callout_serving", "log_collector": "consumer_started"}
@@ -32,7 +32,7 @@ class ServiceProcess:
     def __init__(
         self,
         name: str,
-        nats: NatsServer,
+        nats: NatsServer | NatsCluster,
         registry: RegistryServer | None,
         log_dir: Path,
         env: dict[str, str] | None = None,
@@ -132,7 +132,9 @@ class ServiceProcess:
 class OpsServices:
     """The Ops-side services against one NATS and one registry: ``ops.start("publish")``."""
 
-    def __init__(self, nats: NatsServer, registry: RegistryServer | None, log_dir: Path) -> None:
+    def __init__(
+        self, nats: NatsServer | NatsCluster, registry: RegistryServer | None, log_dir: Path
+    ) -> None:
         self.nats = nats
         self.registry = registry
         self.log_dir = log_dir
@@ -165,17 +167,19 @@ class OpsServices:
         proc.start(**kw)
         return proc
 
-    def start_available(self, names: tuple[str, ...]) -> list[str]:
+    def start_available(
+        self, names: tuple[str, ...], env: dict[str, str] | None = None, timeout: float = 30.0
+    ) -> list[str]:
         """Start the services of ``names`` that exist, all at once, and wait for each."""
         started = [n for n in names if service_exists(n)]
         pending = []
         for name in started:
-            proc = ServiceProcess(name, self.nats, self.registry, self.log_dir)
+            proc = ServiceProcess(name, self.nats, self.registry, self.log_dir, env=env)
             self.procs[proc.name] = proc
             event = READY_EVENTS.get(name, "service_started")
             pending.append((proc, event, proc.spawn(event)))
         for proc, event, before in pending:
-            proc.wait_ready(before, event)
+            proc.wait_ready(before, event, timeout)
         return started
 
     def stop_all(self) -> None:
@@ -185,7 +189,8 @@ class OpsServices:
     def all_logs(self) -> str:
         """Everything every service printed, plus the servers' logs."""
         parts = [p.log_text() for p in self.procs.values()]
-        parts.append(self.nats.child.log_text())
+        nodes = getattr(self.nats, "nodes", [self.nats])  # one server, or a cluster's
+        parts += [node.child.log_text() for node in nodes]
         if self.registry is not None:
             parts.append(self.registry.child.log_text())
         return "\n".join(parts)

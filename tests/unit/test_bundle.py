@@ -273,6 +273,12 @@ def test_omitted_for_replace_is_no_token() -> None:
         ("tls://nats.lan:4222", "tls://nats.lan:4222"),
         ("ws://127.0.0.1:8080/edge", "ws://127.0.0.1:8080/edge"),
         ("wss://ops.example.com/edge", "wss://ops.example.com/edge"),
+        # a cluster's nodes, each an edge may reconnect to
+        ("ws://127.0.0.1:1,ws://127.0.0.1:2", "ws://127.0.0.1:1,ws://127.0.0.1:2"),
+        (
+            "a.example.com/edge,b.example.com/edge",
+            "wss://a.example.com/edge,wss://b.example.com/edge",
+        ),
     ],
 )
 def test_opscenter_url(host: str, url: str) -> None:
@@ -298,6 +304,9 @@ def test_opscenter_url(host: str, url: str) -> None:
         "ops.example.com/edge?x=1",
         "user:pw@ops.example.com",
         "x" * 500,
+        "ws://a:1,",
+        "ws://a:1,nats://b:2",  # one client speaks WebSocket or TCP, not both
+        ",".join(["a.example.com"] * 17),
     ],
 )
 def test_opscenter_url_refuses_anything_else(host: str) -> None:

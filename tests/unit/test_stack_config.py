@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bcrypt
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -89,6 +90,41 @@ def test_nats_config_optional_monitoring_port() -> None:
     users = {"a": config.UserSpec(password="pw")}
     text = config.nats_config(host="127.0.0.1", port=1, store_dir="/s", users=users, http_port=8222)
     assert 'http: "127.0.0.1:8222"' in text
+
+
+def test_a_cluster_node_routes_to_the_others_with_a_password_and_advertises_none() -> None:
+    creds = config.generate_credentials()
+    spec = config.ClusterSpec(
+        name="edgepub",
+        host="127.0.0.1",
+        port=6222,
+        peers=(("127.0.0.1", 6223), ("127.0.0.1", 6224)),
+        password=creds.route_password,
+    )
+    text = config.nats_config(
+        host="127.0.0.1",
+        port=4222,
+        store_dir="/s",
+        users=config.nats_users(creds),
+        server_name="edgepub-1",
+        cluster=spec,
+    )
+    assert 'server_name: "edgepub-1"' in text and 'listen: "127.0.0.1:6222"' in text
+    pw = creds.route_password
+    assert f'"nats-route://route:{pw}@127.0.0.1:6223"' in text
+    assert f'"nats-route://route:{pw}@127.0.0.1:6224"' in text
+    assert '127.0.0.1:6222"' not in text.split("routes:")[1].split("\n")[0]  # not itself
+    assert f'password: "{pw}"' in text and "no_advertise: true" in text
+    assert "cluster {" not in config.nats_config(
+        host="127.0.0.1", port=4222, store_dir="/s", users=config.nats_users(creds)
+    )
+
+
+def test_credentials_from_before_clusters_gain_a_route_password() -> None:
+    old = msgspec.structs.replace(config.generate_credentials(), route_password="")
+    assert not old.complete
+    new = config.completed(old)
+    assert new.complete and new.route_password and new.nats_users == old.nats_users
 
 
 def test_nats_config_refuses_no_users() -> None:

@@ -1,0 +1,122 @@
+"""edgepub on a three-node JetStream cluster (real nats-server nodes on loopback, routes
+between them, the services and the SDK given every node's URL): every stream, bucket and
+object store keeps three copies, and losing a node, even the one leading the publish
+stream, ends every publish `Published` with nothing lost."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgepub import Client
+from edgepub.shared import bus, objects, subjects
+from support.servers import NatsCluster, RegistryServer
+from support.services import OpsServices
+
+pytestmark = pytest.mark.timeout(300)
+
+OPS = ("publish", "registry_push", "token", "log_collector")
+R3 = {"EDGEPUB_REPLICAS": "3"}
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    nodes = NatsCluster(tmp_path / "cluster", 3)
+    try:
+        nodes.start()
+        yield nodes
+    finally:
+        for node in nodes.nodes:
+            node.kill()
+
+
+@pytest.fixture
+def cluster_ops(
+    cluster: NatsCluster, registry: RegistryServer, tmp_path: Path
+) -> Iterator[OpsServices]:
+    services = OpsServices(cluster, registry, tmp_path / "service-logs")
+    try:
+        # the first provisioning waits out the cluster's first meta-leader election
+        services.start_available(OPS, env=R3, timeout=90.0)
+        yield services
+    finally:
+        for proc in services.procs.values():
+            proc.kill()
+
+
+def _streams() -> list[str]:
+    return [
+        *(c.name or "" for c in (*bus.stream_configs(), *bus.log_stream_configs())),
+        *(f"KV_{b.bucket}" for b in bus.bucket_configs()),
+        *(objects.stream_of(o.bucket or "") for o in bus.object_store_configs()),
+    ]
+
+
+def test_every_stream_bucket_and_object_store_has_three_copies(
+    cluster: NatsCluster, cluster_ops: OpsServices
+) -> None:
+    async def main() -> dict[str, tuple[int, int]]:
+        nc = await bus.connect(cluster.settings("publish"), name="r3-check")
+        try:
+            js = nc.jetstream()
+            out = {}
+            for name in _streams():
+                info = await js.stream_info(name)
+                peers = 1 + len(info.cluster.replicas or []) if info.cluster else 1
+                out[name] = (info.config.num_replicas, peers)
+            return out
+        finally:
+            await nc.close()
+
+    replicas = asyncio.run(main())
+    assert replicas == {name: (3, 3) for name in _streams()}
+
+
+def _leader_port(cluster: NatsCluster, stream: str) -> int:
+    async def main() -> str:
+        nc = await bus.connect(cluster.settings("publish"), name="leader-check")
+        try:
+            info = await nc.jetstream().stream_info(stream)
+            assert info.cluster is not None and info.cluster.leader
+            return info.cluster.leader
+        finally:
+            await nc.close()
+
+    leader = asyncio.run(main())
+    (index,) = [i for i in range(3) if f"edgepub-{i + 1}" == leader]
+    return index
+
+
+def test_killing_the_work_streams_leader_mid_publish_ends_every_publish(
+    cluster: NatsCluster, cluster_ops: OpsServices, model_file: Path
+) -> None:
+    s = cluster.settings()
+    results: list[str] = []
+    errors: list[BaseException] = []
+
+    def publish_some(client: Client, n: int) -> None:
+        try:
+            model = client.upload_model("house", model_file)
+            for i in range(n):
+                pipeline = client.build_pipeline(f"cl-{i}").add_model_step(model)
+                results.append(pipeline.publish(progress=False).status)
+        except BaseException as exc:
+            errors.append(exc)
+
+    with Client(s.url, s.user, s.password) as client:
+        worker = threading.Thread(target=publish_some, args=(client, 6))
+        worker.start()
+        while not results and worker.is_alive():  # the first one went through: now kill
+            time.sleep(0.05)
+        victim = _leader_port(cluster, subjects.WORK_STREAM)
+        cluster.nodes[victim].kill()
+        worker.join(240)
+        assert not worker.is_alive(), "publishes still running after 240 s"
+        cluster.nodes[victim].start()
+    assert not errors, errors
+    assert results == ["Published"] * 6
