@@ -6,6 +6,7 @@ stream, ends every publish `Published` with nothing lost."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ import pytest
 
 from edgepub import Client
 from edgepub.shared import bus, objects, subjects
+from support.fleet import Fleet
 from support.servers import NatsCluster, RegistryServer
 from support.services import OpsServices
 
@@ -120,3 +122,41 @@ def test_killing_the_work_streams_leader_mid_publish_ends_every_publish(
         cluster.nodes[victim].start()
     assert not errors, errors
     assert results == ["Published"] * 6
+
+
+def test_a_node_and_a_collector_killed_under_edge_load_lose_nothing_and_double_nothing(
+    cluster: NatsCluster, cluster_ops: OpsServices, registry: RegistryServer, tmp_path: Path
+) -> None:
+    cluster_ops.start("log_collector", replica=2, env=R3)
+    s = cluster.settings()
+    with Client(s.url, s.user, s.password) as client:
+        fleet = Fleet(client, registry, cluster, tmp_path)
+        try:
+            edges = ["store-1", "store-2", "store-3"]
+            agents = [fleet.agent(e, fleet.bundle(e)) for e in edges]
+            for agent in agents:
+                agent.wait_event("Node attestation was successful.", timeout=60)
+            sent = dict.fromkeys(edges, 0)
+
+            def load(requests: int) -> None:
+                with concurrent.futures.ThreadPoolExecutor(len(agents)) as pool:
+                    done = pool.map(lambda a: fleet.send(a, requests), agents)
+                    for edge, rows in zip(edges, done, strict=True):
+                        sent[edge] += rows
+
+            load(20)
+            victim = _leader_port(cluster, subjects.LOGS_STREAM)
+            with concurrent.futures.ThreadPoolExecutor(1) as side:
+                running = side.submit(load, 60)  # inferences go on through both faults
+                time.sleep(0.5)
+                cluster.nodes[victim].kill()  # the pipeline log's leader
+                cluster_ops["log_collector"].kill()  # and one of the two collectors
+                time.sleep(3.0)
+                cluster.nodes[victim].start()
+                running.result(timeout=120)
+            load(20)
+            held = fleet.at_ops(sent, timeout=120)
+            assert all(held.lost[e] == 0 for e in edges)
+        finally:
+            for agent in fleet.agents:
+                agent.kill()

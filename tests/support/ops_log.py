@@ -37,7 +37,10 @@ class OpsLog:
 async def _read(server: NatsServer, filter_subject: str) -> OpsLog:
     s = server.settings()
     nc = await nats.connect(
-        s.url, user=s.user, password=s.password, inbox_prefix=subjects.inbox_prefix(s.user or "")
+        servers=s.servers,
+        user=s.user,
+        password=s.password,
+        inbox_prefix=subjects.inbox_prefix(s.user or ""),
     )
     out = OpsLog()
     try:
