@@ -29,6 +29,7 @@ from edgepub.shared.schemas import (
 )
 from edgepub.shared.settings import NatsSettings
 
+ATTEMPT_S = 10.0  # an answer this late: the request is sent again
 log = structlog.get_logger("edgepub.sdk")
 
 Resp = TypeVar("Resp")
@@ -56,16 +57,17 @@ class Session:
         retry_for: float = 15.0,
     ) -> Resp:
         """Send a request, re-sending the SAME request while no service answers (a service
-        restarting, a stack just started). Safe because every request is idempotent: reads,
-        creates keyed by name or content, and publishes keyed by their request id."""
+        restarting, a stack just started) and when an answer is ``ATTEMPT_S`` late (the
+        request or its answer died with a cluster node). Safe because every request is
+        idempotent: reads, creates keyed by name or content, and publishes keyed by their
+        request id. Gives up after ``request_timeout`` (at least ``retry_for``)."""
         nc = await self.nc()
         subject = subjects.request(self.user, verb)
-        deadline = time.monotonic() + retry_for
+        deadline = time.monotonic() + max(retry_for, self.request_timeout)
         while True:
+            wait = min(self.request_timeout, ATTEMPT_S, max(deadline - time.monotonic(), 0.1))
             try:
-                return await rpc.call(
-                    nc, subject, request, response_type, timeout=self.request_timeout
-                )
+                return await rpc.call(nc, subject, request, response_type, timeout=wait)
             except ServiceUnavailableError as exc:
                 if time.monotonic() >= deadline:
                     raise

@@ -21,6 +21,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from . import subjects
 from .errors import EdgepubError, InvalidRequestError, ServiceUnavailableError, from_code
 from .schemas import ErrorReply, decode, encode
+from .transient import TRANSIENT
 
 log = structlog.get_logger("edgepub.rpc")
 
@@ -109,6 +110,17 @@ async def _answer(nc: NATS, msg: Msg, resolve: Resolve, slots: asyncio.Semaphore
     except EdgepubError as exc:
         # A client's mistake or a known condition: its class says so, no traceback.
         await _respond_error(nc, msg, exc.code, exc.message)
+    except TRANSIENT as exc:
+        # JetStream had no leader for a moment (a node died): the caller may send the
+        # same request again (every request is idempotent), and the SDK does
+        log.warning("request_unavailable", subject=msg.subject, error=repr(exc))
+        await _respond_error(
+            nc,
+            msg,
+            ServiceUnavailableError.code,
+            f"{msg.subject}: JetStream is unavailable for a moment ({type(exc).__name__}); "
+            "send the request again",
+        )
     except Exception as exc:
         # Anything else is a bug here, not the caller's fault (a ValueError included).
         log.error("request_failed", subject=msg.subject, error=repr(exc), exc_info=exc)

@@ -24,6 +24,14 @@ class Probe(Enum):
     REGISTRY = "registry"
 
 
+class NodePorts(msgspec.Struct, frozen=True, kw_only=True):
+    """One cluster node's listeners: clients, routes (to the other nodes), edges."""
+
+    client: int
+    route: int
+    websocket: int
+
+
 class UpOptions(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: str
     host: str = "127.0.0.1"
@@ -44,6 +52,9 @@ class UpOptions(msgspec.Struct, frozen=True, kw_only=True):
     registry_insecure: bool = False
     registry_repository: str = "edgepub"
     services: bool = True
+    # a JetStream cluster on this machine (``--cluster 3``): every node's ports, resolved
+    # (node 1's are nats_port and edge_port); empty: one node
+    cluster_nodes: tuple[NodePorts, ...] = ()
 
 
 class ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -55,6 +66,7 @@ class ChildSpec(msgspec.Struct, frozen=True, kw_only=True):
     # A service is ready once its log says this (JSON event name); stack.json is written
     # only when every child is ready, so a client (or an edge) never meets a half stack.
     ready_event: str | None = None
+    probe_url: str | None = None  # a NATS probe's server (None: the stack's)
 
 
 class PlannedFile(msgspec.Struct, frozen=True, kw_only=True):
@@ -120,27 +132,64 @@ def _embedded_registry(
 
 def _embedded_nats(
     opts: UpOptions, creds: config.StackCredentials, paths: Mapping[str, str], binary: str
+) -> list[tuple[PlannedFile, ChildSpec]]:
+    """One node, or ``opts.cluster_nodes``' nodes routed to each other (one set of users
+    and keys on all, a store and a log each)."""
+    nodes = opts.cluster_nodes
+    if not nodes:
+        return [_nats_node(opts, creds, paths, binary, None, None)]
+    return [_nats_node(opts, creds, paths, binary, nodes, i) for i in range(len(nodes))]
+
+
+def _nats_node(
+    opts: UpOptions,
+    creds: config.StackCredentials,
+    paths: Mapping[str, str],
+    binary: str,
+    nodes: tuple[NodePorts, ...] | None,
+    index: int | None,
 ) -> tuple[PlannedFile, ChildSpec]:
+    cluster = None
+    client, websocket = opts.nats_port, opts.edge_port
+    conf, store, name, log = paths["nats_conf"], paths["nats_store"], "nats-server", "nats-server"
+    server_name = "edgepub"
+    if nodes is not None and index is not None:
+        me = nodes[index]
+        client, websocket = me.client, me.websocket
+        server_name = f"edgepub-{index + 1}"
+        name = log = f"nats-server-{index + 1}"
+        conf = str(Path(paths["nats_conf"]).with_name(f"nats-{index + 1}.conf"))
+        store = str(Path(paths["nats_store"]) / server_name)
+        cluster = config.ClusterSpec(
+            name="edgepub",
+            host=opts.host,
+            port=me.route,
+            peers=tuple((opts.host, n.route) for j, n in enumerate(nodes) if j != index),
+            password=creds.route_password,
+        )
     text = config.nats_config(
         host=opts.host,
-        port=opts.nats_port,
-        store_dir=paths["nats_store"],
+        port=client,
+        store_dir=store,
         users=config.nats_users(creds),
+        server_name=server_name,
         callout=config.callout_spec(creds),
         websocket=config.WebsocketSpec(
             host=opts.host,
-            port=opts.edge_port,
+            port=websocket,
             cert_file=opts.edge_tls_cert,
             key_file=opts.edge_tls_key,
         ),
+        cluster=cluster,
     )
     child = ChildSpec(
-        name="nats-server",
-        argv=(binary, "-c", paths["nats_conf"]),
-        log_path=f"{paths['logs']}/nats-server.log",
+        name=name,
+        argv=(binary, "-c", conf),
+        log_path=f"{paths['logs']}/{log}.log",
         probe=Probe.NATS,
+        probe_url=f"nats://{opts.host}:{client}",
     )
-    return PlannedFile(path=paths["nats_conf"], text=text), child
+    return PlannedFile(path=conf, text=text), child
 
 
 def _service_children(
@@ -162,6 +211,8 @@ def _service_children(
         env = service_env(
             base_env, nats_url=nats_url, nats_user=user, nats_password=password, registry=registry
         )
+        if opts.cluster_nodes:  # three copies of everything on a three-node cluster
+            env["EDGEPUB_REPLICAS"] = str(min(len(opts.cluster_nodes), 3))
         if opts.nats_url is not None and not opts.nats_user:
             env.pop("EDGEPUB_NATS_USER", None)
             env.pop("EDGEPUB_NATS_PASSWORD", None)
@@ -195,7 +246,8 @@ def opscenter_host(opts: UpOptions) -> str:
     if ":" in host:
         host = f"[{host}]"
     scheme = "wss" if opts.edge_tls_cert and opts.edge_tls_key else "ws"
-    return f"{scheme}://{host}:{opts.edge_port}"
+    ports = [n.websocket for n in opts.cluster_nodes] or [opts.edge_port]
+    return ",".join(f"{scheme}://{host}:{port}" for port in ports)
 
 
 def build_plan(
@@ -215,10 +267,11 @@ def build_plan(
     infra: list[ChildSpec] = []
     if opts.nats_url is None:
         assert nats_binary is not None
-        nats_file, nats_child = _embedded_nats(opts, creds, paths, nats_binary)
-        files.append(nats_file)
-        infra.append(nats_child)
-        nats_url = f"nats://{opts.host}:{opts.nats_port}"
+        for nats_file, nats_child in _embedded_nats(opts, creds, paths, nats_binary):
+            files.append(nats_file)
+            infra.append(nats_child)
+        clients = [n.client for n in opts.cluster_nodes] or [opts.nats_port]
+        nats_url = ",".join(f"nats://{opts.host}:{port}" for port in clients)
         sdk_user: str | None = creds.sdk_user
         sdk_password: str | None = creds.nats_users[creds.sdk_user]
         probe_user, probe_password = sdk_user, sdk_password

@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 import nats
 from nats.errors import Error as NatsError
 
+from edgepub.shared.settings import servers_of
+
 
 async def _tcp_open(host: str, port: int) -> bool:
     try:
@@ -24,6 +26,14 @@ async def _tcp_open(host: str, port: int) -> bool:
 
 
 async def nats_ready(url: str, user: str | None, password: str | None) -> bool:
+    """Any server of ``url`` (one, or a comma-separated list) lets the user log in."""
+    for server in servers_of(url):
+        if await _server_ready(server, user, password):
+            return True
+    return False
+
+
+async def _server_ready(url: str, user: str | None, password: str | None) -> bool:
     """TCP first (cheap), then a real nats-py login (INFO, CONNECT, PING/PONG)."""
     parsed = urlsplit(url)
     if parsed.hostname and not await _tcp_open(parsed.hostname, parsed.port or 4222):

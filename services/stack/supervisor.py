@@ -206,7 +206,8 @@ class Child:
 
 def _probe_for(spec: ChildSpec, plan: StackPlan) -> ProbeFn | None:
     if spec.probe is Probe.NATS:
-        url, user, pw = plan.info.nats_url, plan.nats_probe_user, plan.nats_probe_password
+        url = spec.probe_url or plan.info.nats_url
+        user, pw = plan.nats_probe_user, plan.nats_probe_password
         return lambda: nats_ready(url, user, pw)
     if spec.probe is Probe.REGISTRY:
         host, _, port = plan.info.registry.rpartition(":")

@@ -20,7 +20,7 @@ from edgepub.shared.settings import LogSettings
 
 from . import catalog, credentials
 from .binaries import find_nats_server, find_registry
-from .plan import StackPlan, UpOptions, build_plan
+from .plan import NodePorts, StackPlan, UpOptions, build_plan
 from .supervisor import StackStartError, kill_leftovers, run_stack
 
 log = structlog.get_logger("edgepub.stack")
@@ -40,6 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--nats-port", type=int, default=4222, help="0 picks a free port")
     p.add_argument("--registry-port", type=int, default=5000, help="0 picks a free port")
+    p.add_argument(
+        "--cluster",
+        type=int,
+        default=1,
+        choices=(1, 3, 5),
+        help="nodes of the embedded JetStream cluster (3: every stream kept 3 times; node 1 "
+        "on --nats-port and --edge-port, the others on free ports)",
+    )
     p.add_argument(
         "--edge-port",
         type=int,
@@ -135,24 +143,20 @@ def options_from_args(args: argparse.Namespace, directory: Path) -> UpOptions:
         )
     embedded_nats = not args.nats_url
     embedded_registry = not args.registry
+    nats_port = edge_port = 0
+    if embedded_nats:
+        nats_port = resolve_port(args.host, args.nats_port, "nats-server", "--nats-port")
+        edge_port = resolve_port(args.host, args.edge_port, "the edge listener", "--edge-port")
     return UpOptions(
         data_dir=str(directory),
         host=args.host,
-        nats_port=(
-            resolve_port(args.host, args.nats_port, "nats-server", "--nats-port")
-            if embedded_nats
-            else 0
-        ),
+        nats_port=nats_port,
         registry_port=(
             resolve_port(args.host, args.registry_port, "the registry", "--registry-port")
             if embedded_registry
             else 0
         ),
-        edge_port=(
-            resolve_port(args.host, args.edge_port, "the edge listener", "--edge-port")
-            if embedded_nats
-            else 0
-        ),
+        edge_port=edge_port,
         opscenter_host=args.opscenter_host or None,
         edge_tls_cert=_both(args.edge_tls_cert, args.edge_tls_key, "--edge-tls-cert"),
         edge_tls_key=_both(args.edge_tls_key, args.edge_tls_cert, "--edge-tls-key"),
@@ -165,7 +169,27 @@ def options_from_args(args: argparse.Namespace, directory: Path) -> UpOptions:
         registry_insecure=bool(args.registry_insecure),
         registry_repository=args.registry_repository.strip("/"),
         services=not args.no_services,
+        cluster_nodes=_cluster_nodes(args, nats_port, edge_port) if embedded_nats else (),
     )
+
+
+def _cluster_nodes(
+    args: argparse.Namespace, nats_port: int, edge_port: int
+) -> tuple[NodePorts, ...]:
+    """``--cluster N``: node 1 on the given ports, every other listener on a free port."""
+    if args.cluster == 1:
+        return ()
+    nodes = []
+    for i in range(args.cluster):
+        what = f"cluster node {i + 1}"
+        nodes.append(
+            NodePorts(
+                client=nats_port if i == 0 else resolve_port(args.host, 0, what, ""),
+                route=resolve_port(args.host, 0, f"{what}'s routes", ""),
+                websocket=edge_port if i == 0 else resolve_port(args.host, 0, what, ""),
+            )
+        )
+    return tuple(nodes)
 
 
 def make_plan(opts: UpOptions, directory: Path) -> StackPlan:
