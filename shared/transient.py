@@ -31,10 +31,17 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     nats.js.errors.NoStreamResponseError,
 )
 SAY_EVERY_S = 5.0
+# A cluster still forming (not every node has joined the meta group yet) cannot place a
+# stream's replicas; past the deadline it is a real misconfiguration, said as such.
+NO_PEERS_FOR_PLACEMENT = 10005
 
 
 def is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, TRANSIENT)
+    if isinstance(exc, TRANSIENT):
+        return True
+    return (
+        isinstance(exc, nats.js.errors.BadRequestError) and exc.err_code == NO_PEERS_FOR_PLACEMENT
+    )
 
 
 def backoff(attempt: int, cap: float = 2.0) -> float:
@@ -52,7 +59,9 @@ async def retry_transient(
     while True:
         try:
             return await call()
-        except TRANSIENT as exc:
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
             now = time.monotonic()
             if now - started >= deadline_s:
                 raise

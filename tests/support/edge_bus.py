@@ -13,8 +13,9 @@ from nats.aio.client import Client as NATS
 from edgepub.shared import keys, rpc, subjects
 from edgepub.shared.bundle import decode_bundle
 from edgepub.shared.edge_messages import EdgeAdded, EdgeAddRequest, EdgeRemoved, EdgeRemoveRequest
+from edgepub.shared.settings import servers_of
 
-from .servers import NatsServer
+from .servers import NatsCluster, NatsServer
 
 
 def join_token(bundle: str) -> str:
@@ -23,10 +24,10 @@ def join_token(bundle: str) -> str:
     return token
 
 
-async def admin(server: NatsServer) -> NATS:
+async def admin(server: NatsServer | NatsCluster) -> NATS:
     s = server.settings()
     return await nats.connect(
-        s.url,
+        servers=s.servers,
         user=s.user,
         password=s.password,
         inbox_prefix=subjects.inbox_prefix(s.user or ""),
@@ -47,11 +48,11 @@ async def remove_edge(nc: NATS, name: str) -> EdgeRemoved:
 
 
 async def connect_edge(
-    server: NatsServer, name: str, seed: str, token: str | None = None, **kw: Any
+    server: NatsServer | NatsCluster, name: str, seed: str, token: str | None = None, **kw: Any
 ) -> NATS:
     """Connect as edge ``name`` over WebSocket; raises what nats-py raises when refused."""
     opts: dict[str, Any] = {
-        "servers": [server.ws_url],
+        "servers": servers_of(server.ws_url),  # one node, or a cluster's
         "name": name,
         "nkeys_seed_str": seed,
         "connect_timeout": 3,

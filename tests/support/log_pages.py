@@ -16,7 +16,7 @@ from nats.aio.client import Client as NATS
 from edgepub.shared import log_lines, subjects
 
 from .edge_bus import add_edge, admin, connect_edge, join_token, new_seed
-from .servers import NatsServer
+from .servers import NatsCluster, NatsServer
 
 ROW_PAD = "x" * 120  # about 200 bytes a row
 
@@ -132,7 +132,7 @@ async def pages_pending(nc: NATS) -> int:
     return (await nc.jetstream().stream_info(subjects.PAGES_STREAM)).state.messages
 
 
-async def join(server: NatsServer, publish_id: int, name: str) -> NATS:
+async def join(server: NatsServer | NatsCluster, publish_id: int, name: str) -> NATS:
     """Add edge ``name`` to the publish and connect as it (its join token, its own key)."""
     nc = await admin(server)
     try:
@@ -142,9 +142,12 @@ async def join(server: NatsServer, publish_id: int, name: str) -> NATS:
     return await connect_edge(server, name, new_seed(), token)
 
 
-async def owner(server: NatsServer) -> NATS:
+async def owner(server: NatsServer | NatsCluster) -> NATS:
     """The publish service's user: reads both streams (what the tests count with)."""
     s = server.settings("publish")
     return await nats.connect(
-        s.url, user=s.user, password=s.password, inbox_prefix=subjects.inbox_prefix("publish")
+        servers=s.servers,
+        user=s.user,
+        password=s.password,
+        inbox_prefix=subjects.inbox_prefix("publish"),
     )

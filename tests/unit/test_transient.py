@@ -64,3 +64,11 @@ def test_past_the_deadline_the_last_failure_is_raised() -> None:
     with pytest.raises(TimeoutError):
         asyncio.run(retry_transient(call, what="x", deadline_s=0.0))
     assert call.calls == 1
+
+
+def test_a_cluster_still_forming_is_waited_out() -> None:
+    forming = nats.js.errors.BadRequestError(
+        code=400, err_code=10005, description="no suitable peers for placement"
+    )
+    call = Flaky(forming, forming)
+    assert asyncio.run(retry_transient(call, what="x")) == "ok" and call.calls == 3
