@@ -41,6 +41,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError
 
 from . import bus
+from .server_clock import ServerClock
 from .transient import retry_transient
 
 log = structlog.get_logger("edgepub.runner")
@@ -156,11 +157,17 @@ class Consumer(Generic[T]):
         self._decode = decoder
         self._handle = handler
         self._dead_letter = dead_letter
-        self._clock = clock
+        # ages are the server's: its stamp on the message against its time now
+        self._server = ServerClock(js._nc, spec.stream, local=clock)
+        self._clock = self._server.now
         self._log = log.bind(consumer=spec.durable)
         self._busy = 0
         self._freed = asyncio.Event()
         self._last: dict[int, BaseException] = {}  # stream seq -> last failure
+
+    def now(self) -> float:
+        """The server's time now (epoch seconds), as message timestamps are."""
+        return self._clock()
 
     def consumer_config(self) -> ConsumerConfig:
         spec = self._spec
@@ -208,6 +215,7 @@ class Consumer(Generic[T]):
 
     async def _pull(self, sub: Any, stop: asyncio.Event, tg: asyncio.TaskGroup) -> None:
         while not stop.is_set():
+            await self._server.refresh()
             free = self._spec.concurrency - self._busy
             if free <= 0:
                 await self._wait_for_slot()

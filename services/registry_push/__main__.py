@@ -73,7 +73,8 @@ def body_for(settings: PushSettings) -> Body:
     async def body(nc: NATS, js: JetStreamContext, stop: asyncio.Event) -> None:
         cache = await asyncio.to_thread(open_cache, js, settings)
         await report_registry(settings)
-        handler = PushHandler(js, cache, settings)
+        # retries count to the deadline by the broker's clock, as the runner does
+        handler = PushHandler(js, cache, settings, clock=lambda: consumer.now())
         consumer = Consumer(
             js, consumer_spec(settings), decode_request, handler, handler.dead_letter
         )

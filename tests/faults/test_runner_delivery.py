@@ -71,10 +71,13 @@ class Bench:
         the_spec: ConsumerSpec,
         handler: Callable[[bytes, Delivery], Awaitable[None]],
         dead_letter: Callable[[bytes, GaveUp], Awaitable[None]] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> AsyncIterator[asyncio.Event]:
         """The consumer, running until the block ends (then stopped, and waited for)."""
         stop = asyncio.Event()
-        consumer = Consumer(self.worker.jetstream(), the_spec, bytes, handler, dead_letter)
+        consumer = Consumer(
+            self.worker.jetstream(), the_spec, bytes, handler, dead_letter, clock=clock
+        )
         async with asyncio.TaskGroup() as tg:
             task = tg.create_task(consumer.run(stop))
             try:
@@ -165,6 +168,36 @@ def test_the_deadline_ends_every_kind_of_failure(nats_server: NatsServer) -> Non
         assert 2 <= gave_up.attempts < 1000
         assert seen.calls("handle") == list(range(1, gave_up.attempts + 1))
         assert gave_up.reason == "OSError: [Errno 28] No space left on device"
+
+    on_bench(nats_server, scenario)
+
+
+@pytest.mark.parametrize("skew_s", [7200.0, -7200.0])
+def test_a_skewed_local_clock_neither_ends_early_nor_extends_the_deadline(
+    nats_server: NatsServer, skew_s: float
+) -> None:
+    """The service's clock two hours off the broker's: the deadline still falls 1 s after
+    the server stored the message (ahead, it would end at the first failure; behind, never)."""
+
+    async def scenario(bench: Bench) -> None:
+        seen = Seen()
+
+        async def handler(data: bytes, d: Delivery) -> None:
+            seen.events.append(("handle", data, d.num_delivered))
+            raise OSError(28, "No space left on device")
+
+        async def dead_letter(data: bytes, gave_up: GaveUp) -> None:
+            seen.gave_up.append((data, gave_up))
+
+        await bench.send(b"skewed")
+        the_spec = spec(max_deliver=1000, deadline_s=1.0)
+        skewed = lambda: time.time() + skew_s  # noqa: E731
+        async with bench.running(the_spec, handler, dead_letter, clock=skewed):
+            await async_wait_for(lambda: seen.gave_up, 20, "the dead letter")
+        [(_, gave_up)] = seen.gave_up
+        assert gave_up.why == "deadline"
+        assert 1.0 <= gave_up.age_s < 10.0, gave_up.age_s
+        assert gave_up.attempts >= 2
 
     on_bench(nats_server, scenario)
 
