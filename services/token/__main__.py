@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import UTC, datetime
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -26,6 +27,7 @@ from edgepub.shared.edge_messages import (
 from edgepub.shared.errors import InvalidRequestError
 from edgepub.shared.runner import Consumer, ConsumerSpec, Delivery
 from edgepub.shared.schemas import PublishRecord, decoder
+from edgepub.shared.server_clock import REFRESH_S, ServerClock
 from edgepub.shared.settings import Env, NatsSettings
 
 from .callout import Callout, serve_callout
@@ -96,7 +98,14 @@ async def body(nc: NATS, js: JetStreamContext, stop: asyncio.Event) -> None:
         jetstream=False,
         wait_s=30.0,
     )
-    svc = TokenService(nc=nc, sys_nc=sys_nc, state=state, settings=settings)
+    # expiry by the broker's clock (it checks each JWT's exp with it), whatever this node's
+    server_clock = ServerClock(nc, f"KV_{subjects.KV_EDGES}")
+    await server_clock.refresh(force=True)
+
+    def now() -> datetime:
+        return datetime.fromtimestamp(server_clock.now(), UTC)
+
+    svc = TokenService(nc=nc, sys_nc=sys_nc, state=state, settings=settings, clock=now)
 
     async def on_publish(record: PublishRecord, delivery: Delivery) -> None:
         if record.status == "Published" and record.replaces:
@@ -108,11 +117,21 @@ async def body(nc: NATS, js: JetStreamContext, stop: asyncio.Event) -> None:
             tg.create_task(rpc.serve(nc, subjects.SERVICE_TOKEN, routes(svc), stop))
             tg.create_task(serve_edges(nc, svc, stop))
             tg.create_task(replaces.run(stop))
+            tg.create_task(_keep_measuring(server_clock, stop))
             # last: tests and `edgepub up` take "auth_callout_serving" as ready
-            tg.create_task(serve_callout(nc, Callout(nc=nc, state=state, settings=settings), stop))
+            callout = Callout(nc=nc, state=state, settings=settings, clock=now)
+            tg.create_task(serve_callout(nc, callout, stop))
     finally:
         with contextlib.suppress(Exception):
             await sys_nc.close()
+
+
+async def _keep_measuring(clock: ServerClock, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        await clock.refresh()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(REFRESH_S):
+                await stop.wait()
 
 
 def main() -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -34,13 +36,14 @@ class Callout:
     nc: NATS
     state: EdgeState
     settings: TokenSettings
+    clock: Callable[[], datetime] = utcnow  # the broker's, which checks the JWT's exp
 
     async def decide(self, req: jwt.AuthRequest) -> Grant | Deny:
         name = edge_name(req)
         for _ in range(MAX_RACES):
             got = await self.state.record(name) if name else None
             record, rev = got if got else (None, 0)
-            decision = authorize(req, record, utcnow(), self.settings)
+            decision = authorize(req, record, self.clock(), self.settings)
             if isinstance(decision, Deny) or not decision.write:
                 return decision
             try:
@@ -53,7 +56,7 @@ class Callout:
         return Deny(reason=f"edge {name!r}: too many concurrent connects")
 
     def answer(self, req: jwt.AuthRequest, decision: Grant | Deny) -> bytes:
-        now = int(utcnow().timestamp())
+        now = int(self.clock().timestamp())
         seed = self.settings.issuer_seed
         if isinstance(decision, Deny):
             claims = jwt.response_claims(

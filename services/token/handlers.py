@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import msgspec
 import structlog
@@ -83,6 +84,7 @@ class TokenService:
     sys_nc: NATS | None  # the system-account connection that kicks; None: kick skipped
     state: EdgeState
     settings: TokenSettings
+    clock: Callable[[], datetime] = utcnow  # the broker's time (__main__ gives a ServerClock)
 
     def bundle(self, record: EdgeRecord, join_token: str | None) -> str:
         return encode_bundle(
@@ -97,7 +99,7 @@ class TokenService:
         )
 
     def info(self, record: EdgeRecord, seen: EdgeSeen | None) -> EdgeInfo:
-        return edge_info(record, seen, utcnow(), self.settings, self.bundle(record, None))
+        return edge_info(record, seen, self.clock(), self.settings, self.bundle(record, None))
 
     # --- SDK users ---------------------------------------------------------------------------
 
@@ -108,7 +110,7 @@ class TokenService:
         assignment = assignment_of(publish)
         cpus, memory = resources_of(publish.engine_config)
         token = str(uuid.UUID(bytes=secrets.token_bytes(16), version=4))
-        now = utcnow()
+        now = self.clock()
         record = EdgeRecord(
             id=str(uuid.uuid4()),
             name=req.name,
@@ -158,7 +160,7 @@ class TokenService:
                 )
             record, rev = got
             tombstone = msgspec.structs.replace(
-                record, state="revoked", revoked_at=utcnow(), public_key=None
+                record, state="revoked", revoked_at=self.clock(), public_key=None
             )
             try:
                 await self.state.records.update(record_key(req.name), tombstone, revision=rev)
@@ -237,7 +239,7 @@ class TokenService:
     async def heartbeat(self, edge: str, beat: Heartbeat) -> HeartbeatReply:
         record, _ = await self._joined(edge)
         seen = EdgeSeen(
-            at=utcnow(),
+            at=self.clock(),
             status=beat.status,
             running_publish_id=beat.running_publish_id,
             running_version=beat.running_version,
@@ -252,7 +254,7 @@ class TokenService:
     async def renew(self, edge: str, req: RenewRequest) -> RenewReply:
         while True:
             record, rev = await self._joined(edge)
-            changed = renewed(record, utcnow(), self.settings)
+            changed = renewed(record, self.clock(), self.settings)
             if changed is None or changed.credential_expires_at is None:
                 raise NotAuthorizedError(f"edge {edge!r}: credential expired; it cannot renew")
             try:
