@@ -34,6 +34,7 @@ from .pages import CorruptPage, Page, parse
 log = structlog.get_logger("edgepub.log_collector")
 
 MAX_CONFLICTS = 8  # rounds in a row a page's batch was refused before the page is naked
+APPEND_RETRY_S = 20.0  # a round retries unanswered reads and commits this long (< ack wait)
 
 # --- the queues: each edge's pages in hand, in fetch order, one drainer per edge --------
 #
@@ -153,9 +154,15 @@ class Collector:
             await asyncio.sleep(decisions.wait_delay(attempt))
 
     async def _round(self, edge: str, pending: Callable[[], list[Entry]]) -> None:
-        """Settle what one atomic batch (or none) can of ``edge``'s queued pages."""
+        """Settle what one atomic batch (or none) can of ``edge``'s queued pages.
+
+        A watermark read or a commit that gets no answer (a node died, a leader moves) is
+        tried again here, the pages kept in their queue and in their order, for up to
+        APPEND_RETRY_S: naking them would send the edge's pages back to the stream out of
+        order, and every later page would then wait for its turn to come round again."""
         async with self._open:  # the queue grows while a batch slot is awaited
             fresh = edge not in self._marks
+            failing_since: float | None = None
             while True:
                 entries = pending()
                 if not entries:
@@ -163,9 +170,11 @@ class Collector:
                 try:
                     mark = await self._mark(edge, fresh=fresh)
                 except AppendFailed as exc:
-                    for entry in entries:
-                        entry.fail(self._retry(str(exc), exc))
-                    return
+                    failing_since = await self._failed(edge, entries, exc, failing_since)
+                    if failing_since is None:
+                        return
+                    fresh = True
+                    continue
                 g = decisions.group(
                     mark.last_seq,
                     [e.page.range for e in entries],
@@ -175,29 +184,30 @@ class Collector:
                 )
                 for i in g.covered:
                     self._covered(entries[i], mark)
-                if g.members:
+                if not g.members:
+                    if g.waiting and not fresh:
+                        fresh = True  # remembered marks lag: look at the stream's first
+                        continue
+                    for i, wait in g.waiting:
+                        entries[i].settle(wait)
+                    return
+                members = [entries[m.index] for m in g.members]
+                parts = [
+                    (e.page, decisions.cut(e.page.seqs, m.after))
+                    for e, m in zip(members, g.members, strict=True)
+                ]
+                try:
+                    new = await self._appender.append(edge, parts, mark, g.watermark)
                     break
-                if g.waiting and not fresh:
-                    fresh = True  # remembered marks lag: look at the stream's before waiting
-                    continue
-                for i, wait in g.waiting:
-                    entries[i].settle(wait)
-                return
-            members = [entries[m.index] for m in g.members]
-            parts = [
-                (e.page, decisions.cut(e.page.seqs, m.after))
-                for e, m in zip(members, g.members, strict=True)
-            ]
-            try:
-                new = await self._appender.append(edge, parts, mark, g.watermark)
-            except Conflict as exc:
-                self._refused(edge, members, exc)
-                return
-            except AppendFailed as exc:
-                self._marks.pop(edge, None)  # stored or not: the stream will say
-                for entry in members:
-                    entry.fail(self._retry(str(exc), exc))
-                return
+                except Conflict as exc:
+                    self._refused(edge, members, exc)
+                    return
+                except AppendFailed as exc:
+                    self._marks.pop(edge, None)  # stored or not: the stream will say
+                    failing_since = await self._failed(edge, members, exc, failing_since)
+                    if failing_since is None:
+                        return
+                    fresh = True
         self._marks[edge] = new
         for (page, start), m in zip(parts, g.members, strict=True):
             log.debug(
@@ -211,6 +221,21 @@ class Collector:
             )
             entries[m.index].settle(None)
         log.debug("batch_appended", edge=edge, pages=len(parts), watermark=g.watermark)
+
+    async def _failed(
+        self, edge: str, entries: list[Entry], exc: AppendFailed, since: float | None
+    ) -> float | None:
+        """After a failed read or commit: wait a little and go on (the time failing began),
+        or, failing for APPEND_RETRY_S, hand the pages back to the stream (None)."""
+        now = time.monotonic()
+        since = now if since is None else since
+        if now - since >= APPEND_RETRY_S:
+            for entry in entries:
+                entry.fail(self._retry(str(exc), exc))
+            return None
+        log.info("append_unanswered", edge=edge, pages=len(entries), error=str(exc)[:200])
+        await asyncio.sleep(min(1.0, 0.1 * 2 ** min(int(now - since), 4)))
+        return since
 
     def _covered(self, entry: Entry, mark: Mark) -> None:
         page = entry.page
