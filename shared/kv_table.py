@@ -10,12 +10,14 @@ from collections.abc import AsyncIterator
 from typing import Generic, TypeVar
 
 import msgspec
+import nats.errors
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from .schemas import decoder, encode
 
 R = TypeVar("R", bound=msgspec.Struct)
+LATE_ENTRIES_S = 0.25  # see scan_items
 
 
 class Conflict(Exception):
@@ -62,10 +64,25 @@ class Table(Generic[R]):
         """(key, record) for every live key matching ``key_filter``, now."""
         watcher = await self._kv.watch(key_filter, ignore_deletes=True)
         try:
+            seen = 0
             async for entry in watcher:
                 if entry is None:  # end of the initial values
                     break
+                seen += 1
                 if entry.value:
                     yield entry.key, self._dec.decode(entry.value)
+            if seen == 0:
+                # nats-py says "no initial values" when the server had already sent them
+                # all but none was read yet (consumer info: nothing pending, nothing
+                # received): what is on its way still arrives, moments later
+                while True:
+                    try:
+                        late = await watcher.updates(timeout=LATE_ENTRIES_S)  # type: ignore[no-untyped-call]
+                    except (TimeoutError, nats.errors.TimeoutError):
+                        break
+                    if late is None:
+                        break
+                    if late.value:
+                        yield late.key, self._dec.decode(late.value)
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]

@@ -158,7 +158,7 @@ class Consumer(Generic[T]):
         self._handle = handler
         self._dead_letter = dead_letter
         # ages are the server's: its stamp on the message against its time now
-        self._server = ServerClock(js._nc, spec.stream, local=clock)
+        self._server = ServerClock(getattr(js, "_nc", None), spec.stream, local=clock)
         self._clock = self._server.now
         self._log = log.bind(consumer=spec.durable)
         self._busy = 0

@@ -39,7 +39,9 @@ def parse_ts(text: str) -> float:
 
 
 class ServerClock:
-    def __init__(self, nc: NATS, stream: str, *, local: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, nc: NATS | None, stream: str, *, local: Callable[[], float] = time.time
+    ) -> None:
         self._nc = nc
         self._stream = stream
         self._local = local
@@ -52,7 +54,7 @@ class ServerClock:
     async def refresh(self, *, force: bool = False) -> None:
         """Measure the offset again if it is older than REFRESH_S (never raises: a broker
         away keeps the last offset)."""
-        if not force and time.monotonic() - self._measured_at < REFRESH_S:
+        if self._nc is None or (not force and time.monotonic() - self._measured_at < REFRESH_S):
             return
         sent = self._local()
         try:
