@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import random
 import time
 from typing import Any
 
@@ -31,7 +30,7 @@ from . import objects, subjects
 from .errors import ConfigError, NotAuthorizedError, ServiceUnavailableError
 from .logs import register_secret
 from .settings import Env, NatsSettings
-from .transient import TRANSIENT
+from .transient import TRANSIENT, backoff
 
 log = structlog.get_logger("edgepub.bus")
 
@@ -121,13 +120,13 @@ async def connect(
                     f"NATS at {settings.url} refused user {who!r}: wrong user or password; "
                     "check EDGEPUB_NATS_USER/EDGEPUB_NATS_PASSWORD (or the stack's stack.json)"
                 ) from None
-            if time.monotonic() + _backoff(attempt) >= deadline:
+            if time.monotonic() + backoff(attempt, cap=1.0) >= deadline:
                 raise ServiceUnavailableError(
                     f"cannot reach NATS at {settings.url} as {who!r} within {wait_s:g}s: "
                     f"{type(exc).__name__}: {exc}; is the stack running (edgepub up), "
                     "or is EDGEPUB_NATS_URL right?"
                 ) from None
-            await asyncio.sleep(_backoff(attempt))
+            await asyncio.sleep(backoff(attempt, cap=1.0))
             attempt += 1
     if jetstream and not nc._server_info.get("jetstream"):
         await nc.close()
@@ -140,10 +139,6 @@ async def connect(
     nc.options["max_reconnect_attempts"] = -1
     callbacks.nc = nc
     return nc
-
-
-def _backoff(attempt: int) -> float:
-    return float(min(1.0, 0.1 * 2**attempt) * random.uniform(0.8, 1.2))
 
 
 # --- what the publish service owns, as data: every stream and bucket is bounded ----------
