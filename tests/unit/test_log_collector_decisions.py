@@ -126,19 +126,25 @@ def _split(lines: list[bytes], rng: random.Random) -> list[list[bytes]]:
     return out
 
 
+def deliveries(log: list[tuple[int, bytes]], rng: random.Random) -> list[list[bytes]]:
+    """An edge's pages as a stream may hold them: paged once, paged again from somewhere
+    after a restart (its watermark lagged), maybe twice, some redelivered, all shuffled."""
+    lines = [b for _, b in log]
+    delivered = _split(lines, rng)
+    for _ in range(rng.randint(0, 2)):
+        delivered += _split(lines[rng.randrange(len(lines)) :], rng)
+    delivered += rng.sample(delivered, k=min(3, len(delivered)))  # redeliveries
+    rng.shuffle(delivered)
+    return delivered
+
+
 @settings(max_examples=300, deadline=None)
 @given(edge_logs(), st.integers(0, 2**32))
 def test_any_delivery_order_appends_every_line_once_in_order(
     log: list[tuple[int, bytes]], seed: int
 ) -> None:
     rng = random.Random(seed)
-    lines = [b for _, b in log]
-    delivered = _split(lines, rng)
-    # the edge restarted and paged again from somewhere (its watermark lagged), maybe twice
-    for _ in range(rng.randint(0, 2)):
-        delivered += _split(lines[rng.randrange(len(lines)) :], rng)
-    delivered += rng.sample(delivered, k=min(3, len(delivered)))  # redeliveries
-    rng.shuffle(delivered)
+    delivered = deliveries(log, rng)
     queue = deque(page_of(p) for p in delivered)
     watermark, got, steps = 0, [], 0
     while queue:

@@ -10,7 +10,7 @@ from collections import deque
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_log_collector_decisions import _split, edge_logs, page_of
+from test_log_collector_decisions import deliveries, edge_logs, page_of
 
 from edgepub.services.log_collector import decisions
 from edgepub.services.log_collector.config import CollectorSettings
@@ -91,12 +91,7 @@ def test_any_delivery_order_grouped_appends_every_line_once_in_order(
     log: list[tuple[int, bytes]], seed: int, max_pages: int
 ) -> None:
     rng = random.Random(seed)
-    lines = [b for _, b in log]
-    delivered = _split(lines, rng)
-    for _ in range(rng.randint(0, 2)):
-        delivered += _split(lines[rng.randrange(len(lines)) :], rng)
-    delivered += rng.sample(delivered, k=min(3, len(delivered)))
-    rng.shuffle(delivered)
+    delivered = deliveries(log, rng)
     arriving = deque(page_of(p) for p in delivered)
     queue: list = []
     watermark, got, rounds = 0, [], 0
