@@ -13,6 +13,7 @@ from nats.js.api import DeliverPolicy
 from edgepub.shared import subjects
 from edgepub.shared.log_lines import GapLine, decode_line, split_lines
 
+from .edge_bus import admin
 from .servers import NatsServer
 
 
@@ -35,13 +36,7 @@ class OpsLog:
 
 
 async def _read(server: NatsServer, filter_subject: str) -> OpsLog:
-    s = server.settings()
-    nc = await nats.connect(
-        servers=s.servers,
-        user=s.user,
-        password=s.password,
-        inbox_prefix=subjects.inbox_prefix(s.user or ""),
-    )
+    nc = await admin(server)  # the SDK user: a reader of the pipeline log
     out = OpsLog()
     try:
         js = nc.jetstream()
