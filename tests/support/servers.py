@@ -54,7 +54,14 @@ def nats_handshake(
             opts.update(user=user, **{"pass": password or ""})
         f.write(b"CONNECT " + json.dumps(opts).encode() + b"\r\nPING\r\n")
         f.flush()
-        return f.readline().decode(errors="replace").strip()
+        while True:
+            line = f.readline().decode(errors="replace").strip()
+            if line != "PING":
+                return line
+            # the server pings a client that has said nothing for a while (its first ping
+            # comes at about 1 s, before a pending auth callout times out at 2 s): answer it
+            f.write(b"PONG\r\n")
+            f.flush()
 
 
 class ServerProcess:
