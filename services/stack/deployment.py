@@ -69,7 +69,7 @@ def node_file(index: int) -> str:
 
 
 def env_file(service: str) -> str:
-    return f"env/{service}.env"
+    return f"{service}.env"  # flat: a Kubernetes Secret key has no "/"
 
 
 def nats_node_config(creds: config.StackCredentials, topo: Topology, index: int) -> str:
