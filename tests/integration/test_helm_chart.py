@@ -36,6 +36,7 @@ NAMESPACE = "edgepub-ops"
 RELEASE = "edgepub"
 SECRET = "edgepub-config"
 K8S_VERSION = "1.31.0"
+TARGET = ("-n", NAMESPACE, "--kube-version", K8S_VERSION)  # helm template's cluster
 SERVICE_CHECK = ["python3", "/opt/edgepub/healthcheck.py"]  # deploy/services/Dockerfile
 NOT_MOUNTED = {"credentials.json", "stack.json"}  # the render's own and the SDK login
 
@@ -80,9 +81,7 @@ def values_file(tmp_path: Path, values: Mapping[str, Any]) -> Path:
 
 
 def template(tmp_path: Path, values: Mapping[str, Any], chart: Path = CHART) -> list[Any]:
-    out = helm(
-        "template", RELEASE, str(chart), "-n", NAMESPACE, "-f", str(values_file(tmp_path, values))
-    )
+    out = helm("template", RELEASE, str(chart), *TARGET, "-f", str(values_file(tmp_path, values)))
     assert out.returncode == 0, out.stderr
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
@@ -148,7 +147,8 @@ def rendered_config(tmp_path: Path, values: Mapping[str, Any]) -> dict[str, str]
 
 def test_lint_strict(tmp_path: Path) -> None:
     for values in VALUE_SETS.values():
-        out = helm("lint", "--strict", str(CHART), "-f", str(values_file(tmp_path, values)))
+        values_path = str(values_file(tmp_path, values))
+        out = helm("lint", "--strict", str(CHART), "--kube-version", K8S_VERSION, "-f", values_path)
         assert out.returncode == 0, out.stdout + out.stderr
         assert "0 chart(s) failed" in out.stdout
         assert "[WARNING]" not in out.stdout and "[ERROR]" not in out.stdout, out.stdout
@@ -472,8 +472,6 @@ def test_value_defaults_are_the_codes_defaults(tmp_path: Path) -> None:
     ],
 )
 def test_bad_values_are_refused(tmp_path: Path, values: dict[str, Any], message: str) -> None:
-    out = helm(
-        "template", RELEASE, str(CHART), "-n", NAMESPACE, "-f", str(values_file(tmp_path, values))
-    )
+    out = helm("template", RELEASE, str(CHART), *TARGET, "-f", str(values_file(tmp_path, values)))
     assert out.returncode != 0
     assert message in out.stderr, out.stderr
