@@ -227,6 +227,7 @@ def log_stream_configs(
             duplicate_window=limits.pages_duplicate_window_s,
             storage=StorageType.FILE,
             num_replicas=replicas,
+            allow_direct=True,  # the collector reads ahead for a page stored out of turn
         ),
         StreamConfig(
             name=subjects.LOGS_STREAM,

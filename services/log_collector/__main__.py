@@ -33,6 +33,7 @@ def consumer_spec(settings: CollectorSettings) -> ConsumerSpec:
         filter_subjects=(subjects.PAGES_SUBJECTS,),
         ack_wait_s=settings.ack_wait_s,
         concurrency=settings.concurrency,
+        max_ack_pending=settings.max_ack_pending,
         batch=settings.batch,
         max_deliver=NEVER,
         retry_max_s=5.0,

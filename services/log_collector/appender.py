@@ -81,6 +81,16 @@ class _Ack(msgspec.Struct):
 _ack = msgspec.json.Decoder(_Ack)
 
 
+@dataclass(frozen=True, slots=True)
+class Raw:
+    """A message of the pages stream as a direct get returns it."""
+
+    stream_seq: int
+    subject: str
+    headers: dict[str, str]
+    body: bytes
+
+
 class Appender:
     def __init__(self, nc: NATS, js: JetStreamContext, *, timeout_s: float) -> None:
         self._nc = nc
@@ -105,6 +115,25 @@ class Appender:
             # Only this service writes watermarks: a bad one is a bug to look at, not a page's.
             raise AppendFailed(f"the watermark of {edge!r} does not decode: {exc}") from exc
         return Mark(stream_seq=msg.seq or 0, last_seq=body.last_seq)
+
+    async def next_page(self, subject: str, after: int) -> Raw | None:
+        """The first message on ``subject`` of the pages stream past stream sequence
+        ``after`` (a direct get: nothing is consumed), or None when there is none."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                msg = await self._js.get_msg(
+                    subjects.PAGES_STREAM, seq=after + 1, subject=subject, next=True, direct=True
+                )
+        except NotFoundError:
+            return None
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise AppendFailed(f"reading ahead on {subject}: {exc!r}") from exc
+        return Raw(
+            stream_seq=msg.seq or 0,
+            subject=msg.subject or subject,
+            headers=dict(msg.headers or {}),
+            body=msg.data or b"",
+        )
 
     async def append(
         self, edge: str, parts: Sequence[tuple[Page, int]], mark: Mark, watermark: int

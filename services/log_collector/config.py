@@ -34,6 +34,8 @@ class CollectorSettings(msgspec.Struct, frozen=True, kw_only=True):
     # Most atomic batches in flight at once in this process. nats-server keeps at most 50
     # open per stream: keep the sum over collector processes under it.
     open_batches: int = 16
+    # Pages unacked at once on the durable consumer, over every collector process.
+    max_ack_pending: int = 1000
     ack_wait_s: float = 30.0
     append_timeout_s: float = 5.0  # one watermark read or one commit's answer
     wait_hold_s: float = 2.0  # a page ahead of its edge's watermark waits here this long ...
@@ -49,6 +51,7 @@ class CollectorSettings(msgspec.Struct, frozen=True, kw_only=True):
             batch=env.integer("EDGEPUB_COLLECTOR_BATCH", d.batch),
             batch_pages=env.integer("EDGEPUB_COLLECTOR_BATCH_PAGES", d.batch_pages),
             open_batches=env.integer("EDGEPUB_COLLECTOR_OPEN_BATCHES", d.open_batches),
+            max_ack_pending=env.integer("EDGEPUB_COLLECTOR_MAX_ACK_PENDING", d.max_ack_pending),
             ack_wait_s=env.number("EDGEPUB_ACK_WAIT_S", d.ack_wait_s),
             append_timeout_s=env.number("EDGEPUB_COLLECTOR_APPEND_TIMEOUT_S", d.append_timeout_s),
             wait_hold_s=env.number("EDGEPUB_COLLECTOR_WAIT_HOLD_S", d.wait_hold_s),
@@ -64,6 +67,10 @@ class CollectorSettings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError(
                 f"EDGEPUB_COLLECTOR_CONCURRENCY={self.concurrency} must be 1..1000 (pages in "
                 "hand; the durable consumer lets 1000 be unacked at once)"
+            )
+        if self.max_ack_pending < 1:
+            raise ConfigError(
+                f"EDGEPUB_COLLECTOR_MAX_ACK_PENDING={self.max_ack_pending} must be at least 1"
             )
         if self.batch < 1:
             raise ConfigError(f"EDGEPUB_COLLECTOR_BATCH={self.batch} must be at least 1")

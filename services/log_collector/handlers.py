@@ -35,6 +35,12 @@ log = structlog.get_logger("edgepub.log_collector")
 
 MAX_CONFLICTS = 8  # rounds in a row a page's batch was refused before the page is naked
 APPEND_RETRY_S = 20.0  # a round retries unanswered reads and commits this long (< ack wait)
+# A page still waiting for an earlier one after this many looks (~0.35 s) reads its edge's
+# pages stream ahead of itself for the pages that fill the hole (``_read_ahead``).
+READ_AHEAD_AFTER = 4
+READ_AHEAD_PAGES = 512
+READ_AHEAD_EVERY_S = 1.0
+READ_AHEAD_BYTES = 64 * 1024 * 1024
 
 # --- the queues: each edge's pages in hand, in fetch order, one drainer per edge --------
 #
@@ -90,15 +96,25 @@ class EdgeQueues:
     async def submit(self, page: Page) -> Outcome:
         """Queue the page for its edge and wait for its outcome (Retry and other failures
         are raised)."""
+        entry = self._enqueue(page)
+        try:
+            return await entry.done
+        finally:
+            entry.done.cancel()  # a no-op once settled; else the drainer skips it
+
+    def offer(self, page: Page) -> None:
+        """Queue a page no handler holds (read ahead from the stream): appended like the
+        rest, its outcome kept by nobody; its own delivery finds it covered later."""
+        entry = self._enqueue(page)
+        entry.done.add_done_callback(_unwatched)
+
+    def _enqueue(self, page: Page) -> Entry:
         entry = Entry(page=page, done=asyncio.get_running_loop().create_future())
         state = self._edges.setdefault(page.edge, _Edge())
         state.entries.append(entry)
         if state.drainer is None:
             state.drainer = asyncio.create_task(self._drain(page.edge, state))
-        try:
-            return await entry.done
-        finally:
-            entry.done.cancel()  # a no-op once settled; else the drainer skips it
+        return entry
 
     async def _drain(self, edge: str, state: _Edge) -> None:
         try:
@@ -117,6 +133,11 @@ class EdgeQueues:
                 del self._edges[edge]
 
 
+def _unwatched(done: asyncio.Future[Outcome]) -> None:
+    if not done.cancelled():
+        done.exception()  # read, so asyncio does not report it as never retrieved
+
+
 class Collector:
     def __init__(self, appender: Appender, settings: CollectorSettings) -> None:
         self._appender = appender
@@ -124,6 +145,8 @@ class Collector:
         self._marks: dict[str, Mark] = {}
         self._queues = EdgeQueues(self._round)
         self._open = asyncio.Semaphore(settings.open_batches)
+        self._looking: set[str] = set()  # edges whose pages stream is being read ahead
+        self._looked: dict[str, tuple[int, float]] = {}  # edge -> (hole, no look before)
 
     async def handle(self, body: bytes, delivery: Delivery) -> None:
         try:
@@ -137,6 +160,9 @@ class Collector:
             if waiting is None:
                 return
             attempt += 1
+            if attempt == READ_AHEAD_AFTER:
+                await self._read_ahead(page, delivery, waiting)
+                continue
             if time.monotonic() >= deadline:
                 log.info(
                     "page_waiting",
@@ -152,6 +178,59 @@ class Collector:
                     delay=self._settings.wait_retry_s,
                 )
             await asyncio.sleep(decisions.wait_delay(attempt))
+
+    async def _read_ahead(self, page: Page, delivery: Delivery, hole: decisions.Wait) -> None:
+        """Queue the pages of ``page``'s edge that fill the hole before it, read from the
+        pages stream itself.
+
+        The pages a hole waits for are in the stream, unacked (a work queue keeps nothing
+        else), but may not come soon: a page the edge sent again (its first try got no
+        ack) is stored behind the pages sent after it, and a page another collector gave
+        back sits in nak backoff. Meanwhile the pages after the hole wait in the
+        collectors' hands, and once they are as many as the consumer's max_ack_pending
+        nothing new is delivered at all. So a page that has waited reads its edge's
+        subject from the start (direct gets: nothing consumed, at most READ_AHEAD_PAGES
+        messages and READ_AHEAD_BYTES, once per hole per READ_AHEAD_EVERY_S) and queues
+        what fills the hole; the server's check of the append keeps it exactly once."""
+        edge = page.edge
+        now = time.monotonic()
+        last = self._looked.get(edge)
+        if edge in self._looking or (last and last[0] == hole.missing_from and now < last[1]):
+            return  # one look at a time per edge, one per hole for a while
+        self._looking.add(edge)
+        self._looked[edge] = (hole.missing_from, now + READ_AHEAD_EVERY_S)
+        want_from, want_to = hole.missing_from, hole.missing_to
+        after, scanned, read, found = 0, 0, 0, 0
+        try:
+            while scanned < READ_AHEAD_PAGES and read < READ_AHEAD_BYTES:
+                raw = await self._appender.next_page(delivery.subject, after)
+                if raw is None:
+                    break
+                after, scanned, read = raw.stream_seq, scanned + 1, read + len(raw.body)
+                try:
+                    ahead = parse(raw.subject, raw.headers, raw.body)
+                except CorruptPage:
+                    continue  # its own delivery drops it with the reason
+                if ahead.range.end < want_from or ahead.range.reach > want_to:
+                    continue
+                self._queues.offer(ahead)
+                found += 1
+                if ahead.range.reach <= want_from:
+                    want_from = ahead.range.end + 1
+                    if want_from > want_to:
+                        break
+        except AppendFailed as exc:
+            log.info("read_ahead_failed", edge=edge, error=str(exc)[:200])
+        finally:
+            self._looking.discard(edge)
+        log.info(
+            "pages_read_ahead",
+            edge=edge,
+            missing_from=hole.missing_from,
+            missing_to=hole.missing_to,
+            scanned=scanned,
+            found=found,
+        )
 
     async def _round(self, edge: str, pending: Callable[[], list[Entry]]) -> None:
         """Settle what one atomic batch (or none) can of ``edge``'s queued pages.

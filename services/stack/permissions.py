@@ -217,7 +217,8 @@ def edge(name: str) -> Permissions:
 
 def log_collector(user: str = "log-collector") -> Permissions:
     """Takes pages from its durable consumer on the pages stream, appends them and the
-    edges' watermarks to the pipeline log, and reads watermarks back (direct get). It may
+    edges' watermarks to the pipeline log, reads watermarks back and pages ahead (direct
+    get). It may
     not create, change or delete a stream, write pages, or read any bucket."""
     return Permissions(
         publish_allow=_unique(
@@ -226,6 +227,8 @@ def log_collector(user: str = "log-collector") -> Permissions:
                 f"{subjects.LOGS_ROOT}.>",
                 f"{subjects.WATERMARK_ROOT}.>",
                 *stream_reader(subjects.LOGS_STREAM),
+                # reads ahead on an edge's subject for a page stored behind its successors
+                _api("DIRECT", "GET", subjects.PAGES_STREAM),
             )
         ),
         subscribe_allow=_inbox(user),

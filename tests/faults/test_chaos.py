@@ -17,17 +17,6 @@ from support.servers import RegistryServer
 
 pytestmark = pytest.mark.timeout(600)
 
-# What this test found and is not fixed yet (issue 11): after an edge re-sends pages past
-# the duplicate window, the pages stream can hold a page's first copy behind later pages of
-# the same edge; those wait in the collectors' hands and in nak backoff, fill the
-# consumer's max_ack_pending, and the page they wait for is delivered only as they cycle:
-# the drain slows to ~100 rows/s and may outlast the test (every row does arrive: no loss
-# was seen). The fix planned: a page ahead of a hole reads the hole's page from the pages
-# stream itself (direct get by subject) instead of waiting for its delivery.
-SLOW_DRAIN = "collector drain can livelock behind out-of-order re-sent pages (see above)"
-
-
-@pytest.mark.xfail(reason=SLOW_DRAIN, strict=False, raises=AssertionError)
 def test_chaos_every_row_once_every_publish_ended(tmp_path: Path, registry: RegistryServer) -> None:
     seed = int(os.environ.get("EDGEPUB_CHAOS_SEED") or random.randrange(2**32))
     print(f"chaos seed {seed} (EDGEPUB_CHAOS_SEED={seed} replays it)")

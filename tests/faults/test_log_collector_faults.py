@@ -129,6 +129,45 @@ def test_a_replay_past_the_window_is_refused_and_counted(
     asyncio.run(main())
 
 
+def test_a_page_stored_behind_its_successors_is_read_ahead_not_waited_for(
+    nats_server: NatsServer, ops: OpsServices, publish_id: int
+) -> None:
+    """An edge's first pages reach the stream only after 40 of its later ones (their first
+    try got no ack; the edge sent them again). The consumer lets 8 pages be unacked, the
+    collector holds 8: the later pages fill every slot waiting for the first, which is
+    never delivered. The collector reads the edge's subject ahead of a waiting page and
+    appends the first pages from there; their own deliveries later find them covered."""
+    col = ops["log_collector"]
+    col.terminate()
+
+    async def main() -> None:
+        edge = await join(nats_server, publish_id, "shop-b")
+        nc = await owner(nats_server)
+        try:
+            await log_pages.ship(edge, "shop-b", 101, 2100, size=50)  # 40 pages
+            await log_pages.ship(edge, "shop-b", 1, 100, size=50)  # the 2 they wait for
+            ops.start(
+                "log_collector",
+                env=collector_env(
+                    EDGEPUB_COLLECTOR_CONCURRENCY="8", EDGEPUB_COLLECTOR_MAX_ACK_PENDING="8"
+                ),
+            )
+            got = await log_pages.wait_rows(nc, 2100, within_s=60)
+            got.assert_exactly_once({"shop-b": 2100})
+            assert got.watermarks == {"shop-b": 2100}
+
+            async def drained() -> bool:
+                return await log_pages.pages_pending(nc) == 0
+
+            await async_wait_for(drained, 30, "every page acked")
+            assert ops["log_collector"].count_events("pages_read_ahead") >= 1
+        finally:
+            await edge.close()
+            await nc.close()
+
+    asyncio.run(main())
+
+
 def test_two_collectors_three_edges_at_once(
     nats_server: NatsServer, ops: OpsServices, publish_id: int
 ) -> None:

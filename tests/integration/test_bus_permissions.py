@@ -12,6 +12,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import StreamConfig
+from nats.js.errors import NotFoundError
 
 from edgepub.shared import bus, objects, subjects
 from support.servers import NatsServer
@@ -285,8 +286,22 @@ def test_log_collector_appends_logs_but_writes_no_page_and_reads_no_bucket(
                 subjects.LOGS_STREAM, subjects.watermark("e1"), direct=True
             )
             assert got.data == b'{"edge":"e1","last_seq":1}'
+            # ... and pages read ahead on an edge's subject (a direct get consumes nothing;
+            # the server answers "none there", not a permissions violation)
+            with pytest.raises(NotFoundError):
+                await col.js.get_msg(
+                    subjects.PAGES_STREAM,
+                    seq=1,
+                    subject=subjects.edge_subject("e1", subjects.EDGE_LOGS),
+                    next=True,
+                    direct=True,
+                )
             assert col.errors == []
             # and nothing more
+            await col.refused(
+                "$JS.API.DIRECT.GET.KV_edgepub_edges",
+                lambda: col.js.get_msg("KV_edgepub_edges", seq=1, direct=True),
+            )
             await col.publish_refused(subjects.edge_subject("e1", subjects.EDGE_LOGS))
             await col.publish_refused(subjects.PUBLISH_REQUESTED)
             await col.publish_refused(f"$KV.{subjects.KV_EDGES}.e1", b"forged")

@@ -217,6 +217,9 @@ def test_the_log_collector_may_append_logs_and_nothing_else() -> None:
     allowed = set(perms.publish_allow)
     assert {"edgepub.logs.>", "edgepub.wm.>"} <= allowed
     assert "$JS.API.DIRECT.GET.EDGEPUB_LOGS.>" in allowed
+    # pages are read ahead by sequence (the payload form), never by a subject in the API's
+    assert "$JS.API.DIRECT.GET.EDGEPUB_EDGE_PAGES" in allowed
+    assert "$JS.API.DIRECT.GET.EDGEPUB_EDGE_PAGES.>" not in allowed
     assert "$JS.API.CONSUMER.MSG.NEXT.EDGEPUB_EDGE_PAGES.log-collector" in allowed
     assert "$JS.ACK.EDGEPUB_EDGE_PAGES.log-collector.>" in allowed
     assert not any(x.startswith(("edgepub.edge", "$KV.", "$O.")) for x in allowed)
