@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a development/CI machine from nothing but Python, pip and apt:
-# system packages (the CNCF registry, wrk), a virtualenv in .venv, edgepub with its dev extras.
+# system packages (the CNCF registry, wrk), a virtualenv in .venv, edgepub with its dev extras
+# from deploy/requirements-dev.lock (pinned, with hashes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,8 +20,11 @@ if [ ! -x .venv/bin/python ]; then
     echo "==> creating .venv"
     python3 -m venv .venv
 fi
-echo "==> installing edgepub into .venv"
-.venv/bin/python -m pip install -q --upgrade pip setuptools >/dev/null
+echo "==> installing edgepub into .venv (deploy/requirements-dev.lock)"
+# Every dependency, the build backend (setuptools) too, at the version and hash the lock
+# pins: a fresh machine installs what was tested. The lock's header says how to remake it.
+.venv/bin/python -m pip install -q --require-hashes -r deploy/requirements-dev.lock
 # strict editable mode: a link tree that mypy and pytest both resolve as the `edgepub` package
-.venv/bin/python -m pip install -q -e '.[dev]' --config-settings editable_mode=strict
+.venv/bin/python -m pip install -q --no-deps --no-build-isolation -e . \
+    --config-settings editable_mode=strict
 echo "==> ready: $(.venv/bin/edgepub --version 2>/dev/null || echo edgepub)"
