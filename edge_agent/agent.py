@@ -12,13 +12,14 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
 import structlog
 
-from edgepub.shared.edge_messages import Assignment, Heartbeat
+from edgepub.shared.edge_messages import Assignment, Heartbeat, SwapFailed
 from edgepub.shared.errors import (
     ConfigError,
     DigestMismatchError,
@@ -325,15 +326,31 @@ class Agent:
         return self.swapper.running
 
     def heartbeat(self) -> Heartbeat:
-        """What this edge tells Ops on each beat."""
+        """What this edge tells Ops on each beat: the traffic figures cover the time since
+        the previous beat (each call starts a new window)."""
         running = self.running
         status = "serving" if self.service.ready else f"waiting: {self.service.waiting_reason}"
+        swapper = self.swapper
+        since = swapper.running_since
+        failure, wanted = swapper.failure, swapper.assignment
+        failed = None
+        if failure is not None and wanted is not None and failure.publish_id == wanted.publish_id:
+            failed = SwapFailed(
+                publish_id=failure.publish_id,
+                reason=failure.reason[:256],
+                attempts=failure.attempts,
+                for_s=max(time.monotonic() - failure.first_at, 0.0),
+            )
         return Heartbeat(
             status=status[:256],
             running_publish_id=running.publish_id if running else None,
             running_version=running.pipeline_version if running else None,
             agent_version=VERSION,
             backlog=self.sqlite_log.backlog if self.sqlite_log else None,
+            running_for_s=None if since is None else max(time.monotonic() - since, 0.0),
+            traffic=self.metrics.window.take(),
+            log=self.sqlite_log.report() if self.sqlite_log else None,
+            failed=failed,
         )
 
     def status(self) -> dict[str, Any]:

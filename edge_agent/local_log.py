@@ -31,7 +31,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 import structlog
+
+from edgepub.shared.edge_messages import LogReport
 
 from .config import DEFAULT_LOG_STORAGE, MIN_LOG_STORAGE
 from .inference_log import InferenceEvent
@@ -101,6 +104,10 @@ class SqliteLog:
         self._store_acks: asyncio.Task[None] | None = None
         self._retry_at = 0.0
         self._watermark = self._last_seq = self._backlog = self._file_bytes = 0
+        self._used_bytes = 0
+        self._oldest_ms: int | None = None  # when the oldest unacked row was logged
+        self._oldest_key: tuple[int, int] | None = None  # (acked up to, evicted) it is for
+        self.last_ack_at: float | None = None  # time.monotonic() of Ops' last new ack
 
     @classmethod
     async def open(cls, path: Path, *, bound_bytes: int, synchronous: str = "FULL") -> SqliteLog:
@@ -133,6 +140,27 @@ class SqliteLog:
     def file_bytes(self) -> int:
         """The main file and its WAL."""
         return self._file_bytes
+
+    @property
+    def used_bytes(self) -> int:
+        """Bytes of the main file's pages in use: what the unacked lines take."""
+        return self._used_bytes
+
+    @property
+    def oldest_unacked_ms(self) -> int | None:
+        """When the oldest row Ops has not acknowledged was logged (epoch ms), or None."""
+        return self._oldest_ms if self._backlog > 0 else None
+
+    def report(self) -> LogReport:
+        """What the heartbeat says of the log (ages: the token service makes them times)."""
+        oldest = self.oldest_unacked_ms
+        acked = self.last_ack_at
+        return LogReport(
+            backlog_rows=self._backlog,
+            backlog_bytes=self._used_bytes if self._backlog > 0 else 0,
+            oldest_unsent_age_s=None if oldest is None else max(time.time() - oldest / 1000, 0.0),
+            last_ack_age_s=None if acked is None else max(time.monotonic() - acked, 0.0),
+        )
 
     @property
     def healthy(self) -> bool:
@@ -186,6 +214,7 @@ class SqliteLog:
         if up_to_seq <= self._acked:
             return
         self._acked = up_to_seq
+        self.last_ack_at = time.monotonic()
         self._watermark = max(self._watermark, up_to_seq)
         self._acks_unstored += 1
         if self._acks_unstored >= ACK_STORE_PAGES:
@@ -382,6 +411,16 @@ class SqliteLog:
         self._last_seq = store.last_seq
         self._backlog = store.backlog.lines
         self._file_bytes = store.file_bytes()
+        try:
+            self._used_bytes = store.used_bytes()
+            after = max(store.watermark, self._acked)
+            key = (after, self.evicted_rows)
+            if key != self._oldest_key or (self._oldest_ms is None and self._backlog > 0):
+                self._oldest_key = key
+                self._oldest_ms = store.oldest_row_ms(after)
+        except (sqlite3.Error, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self._oldest_ms = None  # the figures only: writes and pages report their own
+            self.last_error = f"{type(exc).__name__}: {exc}"
 
     def _close(self) -> None:
         if self._store is not None:

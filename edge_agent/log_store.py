@@ -27,7 +27,9 @@ import sqlite3
 from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 
-from edgepub.shared.log_lines import GapReason
+import msgspec
+
+from edgepub.shared.log_lines import GapReason, split_lines
 
 from . import pages
 from .pages import Chunk, Page, Span
@@ -47,6 +49,16 @@ CREATE TABLE IF NOT EXISTS blocks (
 );
 """
 Block = tuple[int, int, str | None, int, bytes]  # last_seq, first_seq, pipeline, lost, body
+
+
+class _Head(msgspec.Struct):
+    """A row line's sequence number and time (the rest is skipped, not decoded)."""
+
+    seq: int
+    time: int = 0
+
+
+_head = msgspec.json.Decoder(_Head)
 
 
 def wal_bytes_for(bound: int) -> int:
@@ -107,6 +119,22 @@ class LogStore:
             (after, up_to),
         ).fetchone()
         return Counts(int(row[0]), int(row[1]))
+
+    def oldest_row_ms(self, after: int) -> int | None:
+        """When the first row line with a seq above ``after`` was logged (epoch ms), or
+        None: one block read, whatever the backlog."""
+        row = self.db.execute(
+            "SELECT body FROM blocks WHERE last_seq > ? AND pipeline IS NOT NULL"
+            " ORDER BY last_seq LIMIT 1",
+            (after,),
+        ).fetchone()
+        if row is None:
+            return None
+        for line in split_lines(bytes(row[0])):
+            head = _head.decode(line)
+            if head.seq > after:
+                return head.time
+        return None
 
     def set_seq_floor(self, floor: int) -> None:
         """Seqs continue above ``floor`` (a log that replaces a corrupt one)."""

@@ -6,13 +6,20 @@ loop's thread; ``render`` writes the text ``/metrics`` serves.
 
 from __future__ import annotations
 
+import math
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from edgepub.shared.edge_messages import Traffic
+
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
+# The heartbeat's latency window: upper bounds 20 us * 1.12**i, up to ~3.6 min (144
+# buckets; a percentile is a bucket's upper bound, so at most 12 % above the true value).
+WINDOW_BOUNDS_S = tuple(0.00002 * 1.12**i for i in range(144))
 
 
 def _escape(value: str) -> str:
@@ -115,6 +122,57 @@ class Histogram:
         return lines
 
 
+class Window:
+    """Inference requests since the last ``take``: counts and a fixed log-spaced latency
+    histogram (``WINDOW_BOUNDS_S``), so memory is bounded whatever the traffic and an
+    observation is one bisect of a constant tuple and two increments."""
+
+    __slots__ = ("clock", "counts", "errors", "requests", "started")
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.counts = [0] * (len(WINDOW_BOUNDS_S) + 1)  # the last: beyond the top bound
+        self.requests = self.errors = 0
+        self.started = clock()
+
+    def observe(self, seconds: float, error: bool) -> None:
+        self.counts[bisect_left(WINDOW_BOUNDS_S, seconds)] += 1
+        self.requests += 1
+        if error:
+            self.errors += 1
+
+    def quantile(self, q: float) -> float | None:
+        """Seconds at or under which a fraction ``q`` of the window's requests finished (a
+        bucket's upper bound; the top bound, ~3.6 min, for the overflow), None if empty."""
+        if self.requests == 0:
+            return None
+        rank = max(1, math.ceil(q * self.requests))
+        seen = 0
+        for i, count in enumerate(self.counts):
+            seen += count
+            if seen >= rank:
+                return WINDOW_BOUNDS_S[min(i, len(WINDOW_BOUNDS_S) - 1)]
+        return WINDOW_BOUNDS_S[-1]  # unreachable: the counts sum to requests
+
+    def take(self) -> Traffic:
+        """The window so far as a heartbeat carries it; a new window starts."""
+        now = self.clock()
+        interval = max(now - self.started, 0.0)
+        p50, p95 = self.quantile(0.5), self.quantile(0.95)
+        traffic = Traffic(
+            interval_s=interval,
+            requests=self.requests,
+            errors=self.errors,
+            rate_per_s=self.requests / interval if interval > 0 else 0.0,
+            p50_ms=None if p50 is None else p50 * 1000.0,
+            p95_ms=None if p95 is None else p95 * 1000.0,
+        )
+        self.counts = [0] * len(self.counts)
+        self.requests = self.errors = 0
+        self.started = now
+        return traffic
+
+
 class EdgeMetrics:
     """Everything the agent exports."""
 
@@ -140,12 +198,20 @@ class EdgeMetrics:
         self.gauges: list[Gauge] = []
         self.others: list[Counter | Histogram] = []  # added by the parts that update them
         self._latency: dict[str, list[float]] = {}
+        self.window = Window()  # inference requests since the last heartbeat
 
-    def observe(self, protocol: str, status: int, seconds: float) -> None:
-        """One answered request: its count by protocol and status, and its latency.
+    def observe(self, protocol: str, status: int, seconds: float, infer: bool = False) -> None:
+        """One answered request: its count by protocol and status, and its latency; an
+        inference request (``infer``) also in the heartbeat's window.
 
-        On every request's path, so it touches the two metrics' storage directly.
+        On every request's path, so it touches the metrics' storage directly.
         """
+        if infer:
+            window = self.window
+            window.counts[bisect_left(WINDOW_BOUNDS_S, seconds)] += 1
+            window.requests += 1
+            if status >= 400:
+                window.errors += 1
         key = (protocol, status)
         values = self.requests.values
         values[key] = values.get(key, 0.0) + 1.0

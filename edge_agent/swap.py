@@ -15,6 +15,7 @@ with backoff until it works or a newer one arrives.
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -70,6 +71,17 @@ class Host(Protocol):
     def reason(self, exc: Exception) -> str: ...
 
 
+class Failure:
+    """The newest assignment's failed attempts (cleared once one works): the heartbeat
+    tells Ops, so a replace that cannot load shows as failed, not pending."""
+
+    __slots__ = ("attempts", "first_at", "publish_id", "reason")
+
+    def __init__(self, publish_id: int, reason: str, first_at: float) -> None:
+        self.publish_id, self.reason, self.first_at = publish_id, reason, first_at
+        self.attempts = 1
+
+
 class _Item:
     __slots__ = ("assignment", "done")
 
@@ -98,6 +110,8 @@ class Swapper:
         self.start_pipeline_url = start_pipeline_url
         self.retry = (retry_first_s, retry_cap_s)
         self.running: Running | None = None
+        self.running_since: float | None = None  # time.monotonic() of the last install
+        self.failure: Failure | None = None  # of the newest assignment, until it works
         self.assignment: Assignment | None = None  # the newest accepted (served or not)
         self.assigned = False  # one arrived since start: the start pull gives way to it
         self.lock = asyncio.Lock()  # one pull and one install at a time
@@ -162,6 +176,7 @@ class Swapper:
         old = service.pipeline
         a = self.assignment
         service.pipeline = pipeline  # the swap: a request reads this once
+        self.running_since = time.monotonic()
         self.running = Running(
             publish_id=a.publish_id if a is not None and a.pipeline_url == pipeline_url else None,
             pipeline_name=pipeline.pipeline_name,
@@ -250,7 +265,10 @@ class Swapper:
         """One try: (its outcome, seconds until the next try or None for no retry)."""
         try:
             async with self.lock:
-                return await self._swap(a), None
+                outcome = await self._swap(a)
+            if outcome != "superseded":
+                self.failure = None
+            return outcome, None
         except InvalidNameError as exc:  # not a pipeline URL of this registry: never will be
             self._failed(a, str(exc), attempt, None)
             return "failed", None
@@ -267,6 +285,12 @@ class Swapper:
         self, a: Assignment, reason: str, attempt: int, wait: float | None, **kw: Any
     ) -> None:
         serving = self.running.pipeline_version if self.running else None
+        failure = self.failure
+        if failure is not None and failure.publish_id == a.publish_id:
+            failure.reason = reason
+            failure.attempts += 1
+        else:
+            self.failure = Failure(a.publish_id, reason, time.monotonic())
         self.host.log.warning(
             "pipeline_swap_failed",
             reason=reason,

@@ -51,6 +51,9 @@ class EdgeRecord(Base, frozen=True, kw_only=True):
     workspace_id: int = 1
     workspace_name: str = "default"
     assignment: Assignment
+    # when the token service set ``assignment`` (add, or a replace moving the edge); None
+    # in records written before issue 12
+    assigned_at: datetime | None = None
     cpus: float = 1.0
     memory: str = "1Gi"
     state: EdgeState = "pending"
@@ -76,6 +79,12 @@ class EdgeSeen(Base, frozen=True, kw_only=True):
     running_version: ShortText | None = None
     agent_version: ShortText = ""
     backlog: int | None = None  # local log rows not yet acknowledged (issue 10 on)
+    # Issue 12 on (None from older agents and in older records). Times are the token
+    # service's clock: the edge reports ages, the service subtracts them from its now.
+    running_since: datetime | None = None  # when the edge started serving what it runs
+    traffic: Traffic | None = None  # inference over the last heartbeat interval
+    log: LogSeen | None = None
+    failed: SwapFailedSeen | None = None  # the assigned pipeline it could not load
 
 
 class EdgeInfo(Base, frozen=True, kw_only=True):
@@ -106,9 +115,32 @@ class EdgeInfo(Base, frozen=True, kw_only=True):
     agent_version: str | None
     status: str | None
     backlog: int | None
+    traffic: Traffic | None = None
+    log: LogSeen | None = None
+    failed: SwapFailedSeen | None = None
     # EDGE_BUNDLE with JOIN_TOKEN=omitted_for_replace (as the seed shows replaced
     # locations): the join token itself is shown once, by add_edge, and never stored.
     bundle: str
+
+
+def credential_state(record: EdgeRecord, now: datetime) -> CredentialState:
+    """The record's state with time applied (list_edges and the dashboard share it)."""
+    if record.state == "revoked":
+        return "revoked"
+    if record.state == "pending":
+        return "expired" if record.join_token_expires_at <= now else "pending"
+    expires = record.credential_expires_at
+    return "expired" if expires is None or expires <= now else "joined"
+
+
+def connection_of(
+    last_seen: datetime | None, now: datetime, offline_after_s: float
+) -> ConnectionStatus:
+    """``online`` while the last heartbeat is at most ``offline_after_s`` old (the boundary
+    itself is online), ``offline`` after, ``never`` without one."""
+    if last_seen is None:
+        return "never"
+    return "online" if (now - last_seen).total_seconds() <= offline_after_s else "offline"
 
 
 # --- SDK -> token service -------------------------------------------------------------------
@@ -156,6 +188,42 @@ class EdgeMoved(Base, frozen=True, kw_only=True):
 
 
 Count = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+# Finite and non-negative: an upper bound also refuses inf (JSON has no NaN).
+Seconds = Annotated[float, msgspec.Meta(ge=0.0, le=100 * 365 * 86400.0)]  # an age, a span
+Millis = Annotated[float, msgspec.Meta(ge=0.0, le=86400_000.0)]  # a latency
+Rate = Annotated[float, msgspec.Meta(ge=0.0, le=1e12)]  # per second
+
+
+class Traffic(Base, frozen=True, kw_only=True):
+    """Inference requests the edge answered over ``interval_s`` (the time since its last
+    heartbeat): health checks, metrics and status are not counted."""
+
+    interval_s: Seconds
+    requests: Count = 0
+    errors: Count = 0  # answered 4xx or 5xx
+    rate_per_s: Rate = 0.0  # requests / interval_s
+    # from a fixed log-spaced histogram (edge_agent/metrics.py ``Window``): the bucket's
+    # upper bound, so within ~10 % above the true value; None with no requests
+    p50_ms: Millis | None = None
+    p95_ms: Millis | None = None
+
+
+class LogReport(Base, frozen=True, kw_only=True):
+    """The edge's local inference log, as the edge sees it now."""
+
+    backlog_rows: Count = 0  # rows (and gap-line counts) Ops has not acknowledged
+    backlog_bytes: Count = 0  # bytes the log's file holds in use (the unsent lines)
+    oldest_unsent_age_s: Seconds | None = None  # since the oldest unsent row was logged
+    last_ack_age_s: Seconds | None = None  # since Ops last acknowledged a page (this run)
+
+
+class SwapFailed(Base, frozen=True, kw_only=True):
+    """The edge tried to serve its assignment and could not (it keeps retrying)."""
+
+    publish_id: Id
+    reason: ShortText
+    attempts: Count = 1
+    for_s: Seconds = 0.0  # since the first failed attempt for this publish
 
 
 class Heartbeat(Base, frozen=True, kw_only=True):
@@ -165,6 +233,29 @@ class Heartbeat(Base, frozen=True, kw_only=True):
     running_version: ShortText | None = None
     agent_version: ShortText = ""
     backlog: Count | None = None
+    # issue 12 on (older agents send none of these)
+    running_for_s: Seconds | None = None  # since it started serving what it runs
+    traffic: Traffic | None = None
+    log: LogReport | None = None
+    failed: SwapFailed | None = None
+
+
+class LogSeen(Base, frozen=True, kw_only=True):
+    """``LogReport`` with its ages made times (the token service's clock)."""
+
+    backlog_rows: int = 0
+    backlog_bytes: int = 0
+    oldest_unsent_at: datetime | None = None
+    last_ack_at: datetime | None = None
+
+
+class SwapFailedSeen(Base, frozen=True, kw_only=True):
+    """``SwapFailed`` with its age made a time (the token service's clock)."""
+
+    publish_id: int
+    reason: str
+    attempts: int = 1
+    since: datetime
 
 
 class HeartbeatReply(Base, frozen=True, kw_only=True):

@@ -171,7 +171,8 @@ class EdgeApp:
         except Exception as exc:
             reply = self._failed(request, protocol, exc)
         await request.send_reply(reply)
-        self.metrics.observe(protocol, reply.status, time.perf_counter() - started)
+        infer = found is not None and found.endpoint in _INFER_ENDPOINTS
+        self.metrics.observe(protocol, reply.status, time.perf_counter() - started, infer)
 
     def answer_now(
         self, method: str, path: str, headers: Sequence[tuple[bytes, bytes]], body: bytes
@@ -200,7 +201,8 @@ class EdgeApp:
             reply = self._refused(request, protocol, exc)
         except Exception as exc:
             reply = self._failed(request, protocol, exc)
-        self.metrics.observe(protocol, reply.status, time.perf_counter() - started)
+        infer = found is not None and found.endpoint in _INFER_ENDPOINTS
+        self.metrics.observe(protocol, reply.status, time.perf_counter() - started, infer)
         return reply
 
     def _refused(self, request: Request, protocol: str, exc: RequestError) -> Reply:

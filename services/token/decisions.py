@@ -16,11 +16,11 @@ import msgspec
 from edgepub.shared import keys, subjects
 from edgepub.shared.bundle import join_token_sha256 as token_sha256
 from edgepub.shared.edge_messages import (
-    ConnectionStatus,
-    CredentialState,
     EdgeInfo,
     EdgeRecord,
     EdgeSeen,
+    connection_of,
+    credential_state,
 )
 
 from .jwt import AuthRequest
@@ -151,26 +151,11 @@ def renewed(record: EdgeRecord, now: datetime, cfg: TokenSettings) -> EdgeRecord
     )
 
 
-def credential_state(record: EdgeRecord, now: datetime) -> CredentialState:
-    if record.state == "revoked":
-        return "revoked"
-    if record.state == "pending":
-        return "expired" if record.join_token_expires_at <= now else "pending"
-    expires = record.credential_expires_at
-    return "expired" if expires is None or expires <= now else "joined"
-
-
 def edge_info(
     record: EdgeRecord, seen: EdgeSeen | None, now: datetime, cfg: TokenSettings, bundle: str
 ) -> EdgeInfo:
     """An edge as list_edges shows it, with the clock applied."""
-    connection: ConnectionStatus
-    if seen is None:
-        connection = "never"
-    elif (now - seen.at).total_seconds() <= cfg.offline_after_s:
-        connection = "online"
-    else:
-        connection = "offline"
+    connection = connection_of(seen.at if seen else None, now, cfg.offline_after_s)
     a = record.assignment
     return EdgeInfo(
         id=record.id,
@@ -198,5 +183,8 @@ def edge_info(
         agent_version=seen.agent_version if seen else None,
         status=seen.status if seen else None,
         backlog=seen.backlog if seen else None,
+        traffic=seen.traffic if seen else None,
+        log=seen.log if seen else None,
+        failed=seen.failed if seen else None,
         bundle=bundle,
     )

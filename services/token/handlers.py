@@ -31,10 +31,12 @@ from edgepub.shared.edge_messages import (
     EdgeSeen,
     Heartbeat,
     HeartbeatReply,
+    LogSeen,
     RenewReply,
     RenewRequest,
     Revoked,
     RunPipeline,
+    SwapFailedSeen,
 )
 from edgepub.shared.engine_config import EngineConfig, cpu_cores
 from edgepub.shared.errors import (
@@ -76,6 +78,45 @@ def resources_of(config: EngineConfig) -> tuple[float, str]:
     cpus = cpu_cores(engine.cpu) if engine and engine.cpu is not None else 1.0
     limits = engine.resources.limits if engine and engine.resources else None
     return cpus, (limits.memory if limits and limits.memory else "1Gi")
+
+
+def _ago(now: datetime, seconds: float | None) -> datetime | None:
+    return None if seconds is None else now - timedelta(seconds=seconds)
+
+
+def seen_of(beat: Heartbeat, now: datetime) -> EdgeSeen:
+    """What ``seen.<name>`` keeps of a heartbeat received at ``now`` (this service's
+    clock): the edge reports ages, never its own clock's times, so a skewed edge clock
+    moves nothing the dashboard shows."""
+    log_seen = failed = None
+    if beat.log is not None:
+        report = beat.log
+        log_seen = LogSeen(
+            backlog_rows=report.backlog_rows,
+            backlog_bytes=report.backlog_bytes,
+            oldest_unsent_at=_ago(now, report.oldest_unsent_age_s),
+            last_ack_at=_ago(now, report.last_ack_age_s),
+        )
+    if beat.failed is not None:
+        f = beat.failed
+        failed = SwapFailedSeen(
+            publish_id=f.publish_id,
+            reason=f.reason,
+            attempts=f.attempts,
+            since=now - timedelta(seconds=f.for_s),
+        )
+    return EdgeSeen(
+        at=now,
+        status=beat.status,
+        running_publish_id=beat.running_publish_id,
+        running_version=beat.running_version,
+        agent_version=beat.agent_version,
+        backlog=beat.backlog,
+        running_since=_ago(now, beat.running_for_s),
+        traffic=beat.traffic,
+        log=log_seen,
+        failed=failed,
+    )
 
 
 @dataclass
@@ -122,6 +163,7 @@ class TokenService:
             memory=memory,
             join_token_sha256=token_sha256(token),
             join_token_expires_at=now + timedelta(seconds=self.settings.join_token_ttl_s),
+            assigned_at=now,
             created_at=now,
             created_by=user,
             created_on_version=VERSION,
@@ -221,7 +263,9 @@ class TokenService:
             if got is None or got[0].assignment.publish_id not in replaced:
                 return False
             record, rev = got
-            changed = msgspec.structs.replace(record, assignment=assignment)
+            changed = msgspec.structs.replace(
+                record, assignment=assignment, assigned_at=self.clock()
+            )
             try:
                 await self.state.records.update(record_key(name), changed, revision=rev)
                 return True
@@ -238,14 +282,7 @@ class TokenService:
 
     async def heartbeat(self, edge: str, beat: Heartbeat) -> HeartbeatReply:
         record, _ = await self._joined(edge)
-        seen = EdgeSeen(
-            at=self.clock(),
-            status=beat.status,
-            running_publish_id=beat.running_publish_id,
-            running_version=beat.running_version,
-            agent_version=beat.agent_version,
-            backlog=beat.backlog,
-        )
+        seen = seen_of(beat, self.clock())
         await self.state.seen.put(seen_key(edge), seen)
         return HeartbeatReply(
             assignment=record.assignment, credential_expires_at=record.credential_expires_at
