@@ -23,6 +23,7 @@ from edgepub.shared.schemas import (
     push_outcome_decoder,
 )
 from edgepub.shared.settings import Env
+from edgepub.shared.transient import retry_transient
 
 from .handlers import PublishService
 from .state import State
@@ -56,7 +57,8 @@ def outcomes_spec(env: Env) -> ConsumerSpec:
 
 
 async def body(nc: NATS, js: JetStreamContext, stop: asyncio.Event) -> None:
-    svc = PublishService(js=js, state=await State.open(js))
+    state = await retry_transient(lambda: State.open(js), what="the publish buckets")
+    svc = PublishService(js=js, state=state)
     outcomes = Consumer(
         js,
         outcomes_spec(Env()),

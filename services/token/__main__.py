@@ -29,6 +29,7 @@ from edgepub.shared.runner import Consumer, ConsumerSpec, Delivery
 from edgepub.shared.schemas import PublishRecord, decoder
 from edgepub.shared.server_clock import REFRESH_S, ServerClock
 from edgepub.shared.settings import Env, NatsSettings
+from edgepub.shared.transient import retry_transient
 
 from .callout import Callout, serve_callout
 from .handlers import TokenService
@@ -89,7 +90,7 @@ async def body(nc: NATS, js: JetStreamContext, stop: asyncio.Event) -> None:
         return
     if not await bus.wait_for_stream(js, subjects.EVENTS_STREAM, stop):
         return
-    state = await EdgeState.open(js)
+    state = await retry_transient(lambda: EdgeState.open(js), what="the edges bucket")
     sys_nc = await bus.connect(
         NatsSettings(url=NatsSettings.from_env().url),
         name="token-sys",
