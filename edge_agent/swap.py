@@ -265,10 +265,7 @@ class Swapper:
         """One try: (its outcome, seconds until the next try or None for no retry)."""
         try:
             async with self.lock:
-                outcome = await self._swap(a)
-            if outcome != "superseded":
-                self.failure = None
-            return outcome, None
+                return await self._swap(a), None
         except InvalidNameError as exc:  # not a pipeline URL of this registry: never will be
             self._failed(a, str(exc), attempt, None)
             return "failed", None
@@ -307,6 +304,7 @@ class Swapper:
         running = self.running
         if running is not None and judge(a, running, None) == "same":
             self.running = msgspec.structs.replace(running, publish_id=a.publish_id)
+            self.failure = None
             log.debug("assignment_already_running", publish_id=a.publish_id)
             await self._record(a)
             return "same"
@@ -316,6 +314,7 @@ class Swapper:
         if self._pending is not None:  # a newer one arrived while this one loaded
             return "superseded"
         self.install(pipeline, a.pipeline_url)
+        self.failure = None  # it serves: nothing failed any more
         log.info(
             "pipeline_swapped",
             from_version=running.pipeline_version if running else None,
