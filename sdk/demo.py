@@ -71,6 +71,8 @@ def start_stack(data_dir: Path, stack: ExitStack) -> None:
             "0",
             "--edge-port",
             "0",
+            "--dashboard-port",
+            "0",
         ],
         data_dir / "stack.log",
         stack,

@@ -32,6 +32,7 @@ class StackInfo(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: str
     pid: int
     opscenter_host: str | None = None  # where edges connect (OPSCENTER_HOST in bundles)
+    dashboard_url: str | None = None  # the fleet dashboard (log in as the SDK user)
 
 
 def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:

@@ -27,6 +27,8 @@ SERVICES = (
     ServiceSpec(name="token", nats_user="token", replicas=2, ready_event="auth_callout_serving"),
     # ready once its durable consumer exists (the publish service creates the streams)
     ServiceSpec(name="log_collector", nats_user="log-collector", ready_event="consumer_started"),
+    # the fleet dashboard (a web page on EDGEPUB_DASHBOARD_PORT), read-only on the bus
+    ServiceSpec(name="dashboard", nats_user="dashboard", ready_event="dashboard_serving"),
 )
 BY_NAME = {s.name: s for s in SERVICES}
 

@@ -20,7 +20,7 @@ from .permissions import Permissions
 SDK_USER = "admin"
 REGISTRY_USER = "edgepub"
 # One NATS user per service; the name is also the value of EDGEPUB_NATS_USER it gets.
-SERVICE_USERS = ("publish", "registry-push", "token", "log-collector")
+SERVICE_USERS = ("publish", "registry-push", "token", "log-collector", "dashboard")
 
 MAX_PAYLOAD = 8 * 1024 * 1024
 MAX_FILE_STORE = 10 * 1024**3
@@ -53,7 +53,8 @@ class StackCredentials(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def complete(self) -> bool:
-        return bool(self.auth_issuer_seed and self.system_user_seed and self.route_password)
+        keys = self.auth_issuer_seed and self.system_user_seed and self.route_password
+        return bool(keys) and all(u in self.nats_users for u in SERVICE_USERS)
 
 
 class CalloutSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -92,6 +93,8 @@ def completed(creds: StackCredentials) -> StackCredentials:
         return creds
     return msgspec.structs.replace(
         creds,
+        # a service added since (the dashboard): its user, the others' passwords kept
+        nats_users={u: secrets.token_urlsafe(32) for u in SERVICE_USERS} | creds.nats_users,
         auth_issuer_seed=creds.auth_issuer_seed or keys.new_seed("account"),
         system_user_seed=creds.system_user_seed or keys.new_seed("user"),
         route_password=creds.route_password or secrets.token_urlsafe(32),

@@ -235,11 +235,29 @@ def log_collector(user: str = "log-collector") -> Permissions:
     )
 
 
+def dashboard(user: str = "dashboard") -> Permissions:
+    """Reads what it shows and nothing else: the edges and publishes buckets (get, watch)
+    and the pipeline log (ordered reads). It writes no bucket, stream or subject."""
+    buckets = (f"KV_{subjects.KV_EDGES}", f"KV_{subjects.KV_PUBLISHES}")
+    return Permissions(
+        publish_allow=_unique(
+            (
+                *(p for s in buckets for p in stream_reader(s)),
+                *(p for s in buckets for p in ordered_reader(s)),
+                *stream_reader(subjects.LOGS_STREAM),
+                *ordered_reader(subjects.LOGS_STREAM),
+            )
+        ),
+        subscribe_allow=_inbox(user),
+    )
+
+
 SERVICES = {
     "publish": publish_service,
     "registry-push": registry_push_service,
     "token": token_service,
     "log-collector": log_collector,
+    "dashboard": dashboard,
 }
 
 

@@ -38,6 +38,7 @@ class UpOptions(msgspec.Struct, frozen=True, kw_only=True):
     nats_port: int = 4222  # resolved: never 0 once in a plan
     registry_port: int = 5000
     edge_port: int = 4223  # the edge-facing WebSocket listener (resolved: never 0 in a plan)
+    dashboard_port: int = 8470  # the fleet dashboard's web page (resolved)
     # OPSCENTER_HOST in bundles; None: ws://<host>:<edge_port> (behind an HTTPS proxy set
     # it to "<domain>/edge", which edges read as wss://<domain>/edge)
     opscenter_host: str | None = None
@@ -216,6 +217,9 @@ def _service_children(
         if opts.nats_url is not None and not opts.nats_user:
             env.pop("EDGEPUB_NATS_USER", None)
             env.pop("EDGEPUB_NATS_PASSWORD", None)
+        if spec.name == "dashboard":
+            env["EDGEPUB_DASHBOARD_HOST"] = opts.host
+            env["EDGEPUB_DASHBOARD_PORT"] = str(opts.dashboard_port)
         if spec.name == "token" and opts.nats_url is None:
             env.update(
                 token_env(
@@ -248,6 +252,13 @@ def opscenter_host(opts: UpOptions) -> str:
     scheme = "wss" if opts.edge_tls_cert and opts.edge_tls_key else "ws"
     ports = [n.websocket for n in opts.cluster_nodes] or [opts.edge_port]
     return ",".join(f"{scheme}://{host}:{port}" for port in ports)
+
+
+def dashboard_url(opts: UpOptions) -> str:
+    host = "127.0.0.1" if opts.host in ("0.0.0.0", "::") else opts.host
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{opts.dashboard_port}/"
 
 
 def build_plan(
@@ -314,6 +325,7 @@ def build_plan(
         data_dir=opts.data_dir,
         pid=pid,
         opscenter_host=opscenter_host(opts) if opts.nats_url is None else opts.opscenter_host,
+        dashboard_url=dashboard_url(opts) if any(c.name == "dashboard" for c in children) else None,
     )
     return StackPlan(
         files=tuple(files),

@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
         "on --nats-port and --edge-port, the others on free ports)",
     )
     p.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=8470,
+        help="the fleet dashboard's web page (log in as the SDK user); 0 picks a free port",
+    )
+    p.add_argument(
         "--edge-port",
         type=int,
         default=4223,
@@ -157,6 +163,11 @@ def options_from_args(args: argparse.Namespace, directory: Path) -> UpOptions:
             else 0
         ),
         edge_port=edge_port,
+        dashboard_port=(
+            resolve_port(args.host, args.dashboard_port, "the dashboard", "--dashboard-port")
+            if not args.no_services
+            else 0
+        ),
         opscenter_host=args.opscenter_host or None,
         edge_tls_cert=_both(args.edge_tls_cert, args.edge_tls_key, "--edge-tls-cert"),
         edge_tls_key=_both(args.edge_tls_key, args.edge_tls_cert, "--edge-tls-key"),
@@ -277,6 +288,11 @@ def _announce(plan: StackPlan, stack_file: Path) -> None:
         + (f" (user {info.registry_username})" if info.registry_username else ""),
         f"  edges     {info.opscenter_host or '(set --opscenter-host)'} (OPSCENTER_HOST)",
         f"  services  {', '.join(s.name for s in plan.services) or 'none'}",
+        *(
+            [f"  dashboard {info.dashboard_url} (log in as {info.sdk_user})"]
+            if info.dashboard_url
+            else []
+        ),
         f"  details   {stack_file} (credentials; mode 0600)",
         "Ctrl-C stops everything.",
     ]

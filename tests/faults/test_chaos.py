@@ -17,6 +17,7 @@ from support.servers import RegistryServer
 
 pytestmark = pytest.mark.timeout(600)
 
+
 def test_chaos_every_row_once_every_publish_ended(tmp_path: Path, registry: RegistryServer) -> None:
     seed = int(os.environ.get("EDGEPUB_CHAOS_SEED") or random.randrange(2**32))
     print(f"chaos seed {seed} (EDGEPUB_CHAOS_SEED={seed} replays it)")

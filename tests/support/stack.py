@@ -30,6 +30,8 @@ class EmbeddedStack:
             str(self.nats_port),
             "--registry-port",
             str(self.registry_port),
+            "--dashboard-port",
+            "0",
             *extra_args,
         ]
         env = clean_environ() | {"EDGEPUB_LOG_FORMAT": "json"}
