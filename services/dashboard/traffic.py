@@ -190,6 +190,7 @@ async def read_traffic(
     try:
         sub = await js.subscribe(
             subject,
+            stream=subjects.LOGS_STREAM,  # no stream lookup by subject: not permitted
             cb=on_page,
             ordered_consumer=True,
             config=ConsumerConfig(

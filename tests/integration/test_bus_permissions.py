@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import nats
+import nats.js.errors
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import StreamConfig
@@ -260,6 +261,49 @@ def test_users_of_services_still_to_come_can_do_nothing(nats_server: NatsServer,
             assert await probe.subscribe_refused("edgepub.>") == []
         finally:
             await probe.nc.close()
+
+    _with_owner(nats_server, scenario)
+
+
+def test_dashboard_reads_what_it_shows_and_writes_nothing(nats_server: NatsServer) -> None:
+    async def scenario(owner: NATS) -> None:
+        dash = await _probe(nats_server, "dashboard")
+        try:
+            # what it uses: get and watch the edges and publishes buckets, read the log
+            publishes = await dash.js.key_value(subjects.KV_PUBLISHES)
+            assert (await publishes.get("1")).value == b"record"
+            watcher = await publishes.watch(">")
+            assert (await watcher.updates(timeout=5)).key == "1"
+            await watcher.stop()
+            edges = await dash.js.key_value(subjects.KV_EDGES)
+            with pytest.raises(nats.js.errors.KeyNotFoundError):
+                await edges.get("edge.nobody")
+            await dash.js.stream_info(subjects.LOGS_STREAM)
+            sub = await dash.js.subscribe(
+                f"{subjects.LOGS_ROOT}.>", stream=subjects.LOGS_STREAM, ordered_consumer=True
+            )
+            await sub.unsubscribe()
+            assert dash.errors == []
+            # and nothing more: no write anywhere, no request to a service, no other data
+            await dash.publish_refused(f"$KV.{subjects.KV_EDGES}.edge.forged", b"forged")
+            await dash.publish_refused(f"$KV.{subjects.KV_PUBLISHES}.1", b"forged")
+            await dash.publish_refused(subjects.pipeline_log(1, "p", "e1"), b"{}")
+            await dash.publish_refused(subjects.edge_subject("e1", subjects.EDGE_LOGS))
+            await dash.publish_refused(f"{subjects.REQUEST_ROOT}.dashboard.publish.x")
+            await dash.refused(
+                "$JS.API.STREAM.INFO.EDGEPUB_WORK", lambda: dash.js.stream_info("EDGEPUB_WORK")
+            )
+            await dash.refused(
+                f"$JS.API.STREAM.DELETE.{subjects.LOGS_STREAM}",
+                lambda: dash.js.delete_stream(subjects.LOGS_STREAM),
+            )
+            await dash.refused(
+                f"$JS.API.STREAM.INFO.OBJ_{subjects.OBJECT_STORE_MODELS}",
+                lambda: dash.js.object_store(subjects.OBJECT_STORE_MODELS),
+            )
+            assert await dash.subscribe_refused(">") == []
+        finally:
+            await dash.nc.close()
 
     _with_owner(nats_server, scenario)
 
