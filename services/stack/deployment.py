@@ -49,7 +49,7 @@ class Topology(msgspec.Struct, frozen=True, kw_only=True):
     Kubernetes DNS names), and where it keeps its data inside its container."""
 
     nodes: tuple[Node, ...] = (Node(host="nats"),)  # more than one: a JetStream cluster
-    listen: str = "0.0.0.0"
+    listen: str = "0.0.0.0"  # where NATS nodes and the dashboard listen in their containers
     registry: str = "registry:5000"  # host:port as services reach it
     registry_listen: str = "0.0.0.0:5000"
     # where edges reach the edge listener, as bundles say it (OPSCENTER_HOST)
@@ -57,6 +57,7 @@ class Topology(msgspec.Struct, frozen=True, kw_only=True):
     store_dir: str = "/data/jetstream"  # each NATS node's volume
     registry_root: str = "/data/registry"  # the registry's volume
     config_dir: str = "/config"  # where the rendered files are mounted
+    dashboard_port: int = 8470  # the dashboard's HTTP port, on ``listen``
 
     @property
     def nats_urls(self) -> str:
@@ -124,6 +125,11 @@ def service_environment(
                 opscenter_host=topo.opscenter_host,
             )
         )
+    if service == "dashboard":
+        # in its own container it is reached through the container's address (a published
+        # port, a Service): on all of them by default; logins still need a NATS user
+        env["EDGEPUB_DASHBOARD_HOST"] = topo.listen
+        env["EDGEPUB_DASHBOARD_PORT"] = str(topo.dashboard_port)
     return env
 
 

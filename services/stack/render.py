@@ -3,6 +3,7 @@ and a service started from one of its env files.
 
     render --out DIR [--nodes nats-0,nats-1,nats-2] [--registry registry:5000]
            [--opscenter-host ws://ops.example:4223] [--sdk-nats-url nats://127.0.0.1:4222]
+           [--dashboard-port 8470]
         writes DIR/credentials.json once (kept on later runs: the same secrets every time)
         and every file of ``deployment.render`` from it, each 0600.
     run SERVICE --env-file FILE
@@ -35,7 +36,9 @@ def _render_parser() -> argparse.ArgumentParser:
         help="NATS nodes, comma-separated host[:client[:route[:edge[:monitor]]]] "
         "(ports default 4222, 6222, 4223, 8222)",
     )
-    p.add_argument("--listen", default=d.listen, help="the address NATS nodes listen on")
+    p.add_argument(
+        "--listen", default=d.listen, help="the address NATS nodes and the dashboard listen on"
+    )
     p.add_argument("--registry-listen", default=d.registry_listen)
     p.add_argument("--store-dir", default=d.store_dir, help="each NATS node's JetStream store")
     p.add_argument("--registry-root", default=d.registry_root)
@@ -43,6 +46,12 @@ def _render_parser() -> argparse.ArgumentParser:
     p.add_argument("--opscenter-host", default=d.opscenter_host, help="OPSCENTER_HOST")
     p.add_argument("--config-dir", default=d.config_dir, help="where containers mount --out")
     p.add_argument("--sdk-nats-url", help="the NATS URL in stack.json (default: the nodes)")
+    p.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=d.dashboard_port,
+        help="the fleet dashboard's HTTP port (on --listen)",
+    )
     return p
 
 
@@ -54,6 +63,8 @@ def render_main(argv: list[str]) -> int:
         raise ConfigError(f"--nodes: {exc}") from exc
     if not 1 <= len(nodes) <= 5:
         raise ConfigError(f"--nodes: 1 to 5 NATS nodes, got {len(nodes)}")
+    if not 1 <= args.dashboard_port <= 65535:
+        raise ConfigError(f"--dashboard-port: 1 to 65535, got {args.dashboard_port}")
     topo = Topology(
         nodes=nodes,
         listen=args.listen,
@@ -63,6 +74,7 @@ def render_main(argv: list[str]) -> int:
         registry=args.registry,
         opscenter_host=args.opscenter_host,
         config_dir=args.config_dir,
+        dashboard_port=args.dashboard_port,
     )
     out = Path(args.out)
     creds = load_or_create_credentials(out)

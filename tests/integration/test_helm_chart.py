@@ -66,6 +66,11 @@ SMALL: dict[str, Any] = {
         "env": {"EDGEPUB_PUSH_CONCURRENCY": 4, "EDGEPUB_PUSH_MAX_DELIVER": 99},
         "extraEnv": [{"name": "EDGEPUB_REGISTRY_EMAIL", "value": "ops@example.com"}],
     },
+    "dashboard": {
+        "port": 9470,
+        "env": {"EDGEPUB_DASHBOARD_STUCK_AFTER_S": 60},
+        "ingress": {"enabled": True, "host": "fleet.example.com", "className": "nginx"},
+    },
 }
 VALUE_SETS = {"defaults": DEFAULTS, "small": SMALL}
 
@@ -203,11 +208,38 @@ def test_the_documented_render_names_the_charts_hosts(tmp_path: Path, name: str)
         assert env["EDGEPUB_NATS_URL"] == ",".join(f"nats://{h}:{client}" for h in hosts)
         assert env["EDGEPUB_REGISTRY"] == registry_address
         assert env["EDGEPUB_REPLICAS"] == str(min(replicas, 3))
+    # the dashboard listens where its Deployment and Service say
+    dashboard = parse_env(files["dashboard.env"])
+    port = values.get("dashboard", {}).get("port", 8470)
+    assert (dashboard["EDGEPUB_DASHBOARD_HOST"], dashboard["EDGEPUB_DASHBOARD_PORT"]) == (
+        "0.0.0.0",
+        str(port),
+    )
+    deployment = next(d for n, d in objects(docs, "Deployment").items() if n.endswith("-dashboard"))
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["ports"] == [{"name": "http", "containerPort": port, "protocol": "TCP"}]
+    service = services[deployment["metadata"]["name"]]
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}
+    ]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    dashboard_ingress = values.get("dashboard", {}).get("ingress", {})
+    ingresses = objects(docs, "Ingress")
+    assert (service["metadata"]["name"] in ingresses) == bool(dashboard_ingress.get("enabled"))
+    if dashboard_ingress.get("enabled"):
+        rule = ingresses.pop(service["metadata"]["name"])["spec"]["rules"][0]
+        assert rule["host"] == dashboard_ingress["host"]
+        (path,) = rule["http"]["paths"]
+        assert (
+            path["path"] == "/"
+            and path["backend"]["service"]["name"] == service["metadata"]["name"]
+        )
     token = parse_env(files["token.env"])
     ingress = values.get("ingress", {})
     if ingress.get("enabled"):
         assert token["EDGEPUB_OPSCENTER_HOST"] == f"{ingress['host']}/edge"
-        (ing,) = objects(docs, "Ingress").values()
+        (ing,) = ingresses.values()
         (path,) = ing["spec"]["rules"][0]["http"]["paths"]
         assert path["path"] == "/edge"
         backend = services[path["backend"]["service"]["name"]]
@@ -277,7 +309,10 @@ def test_workloads_are_locked_down(tmp_path: Path) -> None:
         writable = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
         if service_of(container) == "registry_push":
             assert "/data/cache" in writable
-        if service_of(container) is not None:
+        if service_of(container) == "dashboard":
+            for probe in ("readinessProbe", "livenessProbe"):
+                assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+        elif service_of(container) is not None:
             for probe in ("readinessProbe", "livenessProbe"):
                 assert container[probe]["exec"]["command"] == SERVICE_CHECK
     (sts,) = objects(docs, "StatefulSet").values()
@@ -329,6 +364,12 @@ def _log_collector(env: Env) -> object:
     return CollectorSettings.from_env(env)
 
 
+def _dashboard(env: Env) -> object:
+    from edgepub.services.dashboard.settings import DashboardSettings
+
+    return DashboardSettings.from_env(env)
+
+
 # Everything each service reads from its environment at start, with LogSettings (all read
 # EDGEPUB_LOG_LEVEL): a name whose value changes none of it is not a setting of that service.
 LOADERS: dict[str, Callable[[Env], object]] = {
@@ -336,6 +377,7 @@ LOADERS: dict[str, Callable[[Env], object]] = {
     "registry_push": _registry_push,
     "token": _token,
     "log_collector": _log_collector,
+    "dashboard": _dashboard,
 }
 # A different valid value, for the settings that are not numbers.
 OTHER: dict[str, str] = {
@@ -392,7 +434,7 @@ def test_every_setting_the_services_read_has_a_value(tmp_path: Path) -> None:
     files = rendered_config(tmp_path, DEFAULTS)
     chart_values = yaml.safe_load((CHART / "values.yaml").read_text())
     keys = {"publish": "publish", "registry_push": "registryPush", "token": "token"}
-    keys["log_collector"] = "logCollector"
+    keys |= {"log_collector": "logCollector", "dashboard": "dashboard"}
     for svc, loader in LOADERS.items():
         file_env = parse_env(files[f"{svc}.env"])
         environ = Recording(file_env)
@@ -430,7 +472,7 @@ def test_value_defaults_are_the_codes_defaults(tmp_path: Path) -> None:
     files = rendered_config(tmp_path, DEFAULTS)
     chart_values = yaml.safe_load((CHART / "values.yaml").read_text())
     keys = {"publish": "publish", "registry_push": "registryPush", "token": "token"}
-    keys["log_collector"] = "logCollector"
+    keys |= {"log_collector": "logCollector", "dashboard": "dashboard"}
     checked = 0
     for _, container in containers(docs):
         svc = service_of(container)
@@ -467,6 +509,8 @@ def test_value_defaults_are_the_codes_defaults(tmp_path: Path) -> None:
         ({**DEFAULTS, "token": {"replicas": 1}}, "token.replicas"),
         ({**DEFAULTS, "nats": {"replicas": 6}}, "nats.replicas"),
         ({**DEFAULTS, "ingress": {"enabled": True}}, "ingress.host"),
+        ({**DEFAULTS, "dashboard": {"ingress": {"enabled": True}}}, "dashboard.ingress.host"),
+        ({**DEFAULTS, "dashboard": {"env": {"EDGEPUB_DASHBOARD_PORT": 1}}}, "env file sets"),
         ({**DEFAULTS, "fullnameOverride": "x" * 41}, "fullnameOverride"),
         ({**DEFAULTS, "registryPush": {"env": {"EDGEPUB_STOP_GRACE_S": 30}}}, "STOP_GRACE"),
     ],

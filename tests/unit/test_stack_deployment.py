@@ -22,6 +22,8 @@ from edgepub.services.stack.deployment import (
     parse_env,
     render,
 )
+from edgepub.services.stack.render import render_main
+from edgepub.shared.errors import ConfigError
 from edgepub.shared.stack_file import StackInfo
 
 CREDS = config.generate_credentials()
@@ -87,3 +89,31 @@ def test_each_node_config_routes_to_the_others_and_nats_server_accepts_it(
             [find_nats_server(), "-t", "-c", str(path)], capture_output=True, text=True
         )
         assert check.returncode == 0, check.stderr
+
+
+DASHBOARD_NAMES = {"EDGEPUB_DASHBOARD_HOST", "EDGEPUB_DASHBOARD_PORT"}
+
+
+def test_the_dashboard_listens_on_all_addresses_on_the_topologys_port() -> None:
+    host_network = Topology(listen="127.0.0.1", dashboard_port=18470)
+    for topo, host, port in ((THREE, "0.0.0.0", "8470"), (host_network, "127.0.0.1", "18470")):
+        files = render(CREDS, topo)
+        env = parse_env(files[env_file("dashboard")])
+        assert env["EDGEPUB_DASHBOARD_HOST"] == host
+        assert env["EDGEPUB_DASHBOARD_PORT"] == port
+        assert env["EDGEPUB_NATS_USER"] == "dashboard"
+        for spec in SERVICES:
+            if spec.name != "dashboard":
+                assert not DASHBOARD_NAMES & parse_env(files[env_file(spec.name)]).keys()
+
+
+def test_render_takes_the_dashboard_port_and_refuses_a_bad_one(tmp_path: Path) -> None:
+    out = tmp_path / "config"
+    assert render_main(["--out", str(out), "--dashboard-port", "9470"]) == 0
+    env = parse_env((out / env_file("dashboard")).read_text())
+    assert env["EDGEPUB_DASHBOARD_PORT"] == "9470"
+    assert render_main(["--out", str(out)]) == 0  # re-rendered: the default again
+    assert parse_env((out / env_file("dashboard")).read_text())["EDGEPUB_DASHBOARD_PORT"] == "8470"
+    for bad in ("0", "65536"):
+        with pytest.raises(ConfigError, match="--dashboard-port"):
+            render_main(["--out", str(out), "--dashboard-port", bad])

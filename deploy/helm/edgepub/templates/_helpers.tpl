@@ -13,6 +13,7 @@ the NATS pods' DNS names (which the rendered config must use) are built from it.
 {{- define "edgepub.natsName" -}}{{ include "edgepub.fullname" . }}-nats{{- end -}}
 {{- define "edgepub.natsHeadless" -}}{{ include "edgepub.fullname" . }}-nats-headless{{- end -}}
 {{- define "edgepub.registryName" -}}{{ include "edgepub.fullname" . }}-registry{{- end -}}
+{{- define "edgepub.dashboardName" -}}{{ include "edgepub.fullname" . }}-dashboard{{- end -}}
 
 {{/* node i's DNS name, as --nodes names it: $ = (list root i) */}}
 {{- define "edgepub.natsHost" -}}
@@ -45,7 +46,7 @@ ws://EDGE_ADDRESS:{{ .Values.nats.ports.edge }}
 
 {{/* the render command for this release (NOTES.txt prints it; README.md documents it) */}}
 {{- define "edgepub.renderCommand" -}}
-python -m edgepub.services.stack render --out edgepub-config --nodes {{ include "edgepub.renderNodes" . }} --registry {{ include "edgepub.registryAddress" . }} --opscenter-host {{ include "edgepub.opscenterHost" . }} --config-dir {{ .Values.config.mountPath }}
+python -m edgepub.services.stack render --out edgepub-config --nodes {{ include "edgepub.renderNodes" . }} --registry {{ include "edgepub.registryAddress" . }} --opscenter-host {{ include "edgepub.opscenterHost" . }} --config-dir {{ .Values.config.mountPath }} --dashboard-port {{ .Values.dashboard.port }}
 {{- end -}}
 
 {{- define "edgepub.secretName" -}}
@@ -92,5 +93,5 @@ The names each service's env file sets: the run verb puts the file's environment
 pod's, so a value under one of these names would be silently ignored. Refused instead.
 */}}
 {{- define "edgepub.fileEnvNames" -}}
-EDGEPUB_NATS_URL EDGEPUB_NATS_USER EDGEPUB_NATS_PASSWORD EDGEPUB_LOG_FORMAT PYTHONUNBUFFERED EDGEPUB_REGISTRY EDGEPUB_REGISTRY_REPOSITORY EDGEPUB_REGISTRY_INSECURE EDGEPUB_REGISTRY_USERNAME EDGEPUB_REGISTRY_PASSWORD EDGEPUB_REPLICAS EDGEPUB_CACHE_DIR EDGEPUB_AUTH_ISSUER_SEED EDGEPUB_SYSTEM_USER_SEED EDGEPUB_OPSCENTER_HOST
+EDGEPUB_NATS_URL EDGEPUB_NATS_USER EDGEPUB_NATS_PASSWORD EDGEPUB_LOG_FORMAT PYTHONUNBUFFERED EDGEPUB_REGISTRY EDGEPUB_REGISTRY_REPOSITORY EDGEPUB_REGISTRY_INSECURE EDGEPUB_REGISTRY_USERNAME EDGEPUB_REGISTRY_PASSWORD EDGEPUB_REPLICAS EDGEPUB_CACHE_DIR EDGEPUB_AUTH_ISSUER_SEED EDGEPUB_SYSTEM_USER_SEED EDGEPUB_OPSCENTER_HOST EDGEPUB_DASHBOARD_HOST EDGEPUB_DASHBOARD_PORT
 {{- end -}}
