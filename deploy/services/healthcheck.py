@@ -1,12 +1,16 @@
 """edgepub-services's HEALTHCHECK: the container's process (PID 1) is an edgepub service,
 ``python -m edgepub.services.<name>``, and holds an established TCP connection to a client
 port of one of the NATS nodes in its ``EDGEPUB_NATS_URL``: connected to the bus, not
-reconnecting. Exit 0 when so, 1 with the reason otherwise. Standard library only."""
+reconnecting. The fleet dashboard (``edgepub.services.dashboard``) must also answer 200 on
+``GET /healthz`` (its KV watches run) at its EDGEPUB_DASHBOARD_PORT. Exit 0 when so, 1 with
+the reason otherwise. Standard library only."""
 
 from __future__ import annotations
 
 import os
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -54,7 +58,29 @@ def problem(pid: int = 1) -> str | None:
     wanted = nats_ports(env.get("EDGEPUB_NATS_URL", "nats://127.0.0.1:4222"))
     if not wanted & established_remote_ports(pid):
         return f"{module} has no connection to NATS (ports {sorted(wanted)})"
+    if module == "edgepub.services.dashboard":
+        return dashboard_problem(env)
     print(f"{module} connected to NATS")
+    return None
+
+
+def dashboard_problem(env: dict[str, str]) -> str | None:
+    """The dashboard's own /healthz: 200 once its KV watches run (503 before)."""
+    host = env.get("EDGEPUB_DASHBOARD_HOST", "127.0.0.1")
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    url = f"http://{host}:{env.get('EDGEPUB_DASHBOARD_PORT', '8470')}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            status = resp.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except OSError as exc:
+        return f"{url}: {exc}"
+    if status != 200:
+        return f"{url} answered {status}"
+    print(f"edgepub.services.dashboard connected to NATS, {url} 200")
     return None
 
 

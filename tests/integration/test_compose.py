@@ -1,17 +1,20 @@
 """The Ops side as users run it: ``docker-compose.yml`` (a 3-node NATS cluster, the registry,
-the four services, the `config` one-shot that renders their files), with
+the services, the fleet dashboard, the `config` one-shot that renders their files), with
 ``docker-compose.host.yml`` because only host networking exists here (and so on loopback and
 free ports). Every service healthy; a publish through it with the SDK, its artifact in the
-registry; the example edge (profile ``edge``) joining with its bundle and inferring; a NATS
-node killed and a second publish still Published; then ``down -v`` with no container or
-volume left."""
+registry; the dashboard listing the edge that publish added to a login with the SDK's user
+(and 401 without one); the example edge (profile ``edge``) joining with its bundle and
+inferring; a NATS node killed and a second publish still Published; then ``down -v`` with no
+container or volume left."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -32,7 +35,7 @@ from support.waiting import wait_for
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 FILES = ("-f", "docker-compose.yml", "-f", "docker-compose.host.yml")
 NODES = ("nats-0", "nats-1", "nats-2")
-SERVICES = ("publish", "registry-push", "token-1", "token-2", "log-collector")
+SERVICES = ("publish", "registry-push", "token-1", "token-2", "log-collector", "dashboard")
 LONG_RUNNING = (*NODES, "registry", *SERVICES)  # each healthy once up
 HEALTHY_WITHIN_S = 180
 
@@ -49,11 +52,13 @@ class Project:
         }
         self.registry_port = free_port()
         self.edge_port = free_port()
+        self.dashboard_port = free_port()
         self.env = {k: v for k, v in env.items() if not k.startswith(("EDGEPUB_", "OCI_"))}
         self.env |= ports | {
             "EDGEPUB_BASE_IMAGE": docker.base_image(env),
             "EDGEPUB_REGISTRY_PORT": str(self.registry_port),
             "EDGEPUB_EDGE_PORT": str(self.edge_port),
+            "EDGEPUB_DASHBOARD_PORT": str(self.dashboard_port),
         }
         self.client_ports = [int(ports[f"EDGEPUB_NATS{i}_CLIENT"]) for i in range(len(NODES))]
         self.edge_listener = int(ports["EDGEPUB_NATS0_EDGE"])
@@ -155,6 +160,26 @@ def _infer(port: int, pipeline: str) -> list[dict[str, object]]:
     return records
 
 
+def _dashboard_get(port: int, path: str, login: tuple[str, str] | None) -> tuple[int, bytes]:
+    """GET the dashboard's ``path`` (HTTP Basic with ``login``): the status and body."""
+    headers = {}
+    if login is not None:
+        token = base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _fleet_names(port: int, login: tuple[str, str]) -> list[str]:
+    status, body = _dashboard_get(port, "/api/fleet", login)
+    assert status == 200, body[:300]
+    return [str(row["name"]) for row in json.loads(body)["rows"]]
+
+
 def _ready(port: int) -> bool:
     try:
         url = f"http://127.0.0.1:{port}/v2/health/ready"
@@ -198,6 +223,22 @@ def test_compose_up_publishes_serves_an_edge_survives_a_node_and_down_leaves_not
     assert status == 200, body[:300]
     layers = [layer["digest"] for layer in json.loads(body)["layers"]]
     assert layers == [f"sha256:{hashlib.sha256(model_file.read_bytes()).hexdigest()}"]
+
+    # The fleet dashboard (healthy above: /healthz 200) lists the edge to the SDK's login,
+    # and nothing without one.
+    login = (info.sdk_user, info.sdk_password)
+    port = project.dashboard_port
+    try:
+        wait_for(lambda: "compose-edge" in _fleet_names(port, login), 30, "listed", interval=0.5)
+    except AssertionError:
+        raise AssertionError(
+            f"{_dashboard_get(port, '/api/fleet', login)}\n{project.logs('dashboard')}"
+        ) from None
+    assert _dashboard_get(port, "/healthz", None) == (200, b'{"live": true}')
+    status, _ = _dashboard_get(port, "/api/fleet", None)
+    assert status == 401
+    status, _ = _dashboard_get(port, "/api/fleet", (info.sdk_user, "not-the-password"))
+    assert status == 401
 
     # The example edge joins over the edge listener with its bundle and serves the pipeline.
     edge_env = {
