@@ -30,6 +30,7 @@ MAX_FAILURES = 10
 FAILURE_WINDOW_S = 60.0
 MAX_CLIENTS = 10_000  # addresses remembered for the failure limit
 COOKIE = "edgepub_session"
+MAC_BYTES = 32  # sha256; the MAC is binary, so it is cut off by length, not by a separator
 
 
 class Logins:
@@ -112,8 +113,8 @@ class Logins:
             raw = base64.urlsafe_b64decode(cookie.encode())
         except (ValueError, TypeError):
             return None
-        body, sep, mac = raw.rpartition(b"|")
-        if not sep or not hmac.compare_digest(
+        body, sep, mac = raw[: -MAC_BYTES - 1], raw[-MAC_BYTES - 1 : -MAC_BYTES], raw[-MAC_BYTES:]
+        if sep != b"|" or not hmac.compare_digest(
             mac, hmac.new(self._key, body, hashlib.sha256).digest()
         ):
             return None

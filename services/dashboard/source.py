@@ -23,16 +23,17 @@ from nats.js import JetStreamContext
 
 from edgepub.shared import subjects
 from edgepub.shared.edge_messages import EdgeRecord, EdgeSeen
-from edgepub.shared.schemas import PublishRecord
+from edgepub.shared.schemas import PublishRecord, decoder
 from edgepub.shared.transient import backoff
 
 log = structlog.get_logger("edgepub.dashboard")
 
 IDLE_S = 5.0  # a watch with nothing new for this long checks the connection is alive
 
-_record = msgspec.json.Decoder(EdgeRecord)
-_seen = msgspec.json.Decoder(EdgeSeen)
-_publish = msgspec.json.Decoder(PublishRecord)
+# records are msgpack, as every writer stores them (``schemas.encode``, ``kv_table``)
+_record = decoder(EdgeRecord)
+_seen = decoder(EdgeSeen)
+_publish = decoder(PublishRecord)
 
 
 class FleetSource:
