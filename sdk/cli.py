@@ -54,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo = verbs.add_parser("demo", help="run the end-to-end demo on the embedded stack")
     demo.add_argument("--data-dir", help="stack directory (default: a fresh temporary one)")
+    demo.add_argument(
+        "--keep",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="at the end, keep the stack and the dashboard up with an edge sending traffic "
+        "until Ctrl-C (default: when run on a terminal)",
+    )
 
     model = verbs.add_parser("model", help="models").add_subparsers(dest="action", required=True)
     up = model.add_parser("upload", help="upload an ONNX file as a model version")
@@ -190,7 +197,8 @@ def run(argv: Sequence[str]) -> int:
     if args.verb == "demo":
         from .demo import run_demo
 
-        return run_demo(args.data_dir)
+        keep = sys.stdin.isatty() and sys.stdout.isatty() if args.keep is None else args.keep
+        return run_demo(args.data_dir, keep=keep)
     if args.verb == "model":
         with _client(args) as client:
             model = client.upload_model(args.name, args.path)

@@ -11,6 +11,7 @@ restart; removes the edge and shows it cut off while it still serves locally.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -110,7 +111,9 @@ def verify_artifact(pipeline_url: str, registry: RegistrySettings) -> None:
             raise SystemExit("the registry returned a layer whose digest does not match")
 
 
-def start_agent(variables: dict[str, str], info: StackInfo, home: Path, stack: ExitStack) -> str:
+def start_agent(
+    variables: dict[str, str], info: StackInfo, home: Path, stack: ExitStack, name: str = "edge"
+) -> str:
     """Run ``edgepub-edge`` with the Docker Run command's variables (PIPELINE_URL and
     EDGE_BUNDLE from ``docker_run_variables``, the registry's credentials); its
     ``/persist`` is a directory here."""
@@ -124,13 +127,14 @@ def start_agent(variables: dict[str, str], info: StackInfo, home: Path, stack: E
         OCI_USERNAME=info.registry_username or "",
         OCI_PASSWORD=info.registry_password or "",
         CONFIG_CPUS="1",
-        EDGEPUB_PERSIST_DIR=str(home / "persist"),
+        EDGEPUB_PERSIST_DIR=str(home / ("persist" if name == "edge" else f"persist-{name}")),
         EDGEPUB_HOST="127.0.0.1",
         EDGEPUB_PORT=str(port),
         EDGEPUB_LOG_FORMAT="json",
         EDGEPUB_HEARTBEAT_S="1",
     )
-    proc = spawn([sys.executable, "-m", "edgepub.edge_agent"], home / "edge-agent.log", stack, env)
+    log_file = home / ("edge-agent.log" if name == "edge" else f"{name}-agent.log")
+    proc = spawn([sys.executable, "-m", "edgepub.edge_agent"], log_file, stack, env)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -199,7 +203,34 @@ def infer_examples(base: str, pipeline: str, input_name: str, n_features: int) -
     )
 
 
-def run_demo(data_dir: str | None) -> int:
+def keep_serving(base: str, pipeline: str, input_name: str, info: StackInfo) -> None:
+    """Until Ctrl-C: an inference a second, so the dashboard shows traffic arrive."""
+    _say(f"the dashboard: {info.dashboard_url}")
+    where = Path(info.data_dir) / "stack.json"
+    print(f"log in as {info.sdk_user}; the password is sdk_password in {where} (mode 0600)")
+    print("the edge sends an inference a second; watch its row, chart and logs. Ctrl-C stops.")
+    url = f"{base}/v2/models/{pipeline}/infer"
+    rng = 0
+    try:
+        while True:
+            rng += 1
+            row = [float((rng * 7 + i) % 13) for i in range(N_FEATURES)]
+            body = {
+                "inputs": [
+                    {"name": input_name, "shape": [1, N_FEATURES], "datatype": "FP32", "data": row}
+                ]
+            }
+            req = urllib.request.Request(
+                url, json.dumps(body).encode(), {"Content-Type": "application/json"}
+            )
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(req, timeout=5).close()
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        print()
+
+
+def run_demo(data_dir: str | None, keep: bool = False) -> int:
     from edgepub import Client, DeploymentConfigBuilder
     from edgepub.samples import house_price_model
     from edgepub.shared.stack_file import load_stack_info
@@ -215,6 +246,8 @@ def run_demo(data_dir: str | None) -> int:
         start_stack(home, stack)
         info = load_stack_info(home)
         print(f"NATS {info.nats_url}, registry {info.registry}")
+        if info.dashboard_url:
+            print(f"dashboard {info.dashboard_url} (log in as {info.sdk_user}: stack.json)")
 
         _say("making a sample model (scikit-learn random forest -> ONNX)")
         model_path = house_price_model(home / "house-price-rf.onnx")
@@ -287,5 +320,10 @@ def run_demo(data_dir: str | None) -> int:
         print(pipeline.list_edges())
         _say("cut off from Ops, the edge still serves its cached pipeline locally")
         infer_examples(base, pipeline.name, model.inputs[0].name, N_FEATURES)
+        if keep:
+            _say("a second edge for the dashboard: publish.add_edge('demo-edge-2')")
+            again = second.add_edge("demo-edge-2", tags=["demo"])
+            base2 = start_agent(again.docker_run_variables, info, home, stack, "demo-edge-2")
+            keep_serving(base2, pipeline.name, model.inputs[0].name, info)
         _say("demo complete; stopping the edge agent and the stack")
     return 0

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from edgepub.samples import house_price_model
+from edgepub.shared.stack_file import load_stack_info
 from support.servers import NatsServer
 from support.services import OpsServices, clean_environ
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(240)
 EDGEPUB = [sys.executable, "-c", "from edgepub.cli import main; main()"]
@@ -117,3 +124,52 @@ def test_readme_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert '"out": {"variable": [' in out.stdout  # pandas-records answer
     assert '"outputs": [{"name": "variable"' in out.stdout  # Open Inference Protocol answer
     assert "demo complete" in out.stdout
+
+
+def test_the_demo_kept_up_shows_its_edge_and_traffic_on_the_dashboard(tmp_path: Path) -> None:
+    """What a new user does after the demo (on a terminal it stays up): open the printed
+    dashboard URL, log in as the SDK user, and see the demo's edge with traffic arriving."""
+    home = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [*EDGEPUB, "demo", "--keep", "--data-dir", str(home)],
+        env=clean_environ() | {"PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=os.getcwd(),
+    )
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 200
+        while not any("Ctrl-C stops" in x for x in lines):
+            line = proc.stdout.readline()
+            assert line and time.monotonic() < deadline, "".join(lines[-40:])
+            lines.append(line)
+        info = load_stack_info(home)
+        assert info.dashboard_url and any(info.dashboard_url in x for x in lines)
+        assert not any(info.sdk_password and info.sdk_password in x for x in lines)
+        auth = base64.b64encode(f"{info.sdk_user}:{info.sdk_password}".encode()).decode()
+
+        def get(path: str) -> Any:
+            req = urllib.request.Request(
+                info.dashboard_url.rstrip("/") + path, headers={"Authorization": f"Basic {auth}"}
+            )
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return json.loads(resp.read())
+
+        def edge_with_traffic() -> bool:
+            rows = {r["name"]: r for r in get("/api/fleet")["rows"]}
+            row = rows.get("demo-edge-2")
+            return bool(row and row["connection"] == "online" and (row["requests"] or 0) > 0)
+
+        wait_for(edge_with_traffic, 60, "demo-edge-2 online with traffic on the dashboard")
+        traffic = get("/api/pipelines/house-price-demo")
+        assert "demo-edge-2" in traffic["edges"] and traffic["rows"] > 0
+        assert any(r["edge"] == "demo-edge-2" for r in traffic["latest"])
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
