@@ -474,6 +474,12 @@ def test_a_thousand_edges_filter_sort_and_page_from_the_url(
     lines = session.get(csv, timeout=10).text.strip().splitlines()
     assert len(lines) == len(expected) + 1  # the header, every matching row (not one page)
 
+    browser.back()  # history holds each step: back to the first page, same filter and sort
+    wait(lambda: "offset" not in url_params(browser), 10, "back to the first page")
+    wait(lambda: shown("name") == [m["name"] for m in descending[:100]], 15, "the first page again")
+    browser.forward()
+    wait(lambda: url_params(browser).get("offset") == "100", 10, "forward to the second page")
+
     browser.refresh()
     wait(
         lambda: shown("name") == [m["name"] for m in descending[100:200]],

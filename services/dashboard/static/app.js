@@ -250,7 +250,10 @@ function render() {
   current.update(params);
 }
 
-async function loadPipelines() {
+let pipelinesAt = 0;
+async function loadPipelines(atMostEveryMs) {
+  if (atMostEveryMs && Date.now() - pipelinesAt < atMostEveryMs) return;
+  pipelinesAt = Date.now();
   try {
     const resp = await fetch("/api/pipelines", { credentials: "same-origin" });
     if (!resp.ok) return;
@@ -566,6 +569,7 @@ function fleetView(main) {
     $("#fleet-next", main).disabled = q.offset + data.rows.length >= data.matched;
     $("#fleet-empty", main).hidden = data.rows.length > 0;
     $("#fleet", main).dataset.matched = String(data.matched);
+    loadPipelines(10000); // a new pipeline joins the menu
     updateAges(main);
     // when the first rows were on screen (ms since navigation): what the tests report
     if (data.rows.length && !window.edgepubFirstRender) window.edgepubFirstRender = performance.now();
@@ -657,7 +661,7 @@ function publishesView(main) {
       tbody.innerHTML = data.rows.map(row).join("");
       $("#publishes-empty", main).hidden = data.rows.length > 0;
       updateAges(main);
-      loadPipelines();
+      loadPipelines(2000);
     });
   }
   return { update };
