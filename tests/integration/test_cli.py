@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -137,6 +138,7 @@ def test_the_demo_kept_up_shows_its_edge_and_traffic_on_the_dashboard(tmp_path: 
         stderr=subprocess.STDOUT,
         text=True,
         cwd=os.getcwd(),
+        start_new_session=True,  # its stack and agents with it: a failure kills them all
     )
     try:
         assert proc.stdout is not None
@@ -170,6 +172,6 @@ def test_the_demo_kept_up_shows_its_edge_and_traffic_on_the_dashboard(tmp_path: 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # what a clean Ctrl-C left: nothing
+        proc.wait()
