@@ -12,6 +12,7 @@ are also copied to ``docs/screenshots/`` for the README.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import os
 import random
 import shutil
@@ -213,6 +214,7 @@ def test_a_replace_shows_pending_then_in_sync(stack: Stack, browser: Any) -> Non
         )
 
     wait(swapped, 60, "swap-1 running the new version, in sync")
+    wait(lambda: js(browser, "return window.__syncs.at(-1)") == "in_sync", 5, "the recorder")
     syncs = js(browser, "clearInterval(window.__syncTimer); return window.__syncs;")
     print(f"\nswap-1 sync states seen: {syncs}")
     assert "pending" in syncs, syncs
@@ -396,8 +398,8 @@ def test_a_thousand_edges_filter_sort_and_page_from_the_url(
          == SIMULATED, 30, "the dashboard to hold every simulated edge")  # fmt: skip
 
     # page weight and first render, with the whole fleet there
-    sizes = {
-        name: len(session.get(f"{stack.url}{path}", timeout=10).content)
+    bodies = {
+        name: session.get(f"{stack.url}{path}", timeout=10).content
         for name, path in (
             ("index.html", "/fleet"),
             ("app.js", "/static/app.js"),
@@ -405,6 +407,7 @@ def test_a_thousand_edges_filter_sort_and_page_from_the_url(
             ("/api/fleet", "/api/fleet"),
         )
     }
+    sizes = {name: len(body) for name, body in bodies.items()}
     started = time.monotonic()
     open_page(browser, stack, "/fleet")
     wait(lambda: js(browser, "return document.querySelectorAll('#fleet tbody tr').length") == 100,
@@ -415,7 +418,8 @@ def test_a_thousand_edges_filter_sort_and_page_from_the_url(
     print(
         f"\npage weight with {SIMULATED} edges (+ real ones): "
         + ", ".join(f"{k} {v:,} B" for k, v in sizes.items())
-        + f"; total {sum(sizes.values()):,} B (uncompressed)"
+        + f"; total {sum(sizes.values()):,} B as served (uncompressed), "
+        + f"{sum(len(gzip.compress(b)) for b in bodies.values()):,} B if gzipped"
         + f"\ntime to first render: {first:.0f} ms after navigation start "
         f"(rows on screen {wall * 1000:.0f} ms after driver.get); counters say {total} edges"
     )
