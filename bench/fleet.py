@@ -19,7 +19,9 @@ The last line is one JSON object: ``edges``, ``rows_sent``, ``rows_at_ops``,
 ``duplicates``, ``order_violations``, ``rows_per_s`` (rows at Ops over the load window plus
 the drain), ``offered_rows_per_s``, ``p99_lag_s`` / ``p50_lag_s`` (a row logged -> its page
 stored in the pipeline log, by the server's timestamp), ``server_rss_mb`` (the three nodes,
-summed), ``join_s``, and ``cpu_cores`` per process kind during the load (what saturates).
+summed), ``join_s``, ``atomic_batches`` / ``pages_per_batch`` (the collectors' appends), and
+``cpu_cores`` per process kind during the load and ``cpu_cores_drain`` after it (what
+saturates).
 """
 
 from __future__ import annotations
@@ -165,6 +167,9 @@ async def read_back(nc: NATS) -> dict[str, Any]:
         "lags": lags,
         "pages": pages,
         "log_messages": info.state.messages,
+        # each atomic batch is its pages and one watermark commit; watermarks roll up (gone)
+        # but keep their sequence numbers: the stream's last seq counts every one
+        "batches": info.state.last_seq - pages,
     }
 
 
@@ -248,6 +253,7 @@ async def simulate(
     try:
         await wait_collected(reader, {log.edge: log.produced for log in logs}, args.drain_s)
         collected_s = time.monotonic() - load_started
+        drained = {k: sum(map(cpu_s, pids)) for k, pids in kinds.items()}
         held = await read_back(reader)
     finally:
         await reader.close()
@@ -269,9 +275,15 @@ async def simulate(
         "p50_lag_s": round(percentile(held["lags"], 0.5), 3),
         "p99_lag_s": round(percentile(held["lags"], 0.99), 3),
         "pages": held["pages"],
+        "atomic_batches": held["batches"],
+        "pages_per_batch": round(held["pages"] / max(1, held["batches"]), 2),
         "join_s": round(join_s, 2),
         "server_rss_mb": round(sum(rss_mb(n.child.pid) for n in cluster.nodes), 1),
         "cpu_cores": {k: round((after[k] - before[k]) / load_s, 2) for k in kinds},
+        # after the load, while the collectors drain the pages stream into the log
+        "cpu_cores_drain": {
+            k: round((drained[k] - after[k]) / max(0.1, collected_s - load_s), 2) for k in kinds
+        },
     }
 
 
