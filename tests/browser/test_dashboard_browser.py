@@ -544,8 +544,12 @@ def test_the_pipeline_view_draws_its_charts_and_latest_rows(
     assert js(browser, "return document.querySelector('#latest tbody tr').dataset.edge") == "swap-1"
     wait(lambda: exists(browser, CHART_LINE), 30, "the rows chart with a line")
     assert js(browser, "return !!document.querySelector('#chart-latency svg')")
-    summary = browser.find_element("id", "pipeline-summary").text
-    assert int(summary.split()[0].replace(",", "")) >= sent, summary
+
+    def rows_shown() -> int:
+        return int(browser.find_element("id", "pipeline-summary").text.split()[0].replace(",", ""))
+
+    # the edge ships its log in pages: the count grows, live, until every row is at Ops
+    wait(lambda: rows_shown() >= sent, 60, f"all {sent} rows counted on the page")
 
     Select(browser.find_element("id", "edge-filter")).select_by_value("swap-1")
     wait(lambda: url_params(browser).get("edge") == "swap-1", 10, "the edge filter in the URL")
