@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up a development/CI machine from nothing but Python, pip and apt:
-# system packages (the CNCF registry, wrk), a virtualenv in .venv, edgepub with its dev extras
+# system packages (the CNCF registry, wrk, headless Chromium), a virtualenv in .venv, edgepub with its dev extras
 # from deploy/requirements-dev.lock (pinned, with hashes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v docker-registry >/dev/null 2>&1 || need_apt+=(docker-registry)
 command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
+# headless Chromium and its driver: the dashboard's browser tests (tests/browser)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if ((${#need_apt[@]})); then
     sudo_cmd=""
     [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
