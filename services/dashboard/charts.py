@@ -77,9 +77,10 @@ def line_chart(
         t = datetime.fromtimestamp(t0 + (t1 - t0) * i / 4, UTC)
         xx = left + plot_w * i / 4
         fmt = "%H:%M" if (t1 - t0) <= 86400 else "%m-%d %H:%M"
+        anchor = "start" if i == 0 else "end" if i == 4 else "middle"  # none cut at an edge
         out.append(
             f'<text x="{xx:.1f}" y="{height - bottom + 16}" font-size="10" '
-            f'text-anchor="middle">{t.strftime(fmt)}</text>'
+            f'text-anchor="{anchor}">{t.strftime(fmt)}</text>'
         )
     out.append(
         f'<text x="12" y="{top + plot_h / 2:.1f}" font-size="10" '

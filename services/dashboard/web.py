@@ -80,6 +80,28 @@ def parse_range(query: Mapping[str, str], now: datetime) -> tuple[datetime, date
     return start, end
 
 
+def signature(view: Any) -> Any:
+    """What a push must differ in: the view without the clock (``now``), ages that move
+    with it (``*_age_s``: the page counts them from the times itself) and the feed's own
+    state (the pings carry that)."""
+    if isinstance(view, dict):
+        return {
+            k: signature(v)
+            for k, v in view.items()
+            if k not in ("now", "feed") and not k.endswith("_age_s")
+        }
+    if isinstance(view, list):
+        return [signature(v) for v in view]
+    return view
+
+
+def _json_response(request: web.Request, body: Any) -> web.Response:
+    resp = web.Response(body=_json.encode(body), content_type="application/json")
+    if "gzip" in request.headers.get("Accept-Encoding", ""):
+        resp.enable_compression()
+    return resp
+
+
 class Dashboard:
     def __init__(
         self, source: FleetSource, views: Views, logins: Logins, read_traffic: ReadTraffic
@@ -191,7 +213,10 @@ class Dashboard:
             body = _static(name)
         except (FileNotFoundError, IsADirectoryError):
             raise web.HTTPNotFound() from None
-        return web.Response(body=body, content_type=kind)
+        resp = web.Response(body=body, content_type=kind)
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            resp.enable_compression()
+        return resp
 
     # --- data ----------------------------------------------------------------------------
 
@@ -215,9 +240,7 @@ class Dashboard:
         return {"live": not stale, "connected": self.source.is_connected, "heard_s_ago": age}
 
     async def fleet(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=_json.encode(self._view("fleet", request)), content_type="application/json"
-        )
+        return _json_response(request, self._view("fleet", request))
 
     async def fleet_csv(self, request: web.Request) -> web.Response:
         try:
@@ -231,9 +254,7 @@ class Dashboard:
         )
 
     async def publishes(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=_json.encode(self._view("publishes", request)), content_type="application/json"
-        )
+        return _json_response(request, self._view("publishes", request))
 
     async def pipelines(self, request: web.Request) -> web.Response:
         return web.json_response({"pipelines": self.views.pipelines()})
@@ -261,7 +282,7 @@ class Dashboard:
         traffic = await self._traffic_of(request)
         body = msgspec.to_builtins(traffic)
         body["feed"] = self.feed()
-        return web.Response(body=_json.encode(body), content_type="application/json")
+        return _json_response(request, body)
 
     async def chart(self, request: web.Request) -> web.Response:
         metric = request.match_info["metric"]
@@ -318,14 +339,15 @@ class Dashboard:
             }
         )
         await resp.prepare(request)
-        version, last, last_ping = -1, b"", 0.0
+        version, last, last_ping = -1, b"", time.monotonic()
         try:
             while True:
                 started = time.monotonic()
-                body = _json.encode(await render())
-                if body != last:
+                view_now = await render()
+                body, sig = _json.encode(view_now), _json.encode(signature(view_now))
+                if sig != last:
                     await resp.write(b"event: snapshot\ndata: " + body + b"\n\n")
-                    last = body
+                    last = sig
                 elif started - last_ping >= PING_S:
                     await resp.write(b"event: ping\ndata: " + _json.encode(self.feed()) + b"\n\n")
                     last_ping = started

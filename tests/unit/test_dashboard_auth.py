@@ -63,3 +63,12 @@ def test_a_chart_escapes_names_and_folds_many_series() -> None:
     assert svg.count("<polyline") == charts.MAX_SERIES and ">other</text>" in svg
     empty = charts.line_chart({}, start=t0, end=t0 + timedelta(hours=1), title="t", unit="u")
     assert "no rows in this range" in empty
+
+
+def test_a_push_differs_from_the_last_only_when_more_than_the_clock_moved() -> None:
+    from edgepub.services.dashboard.web import signature
+
+    a = {"now": 1, "feed": {"live": True}, "rows": [{"name": "e", "last_seen_age_s": 1.0}]}
+    b = {"now": 2, "feed": {"live": False}, "rows": [{"name": "e", "last_seen_age_s": 2.0}]}
+    c = {"now": 2, "feed": {"live": True}, "rows": [{"name": "f", "last_seen_age_s": 2.0}]}
+    assert signature(a) == signature(b) != signature(c)
