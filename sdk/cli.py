@@ -1,6 +1,7 @@
 """``edgepub``: the SDK's verbs for shell users.
 
     edgepub up                                   start the embedded stack
+    edgepub dashboard [--nats-url URL --user U]  the fleet dashboard against any deployment
     edgepub demo                                 publish a sample pipeline end to end
     edgepub model upload NAME PATH
     edgepub pipeline publish NAME --model M[:VERSION] [--cpus --memory --replicas --replaces]
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     verbs.add_parser(
         "up", help="start the embedded stack (nats-server, registry, services)", add_help=False
+    )
+    verbs.add_parser(
+        "dashboard", help="the fleet dashboard against any deployment (a web page)", add_help=False
     )
     demo = verbs.add_parser("demo", help="run the end-to-end demo on the embedded stack")
     demo.add_argument("--data-dir", help="stack directory (default: a fresh temporary one)")
@@ -193,6 +197,10 @@ def run(argv: Sequence[str]) -> int:
         from edgepub.services.stack.up import up_main
 
         return up_main(argv[1:])
+    if argv and argv[0] == "dashboard":
+        from edgepub.services.dashboard.__main__ import dashboard_main
+
+        return dashboard_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.verb == "demo":
         from .demo import run_demo

@@ -62,5 +62,52 @@ def main() -> None:
     run(NAME, body_for(settings_or_exit(NAME, DashboardSettings.from_env)))
 
 
+def dashboard_main(argv: list[str]) -> int:
+    """``edgepub dashboard [--nats-url URL --user U] [--port N]``: the dashboard against any
+    deployment, in the foreground until Ctrl-C. Without ``--nats-url`` it reads the embedded
+    stack's directory (``stack.json`` for the servers, ``credentials.json`` for the
+    ``dashboard`` user)."""
+    import argparse
+    import json
+    import os
+
+    from edgepub.shared.errors import ConfigError
+    from edgepub.shared.stack_file import data_dir, load_stack_info
+
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="edgepub dashboard", description=dashboard_main.__doc__)
+    p.add_argument(
+        "--nats-url", default=env("EDGEPUB_NATS_URL"), help="the bus (a list: a cluster)"
+    )
+    p.add_argument("--user", default=env("EDGEPUB_NATS_USER"), help="a read-only user: dashboard")
+    p.add_argument("--password", default=env("EDGEPUB_NATS_PASSWORD"), help="prefer the env var")
+    p.add_argument("--data-dir", help="the embedded stack's directory (without --nats-url)")
+    p.add_argument("--host", default=env("EDGEPUB_DASHBOARD_HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(env("EDGEPUB_DASHBOARD_PORT", "8471")))
+    args = p.parse_args(argv)
+    url, user, password = args.nats_url, args.user, args.password
+    if not url:
+        home = data_dir(args.data_dir)
+        try:
+            info = load_stack_info(home)
+            users = json.loads((home / "credentials.json").read_bytes())["nats_users"]
+        except ConfigError as exc:
+            print(f"edgepub dashboard: {exc.message}")
+            return 2
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"edgepub dashboard: {home}/credentials.json has no dashboard user ({exc!r})")
+            return 2
+        url, user, password = info.nats_url, NAME, users.get(NAME)
+    os.environ.update(
+        EDGEPUB_NATS_URL=url,
+        EDGEPUB_DASHBOARD_HOST=args.host,
+        EDGEPUB_DASHBOARD_PORT=str(args.port),
+        **({"EDGEPUB_NATS_USER": user} if user else {}),
+        **({"EDGEPUB_NATS_PASSWORD": password} if password else {}),
+    )
+    main()
+    return 0
+
+
 if __name__ == "__main__":
     main()

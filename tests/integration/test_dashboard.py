@@ -9,6 +9,9 @@ import asyncio
 import base64
 import http.client
 import json
+import signal
+import subprocess
+import sys
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -21,11 +24,12 @@ from edgepub import Client
 from support.edge_bus import add_edge, admin
 from support.procs import free_port
 from support.servers import NatsServer
-from support.services import OpsServices, ServiceProcess
+from support.services import OpsServices, ServiceProcess, clean_environ
 
 pytestmark = pytest.mark.timeout(180)
 
 HOST = "127.0.0.1"
+EDGEPUB = str(Path(sys.executable).parent / "edgepub")
 
 
 class Page:
@@ -229,3 +233,53 @@ def test_bad_queries_are_refused_naming_the_problem(
 def test_the_dashboard_stops_cleanly_on_sigterm(dashboard: Page, ops: OpsServices) -> None:
     proc: ServiceProcess = ops["dashboard"]
     assert proc.terminate() == 0
+
+
+def test_edgepub_dashboard_runs_against_any_deployment(
+    nats_server: NatsServer, client: Client, tmp_path: Path
+) -> None:
+    """``edgepub dashboard --nats-url … --user dashboard``: the same page, in the foreground,
+    on the given port; SIGTERM stops it with 0. Without a deployment it says what to give."""
+    port = free_port()
+    s = nats_server.settings("dashboard")
+    env = clean_environ() | {
+        "EDGEPUB_NATS_PASSWORD": s.password or "",
+        "EDGEPUB_LOG_FORMAT": "json",
+    }
+    argv = [EDGEPUB, "dashboard", "--nats-url", s.url]
+    proc = subprocess.Popen(
+        [*argv, "--user", "dashboard", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        page = Page(port)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if page.get("/healthz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout
+            time.sleep(0.1)
+        sdk = nats_server.settings()
+        basic = base64.b64encode(f"{sdk.user}:{sdk.password}".encode()).decode()
+        status, _, body = page.get("/api/fleet", headers={"Authorization": f"Basic {basic}"})
+        assert status == 200 and json.loads(body)["counters"]["total"] == 0
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = subprocess.run(
+        [EDGEPUB, "dashboard", "--data-dir", str(tmp_path / "none")],
+        env=clean_environ(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert out.returncode == 2 and "no embedded stack" in out.stdout + out.stderr
