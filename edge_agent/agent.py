@@ -398,7 +398,10 @@ class Agent:
             )
             await asyncio.sleep(wait)
 
-    async def run(self, sock: socket.socket) -> int:
+    async def run(self, sock: socket.socket, *, settle: bool = True) -> int:
+        """Serve on ``sock`` until stopped. ``settle``: tune this process's heap for serving
+        (``settle_heap``: its one full collection walks the whole process, which is the
+        agent's own in production and a test runner's whole heap in process)."""
         stop = self._stop
         loop = asyncio.get_running_loop()
         app = EdgeApp(
@@ -424,7 +427,8 @@ class Agent:
         self.start_shipping()
         self.target_url = self.swapper.start().pipeline_url
         serving_url = await self.serve_cached()
-        settle_heap()
+        if settle:
+            settle_heap()
         async with asyncio.TaskGroup() as tg:
             serving = tg.create_task(server.serve(sockets=[sock]))
             pumping = tg.create_task(pump(self.handoff, self.local_log))

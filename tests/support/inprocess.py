@@ -5,9 +5,7 @@ keeps every inference event. For tests that call the agent's API (``Agent.assign
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
-import sys
 import threading
 import time
 from collections.abc import Coroutine, Sequence
@@ -56,7 +54,6 @@ class InProcessAgent:
         self.exit_code: int | None = None
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name="edge-agent", daemon=True)
-        self._heap = (gc.get_threshold(), sys.getswitchinterval())
 
     @property
     def url(self) -> str:
@@ -66,7 +63,9 @@ class InProcessAgent:
         try:
             with asyncio.Runner() as runner:
                 self.loop = runner.get_loop()
-                self.exit_code = runner.run(self.agent.run(bind(HOST, self.port)))
+                # no settle_heap: its full collection would walk the test runner's heap (a
+                # stall the no_blocking check sees) and freeze it for every later test
+                self.exit_code = runner.run(self.agent.run(bind(HOST, self.port), settle=False))
         except BaseException as exc:  # reported by stop() and by every wait
             self.error = exc
 
@@ -93,9 +92,6 @@ class InProcessAgent:
             self.loop.call_soon_threadsafe(self.agent.stop)
         self._thread.join(timeout)
         assert not self._thread.is_alive(), "the in-process agent did not stop"
-        gc.unfreeze()  # what Agent.run's settle_heap did to this (the test's) process
-        gc.set_threshold(*self._heap[0])
-        sys.setswitchinterval(self._heap[1])
         if self.error is not None:
             raise AssertionError(f"the agent failed: {self.error!r}") from self.error
         return self.exit_code
