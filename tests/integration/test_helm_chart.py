@@ -37,7 +37,7 @@ RELEASE = "edgepub"
 SECRET = "edgepub-config"
 K8S_VERSION = "1.31.0"
 TARGET = ("-n", NAMESPACE, "--kube-version", K8S_VERSION)  # helm template's cluster
-SERVICE_CHECK = ["python3", "/opt/edgepub/healthcheck.py"]  # deploy/services/Dockerfile
+SERVICE_CHECK = ["python3", "/usr/local/lib/edgepub-healthcheck.py"]  # deploy/services/Dockerfile
 NOT_MOUNTED = {"credentials.json", "stack.json"}  # the render's own and the SDK login
 
 pytestmark = [
