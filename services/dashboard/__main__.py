@@ -75,7 +75,12 @@ def dashboard_main(argv: list[str]) -> int:
     from edgepub.shared.stack_file import data_dir, load_stack_info
 
     env = os.environ.get
-    p = argparse.ArgumentParser(prog="edgepub dashboard", description=dashboard_main.__doc__)
+    p = argparse.ArgumentParser(
+        prog="edgepub dashboard",
+        description="The fleet dashboard against any deployment, in the foreground until "
+        "Ctrl-C. Without --nats-url it reads the embedded stack's directory (stack.json for "
+        "the servers, credentials.json for the dashboard user).",
+    )
     p.add_argument(
         "--nats-url", default=env("EDGEPUB_NATS_URL"), help="the bus (a list: a cluster)"
     )
