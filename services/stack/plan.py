@@ -246,19 +246,21 @@ def opscenter_host(opts: UpOptions) -> str:
     """Where this stack's edges connect, as bundles say it (OPSCENTER_HOST)."""
     if opts.opscenter_host:
         return opts.opscenter_host
-    host = "127.0.0.1" if opts.host in ("0.0.0.0", "::") else opts.host
-    if ":" in host:
-        host = f"[{host}]"
+    host = _reachable(opts.host)
     scheme = "wss" if opts.edge_tls_cert and opts.edge_tls_key else "ws"
     ports = [n.websocket for n in opts.cluster_nodes] or [opts.edge_port]
     return ",".join(f"{scheme}://{host}:{port}" for port in ports)
 
 
 def dashboard_url(opts: UpOptions) -> str:
-    host = "127.0.0.1" if opts.host in ("0.0.0.0", "::") else opts.host
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{opts.dashboard_port}/"
+    return f"http://{_reachable(opts.host)}:{opts.dashboard_port}/"
+
+
+def _reachable(host: str) -> str:
+    """``host`` as a URL's host part a client on this machine dials: a wildcard listen
+    address is reached on loopback, an IPv6 address goes in brackets."""
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"[{host}]" if ":" in host else host
 
 
 def build_plan(
