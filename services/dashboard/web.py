@@ -339,14 +339,15 @@ class Dashboard:
             }
         )
         await resp.prepare(request)
-        version, last, last_ping = -1, b"", time.monotonic()
+        version, last, last_ping = -1, None, time.monotonic()
         try:
             while True:
                 started = time.monotonic()
                 view_now = await render()
-                body, sig = _json.encode(view_now), _json.encode(signature(view_now))
-                if sig != last:
-                    await resp.write(b"event: snapshot\ndata: " + body + b"\n\n")
+                sig = signature(view_now)
+                if sig != last:  # encoded only when it is sent
+                    data = _json.encode(view_now)
+                    await resp.write(b"event: snapshot\ndata: " + data + b"\n\n")
                     last = sig
                 elif started - last_ping >= PING_S:
                     await resp.write(b"event: ping\ndata: " + _json.encode(self.feed()) + b"\n\n")
