@@ -107,6 +107,7 @@ class EdgeInfo(Base, frozen=True, kw_only=True):
     created_on_version: str
     credential_state: CredentialState
     credential_expires_at: datetime | None
+    revoked_at: datetime | None = None  # when remove_edge revoked it (tombstones only)
     connection: ConnectionStatus
     offline_after_s: float
     last_seen: datetime | None

@@ -154,8 +154,21 @@ def renewed(record: EdgeRecord, now: datetime, cfg: TokenSettings) -> EdgeRecord
 def edge_info(
     record: EdgeRecord, seen: EdgeSeen | None, now: datetime, cfg: TokenSettings, bundle: str
 ) -> EdgeInfo:
-    """An edge as list_edges shows it, with the clock applied."""
+    """An edge as list_edges shows it, with the clock applied.
+
+    A report from before the record was created belongs to an earlier edge of that name
+    (removed, then added again): it is not this edge's. A removed edge is never online (its
+    connections were closed, its connects are refused): ``offline`` since its last report,
+    or ``never``; its credential ended when it was revoked."""
+    if seen is not None and seen.at < record.created_at:
+        seen = None
+    revoked = record.state == "revoked"
     connection = connection_of(seen.at if seen else None, now, cfg.offline_after_s)
+    if revoked and connection == "online":
+        connection = "offline"
+    expires = record.credential_expires_at
+    if revoked and expires is not None and record.revoked_at is not None:
+        expires = min(expires, record.revoked_at)
     a = record.assignment
     return EdgeInfo(
         id=record.id,
@@ -174,7 +187,8 @@ def edge_info(
         created_at=record.created_at,
         created_on_version=record.created_on_version,
         credential_state=credential_state(record, now),
-        credential_expires_at=record.credential_expires_at,
+        credential_expires_at=expires,
+        revoked_at=record.revoked_at if revoked else None,
         connection=connection,
         offline_after_s=cfg.offline_after_s,
         last_seen=seen.at if seen else None,
