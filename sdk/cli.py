@@ -9,7 +9,7 @@
     edgepub publish show ID
     edgepub edge add NAME --publish ID [--tag T ...]
     edgepub edge remove NAME
-    edgepub edge list [--pipeline P] [--publish ID]
+    edgepub edge list [--pipeline P] [--publish ID] [--removed]
     edgepub logs show PIPELINE [--limit N] [--partition EDGE]
     edgepub logs tail PIPELINE [--partition EDGE]   follow new rows until Ctrl-C
 Add ``--json`` for output a script can read.
@@ -122,6 +122,11 @@ def _edge_verbs(verbs: Any) -> None:
     lst = edge.add_parser("list", help="list edges: every one, or a pipeline's or a publish's")
     lst.add_argument("--pipeline", metavar="NAME")
     lst.add_argument("--publish", type=int, metavar="ID")
+    lst.add_argument(
+        "--removed",
+        action="store_true",
+        help="also list removed edges still on record (credential_state revoked)",
+    )
     _connection_args(lst)
 
 
@@ -174,7 +179,7 @@ def _edge(args: argparse.Namespace) -> None:
             removed = client._remove_edge(args.name)
             _print(args, f"edge {removed.name!r} removed", removed)
         else:
-            edges = client.list_edges(args.pipeline, args.publish)
+            edges = client.list_edges(args.pipeline, args.publish, include_removed=args.removed)
             _print(args, repr(edges).rstrip("\n"), [e.info for e in edges])
 
 

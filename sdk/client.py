@@ -132,10 +132,18 @@ class Client:
         return self._call(subjects.VERB_EDGE_REMOVE, request, EdgeRemoved)
 
     def list_edges(
-        self, pipeline_name: str | None = None, publish_id: int | None = None
+        self,
+        pipeline_name: str | None = None,
+        publish_id: int | None = None,
+        *,
+        include_removed: bool = False,
     ) -> EdgeList:
-        """Every edge of the instance, or those of one pipeline and/or one publish."""
-        request = EdgeListRequest(pipeline_name=pipeline_name, publish_id=publish_id)
+        """Every edge of the instance, or those of one pipeline and/or one publish.
+        ``include_removed`` adds the removed ones still on record (``credential_state``
+        ``revoked``, with ``revoked_at``); adding a name again replaces its removed record."""
+        request = EdgeListRequest(
+            pipeline_name=pipeline_name, publish_id=publish_id, include_removed=include_removed
+        )
         infos = fetch_edges(self, request) or ()
         return make_edges(infos, publish_records(self, infos))
 

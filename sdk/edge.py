@@ -157,6 +157,11 @@ class Edge:
         return self._info.credential_expires_at
 
     @property
+    def revoked_at(self) -> datetime | None:
+        """When ``remove_edge`` revoked it (``list_edges(include_removed=True)``), else None."""
+        return self._info.revoked_at
+
+    @property
     def running_version(self) -> str | None:
         return self._info.running_version
 
@@ -233,10 +238,16 @@ def make_edges(
     records: Mapping[int, PublishRecord],
     bundles: Mapping[str, str] | None = None,
 ) -> EdgeList:
-    """Edges with their publishes attached, and the full bundle of any just added."""
+    """Edges with their publishes attached, and the full bundle of any just added (never
+    on a removed edge's record: a bundle is known by the name, which it no longer holds)."""
     bundles = bundles or {}
     return EdgeList(
-        Edge(info, records.get(info.publish_id), bundles.get(info.name)) for info in infos
+        Edge(
+            info,
+            records.get(info.publish_id),
+            None if info.credential_state == "revoked" else bundles.get(info.name),
+        )
+        for info in infos
     )
 
 

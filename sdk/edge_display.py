@@ -63,9 +63,12 @@ def _utc(value: datetime) -> datetime:
 
 
 def connection_text(edge: EdgeInfo) -> str:
-    """``online``/``offline``/``never connected``, the threshold stated when offline."""
+    """``online``/``offline``/``never connected``, the threshold stated when offline (a
+    removed edge is offline because it was removed, whatever its last report)."""
     if edge.connection == "never":
         return "never connected"
+    if edge.credential_state == "revoked":
+        return "offline (removed)"
     if edge.connection == "offline":
         return f"offline (no contact for over {seconds_text(edge.offline_after_s)})"
     return f"online, {edge.status}" if edge.status else "online"
@@ -89,7 +92,8 @@ def credential_text(edge: EdgeInfo, now: datetime) -> str:
     elif state == "expired":
         text = "expired (remove_edge and add_edge it again for a new bundle)"
     else:
-        text = "revoked"
+        at = edge.revoked_at
+        text = "revoked" if at is None else f"revoked (removed {format_datetime(at)})"
     expires = edge.credential_expires_at
     if state == "joined" and expires is not None:
         left = (_utc(expires) - _utc(now)).total_seconds()

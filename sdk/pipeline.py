@@ -153,9 +153,11 @@ class Pipeline:
             for r in reply.publishes
         )
 
-    def list_edges(self) -> EdgeList:
-        """The edges of this pipeline's publishes, each with the publish it should run."""
-        infos = fetch_edges(self._client, EdgeListRequest(pipeline_name=self.name)) or ()
+    def list_edges(self, *, include_removed: bool = False) -> EdgeList:
+        """The edges of this pipeline's publishes, each with the publish it should run;
+        ``include_removed`` adds the removed ones still on record (``revoked``)."""
+        request = EdgeListRequest(pipeline_name=self.name, include_removed=include_removed)
+        infos = fetch_edges(self._client, request) or ()
         if not infos:
             return EdgeList()
         reply = self._client._call(

@@ -173,10 +173,12 @@ class PipelinePublish:
         """Remove edge ``name``: its credential stops working at once and the name is free."""
         self._need_client("remove_edge").remove_edge(name)
 
-    def list_edges(self) -> EdgeList:
-        """The edges that should run this publish."""
+    def list_edges(self, *, include_removed: bool = False) -> EdgeList:
+        """The edges that should run this publish; ``include_removed`` adds the removed ones
+        still on record (``revoked``)."""
         client = self._need_client("list_edges")
-        infos = fetch_edges(client, EdgeListRequest(publish_id=self.id)) or ()
+        request = EdgeListRequest(publish_id=self.id, include_removed=include_removed)
+        infos = fetch_edges(client, request) or ()
         return make_edges(infos, {self.id: self._record}, self._bundles)
 
     # --- display ------------------------------------------------------------------------

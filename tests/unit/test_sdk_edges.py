@@ -4,6 +4,7 @@ publish service answering the same typed requests the real ones do."""
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -131,6 +132,7 @@ class FakeServices:
     def __init__(self) -> None:
         self.publishes: dict[int, PublishRecord] = {4: _publish()}
         self.edges: dict[str, EdgeInfo] = {}
+        self.removed: dict[str, EdgeInfo] = {}  # tombstones, as the token service keeps them
         self.sent: list[tuple[str, msgspec.Struct]] = []
         self.down: set[str] = set()  # verbs nobody answers
 
@@ -146,17 +148,23 @@ class FakeServices:
             raise EdgeNameTakenError(f"edge {r.name!r} already exists; remove_edge first")
         info = _info(r.name, r.publish_id, tags=r.tags)
         self.edges[r.name] = info
+        self.removed.pop(r.name, None)  # the new record replaces the tombstone
         return EdgeAdded(edge=info, bundle=FULL_BUNDLE)
 
     def _token_edge_remove(self, r: EdgeRemoveRequest) -> EdgeRemoved:
-        if self.edges.pop(r.name, None) is None:
+        gone = self.edges.pop(r.name, None)
+        if gone is None:
             raise NotFoundError(f"no edge {r.name!r}")
+        self.removed[r.name] = msgspec.structs.replace(
+            gone, credential_state="revoked", revoked_at=NOW, connection="offline"
+        )
         return EdgeRemoved(name=r.name, disconnected=0)
 
     def _token_edge_list(self, r: EdgeListRequest) -> EdgeListReply:
+        every = [*self.edges.values(), *(self.removed.values() if r.include_removed else ())]
         found = [
             e
-            for e in self.edges.values()
+            for e in every
             if (r.pipeline_name is None or e.pipeline_name == r.pipeline_name)
             and (r.publish_id is None or e.publish_id == r.publish_id)
         ]
@@ -272,6 +280,16 @@ def test_connection_states_the_threshold() -> None:
     assert connection_text(long) == "offline (no contact for over 10m)"
 
 
+def test_a_removed_edge_is_offline_because_it_was_removed() -> None:
+    removed = _info(credential_state="revoked", connection="offline", revoked_at=NOW)
+    assert connection_text(removed) == "offline (removed)"
+    never = _info(credential_state="revoked", connection="never", revoked_at=NOW)
+    assert connection_text(never) == "never connected"
+    text = edges_text([removed], NOW)
+    assert "offline (removed)" in text and "revoked (removed 2024-03-26 19:07:43+00:00)" in text
+    assert Edge(removed).revoked_at == NOW and Edge(_info()).revoked_at is None
+
+
 def test_last_seen_credential_and_running_texts() -> None:
     assert last_seen_text(_info(), NOW) == "never"
     seen = _info(last_seen=NOW - timedelta(seconds=12))
@@ -279,6 +297,8 @@ def test_last_seen_credential_and_running_texts() -> None:
     joined = _info(credential_state="joined", credential_expires_at=NOW + timedelta(days=7))
     assert credential_text(joined, NOW) == "joined, expires 2024-04-02 19:07:43+00:00 (in 7d)"
     assert credential_text(_info(credential_state="revoked"), NOW) == "revoked"
+    removed = _info(credential_state="revoked", revoked_at=NOW - timedelta(seconds=5))
+    assert credential_text(removed, NOW) == "revoked (removed 2024-03-26 19:07:38+00:00)"
     assert credential_text(_info(credential_state="expired"), NOW).startswith("expired")
     assert running_text(_info()) == ""
     assert running_text(_info(running_version=VERSION, running_publish_id=4)) == VERSION
@@ -443,6 +463,51 @@ def test_list_edges_of_a_publish_and_of_a_pipeline(client: Client, services: Fak
     assert [e.name for e in client.list_edges()] == ["shop-1", "shop-2"]
 
 
+def _list_requests(services: FakeServices) -> list[EdgeListRequest]:
+    return [r for _, r in services.sent if isinstance(r, EdgeListRequest)]
+
+
+def test_removed_edges_are_listed_only_when_asked(client: Client, services: FakeServices) -> None:
+    client.get_publish(4).add_edge("shop-1")
+    client.get_publish(4).add_edge("shop-2")
+    client.remove_edge("shop-1")
+    publish, pipeline = client.get_publish(4), Pipeline(client, PIPELINE_RECORD)
+    services.sent.clear()
+    listings = [client.list_edges(), pipeline.list_edges(), publish.list_edges()]
+    assert [[e.name for e in edges] for edges in listings] == [["shop-2"]] * 3
+    assert [r.include_removed for r in _list_requests(services)] == [False] * 3
+    services.sent.clear()
+    listings = [
+        client.list_edges(include_removed=True),
+        pipeline.list_edges(include_removed=True),
+        publish.list_edges(include_removed=True),
+    ]
+    assert [r.include_removed for r in _list_requests(services)] == [True] * 3
+    for edges in listings:
+        shown = {e.name: (e.credential_state, e.connection, e.revoked_at) for e in edges}
+        assert shown == {
+            "shop-1": ("revoked", "offline", NOW),
+            "shop-2": ("pending", "never", None),
+        }
+
+
+def test_list_edges_keeps_its_default_and_takes_include_removed_by_keyword() -> None:
+    for method in (Client.list_edges, Pipeline.list_edges, PipelinePublish.list_edges):
+        param = inspect.signature(method).parameters["include_removed"]
+        assert (param.kind, param.default) == (inspect.Parameter.KEYWORD_ONLY, False)
+    assert list(inspect.signature(Pipeline.list_edges).parameters) == ["self", "include_removed"]
+
+
+def test_a_removed_edge_never_shows_the_bundle_added_under_its_name(
+    client: Client, services: FakeServices
+) -> None:
+    added = client.get_publish(4).add_edge("shop-1")
+    assert added.edges is not None and added.edges[0].bundle == FULL_BUNDLE
+    added.remove_edge("shop-1")
+    (removed,) = added.list_edges(include_removed=True)
+    assert (removed.credential_state, removed.bundle) == ("revoked", TOKENLESS)
+
+
 def test_publishes_carry_their_edges(client: Client, services: FakeServices) -> None:
     services.publishes[5] = _publish(5)
     client.get_publish(5).add_edge("shop-2")
@@ -548,6 +613,26 @@ def test_cli_edge_add_list_remove(
     assert json.loads(out) == {"name": "shop-1", "disconnected": 0}
     code, out, _ = run("edge", "list", "--publish", "7")
     assert out.strip() == "(No Edges)"
+
+
+def test_cli_edge_list_removed(
+    monkeypatch: pytest.MonkeyPatch, client: Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _cli(monkeypatch, client, capsys)
+    run("edge", "add", "shop-1", "--publish", "4")
+    run("edge", "add", "shop-2", "--publish", "4")
+    run("edge", "remove", "shop-1")
+    code, out, _ = run("edge", "list", "--json")
+    assert code == 0 and [e["name"] for e in json.loads(out)] == ["shop-2"]
+    code, out, _ = run("edge", "list", "--publish", "4", "--removed", "--json")
+    rows = {e["name"]: e for e in json.loads(out)}
+    assert code == 0 and sorted(rows) == ["shop-1", "shop-2"]
+    assert rows["shop-1"]["credential_state"] == "revoked"
+    assert rows["shop-1"]["revoked_at"] == "2024-03-26T19:07:43Z"
+    assert rows["shop-2"]["revoked_at"] is None
+    assert all(set(r) == set(EdgeInfo.__struct_fields__) for r in rows.values())
+    code, out, _ = run("edge", "list", "--removed")
+    assert code == 0 and "offline (removed)" in out and "revoked (removed 2024-03-26" in out
 
 
 def test_cli_edge_errors_are_one_line(
