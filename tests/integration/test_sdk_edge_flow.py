@@ -1,22 +1,29 @@
 """Edges through the SDK and the `edgepub` command across real processes: nats-server, the
-publish and registry-push services, the token service and the registry. What the SDK shows
-is what the token service keeps (add, duplicate, remove, list, replace)."""
+publish and registry-push services, the token service and the registry (and an edge agent
+where an edge must have been online). What the SDK shows is what the token service keeps
+(add, duplicate, remove, list with and without the removed, replace)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from edgepub import Client, EdgeList, EdgeNameTakenError, NotFoundError, PipelinePublish
+from edgepub import Client, Edge, EdgeList, EdgeNameTakenError, NotFoundError, PipelinePublish
+from edgepub.shared import bus, subjects
 from edgepub.shared.bundle import decode_bundle
-from edgepub.shared.edge_messages import EdgeInfo
-from support.servers import NatsServer
+from edgepub.shared.edge_messages import EdgeInfo, EdgeSeen
+from edgepub.shared.schemas import decode
+from support.fleet import PIPELINE, Fleet
+from support.servers import NatsServer, RegistryServer
 from support.services import OpsServices, clean_environ
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(240)
 EDGEPUB = [sys.executable, "-c", "from edgepub.cli import main; main()"]
@@ -143,3 +150,123 @@ def test_cli_edge_add_list_remove(published: PipelinePublish, nats_server: NatsS
     assert gone.returncode == 0 and json.loads(gone.stdout)["name"] == "cli-1"
     again = _cli(["edge", "remove", "cli-1"], nats_server)
     assert again.returncode == 2 and "error [not_found]" in again.stderr
+
+
+# --- removed edges: hidden by default, listed revoked when asked -----------------------------
+
+
+def _removed_rows(args: list[str], nats: NatsServer) -> tuple[EdgeInfo, ...]:
+    """``edgepub edge list ... --json`` run as a process, its rows as the SDK types them."""
+    listed = _cli(["edge", "list", *args, "--json"], nats)
+    assert listed.returncode == 0, listed.stderr
+    return msgspec.json.decode(listed.stdout, type=tuple[EdgeInfo, ...])
+
+
+def test_a_removed_edge_is_hidden_by_default_and_listed_revoked_when_asked(
+    published: PipelinePublish, client: Client, nats_server: NatsServer
+) -> None:
+    published.add_edge("shop-1")
+    published.add_edge("shop-2")
+    added = {e.name: e for e in published.list_edges()}
+    client.remove_edge("shop-1")
+    pipeline = client.build_pipeline("edge-demo")
+
+    hidden = [client.list_edges(), pipeline.list_edges(), published.list_edges()]
+    assert [[e.name for e in edges] for edges in hidden] == [["shop-2"]] * 3
+    shown = [
+        client.list_edges(include_removed=True),
+        pipeline.list_edges(include_removed=True),
+        published.list_edges(include_removed=True),
+    ]
+    revoked_at = set()
+    for edges in shown:
+        assert sorted(e.name for e in edges) == ["shop-1", "shop-2"]  # each once
+        by_name = {e.name: e for e in edges}
+        removed, live = by_name["shop-1"], by_name["shop-2"]
+        assert (removed.id, live.id) == (added["shop-1"].id, added["shop-2"].id)
+        assert (removed.credential_state, removed.connection) == ("revoked", "never")
+        assert removed.revoked_at is not None and removed.revoked_at >= removed.created_at
+        assert (live.credential_state, live.revoked_at) == ("pending", None)
+        revoked_at.add(removed.revoked_at)
+    assert len(revoked_at) == 1  # one removal time, the record's
+
+    rows = {r.name: r for r in _removed_rows(["--pipeline", "edge-demo", "--removed"], nats_server)}
+    assert sorted(rows) == ["shop-1", "shop-2"]
+    cli_removed = rows["shop-1"]
+    assert (cli_removed.id, cli_removed.credential_state) == (added["shop-1"].id, "revoked")
+    assert {cli_removed.revoked_at} == revoked_at
+    assert [r.name for r in _removed_rows(["--pipeline", "edge-demo"], nats_server)] == ["shop-2"]
+    table = _cli(["edge", "list", "--publish", str(published.id), "--removed"], nats_server)
+    assert table.returncode == 0 and "revoked (removed " in table.stdout
+
+
+async def _seen(nats: NatsServer, name: str) -> EdgeSeen | None:
+    nc = await bus.connect(nats.settings("token"), name="test-edges-seen")
+    try:
+        kv = await nc.jetstream().key_value(subjects.KV_EDGES)
+        entry = await kv.get(f"seen.{name}")
+        return decode(EdgeSeen, entry.value or b"")
+    finally:
+        await nc.close()
+
+
+def _online(pipeline_edges: EdgeList) -> Edge | None:
+    edge = next(iter(pipeline_edges), None)
+    if edge is not None and (edge.credential_state, edge.connection) == ("joined", "online"):
+        return edge
+    return None
+
+
+def test_a_removed_agent_is_revoked_and_offline_and_its_name_added_again_is_a_new_edge(
+    token: OpsServices,
+    client: Client,
+    registry: RegistryServer,
+    nats_server: NatsServer,
+    tmp_path: Path,
+) -> None:
+    """The design frees the name entirely: the re-added edge's record replaces the removed
+    one's (``edge.<name>``), so after the re-add only the new edge is listed, removed or not."""
+    fleet = Fleet(client, registry, nats_server, tmp_path)
+    try:
+        agent = fleet.agent("shop-1", fleet.bundle("shop-1"))
+        agent.wait_event("Node attestation was successful.", timeout=60)
+        pipeline = client.build_pipeline(PIPELINE)
+        live = wait_for(lambda: _online(pipeline.list_edges()), 60, "shop-1 joined and online")
+        assert live.last_seen is not None
+
+        client.remove_edge("shop-1")
+        assert pipeline.list_edges() == [] and fleet.publish.list_edges() == []
+        (removed,) = pipeline.list_edges(include_removed=True)
+        assert (removed.id, removed.name) == (live.id, "shop-1")
+        # its last heartbeat is seconds old, yet a removed edge is never online
+        assert (removed.credential_state, removed.connection) == ("revoked", "offline")
+        assert removed.revoked_at is not None and live.last_seen <= removed.revoked_at
+        assert removed.last_seen is not None and removed.last_seen >= live.last_seen
+        assert removed.credential_expires_at == removed.revoked_at
+        (row,) = _removed_rows(["--pipeline", PIPELINE, "--removed"], nats_server)
+        assert (row.id, row.credential_state, row.connection, row.revoked_at) == (
+            live.id,
+            "revoked",
+            "offline",
+            removed.revoked_at,
+        )
+
+        again = fleet.publish.add_edge("shop-1")
+        assert decode_bundle(again.edge_bundles["shop-1"]).edge_name == "shop-1"
+        for listed in (pipeline.list_edges(), pipeline.list_edges(include_removed=True)):
+            (new,) = listed
+            assert new.id != live.id and new.name == "shop-1"
+            assert (new.credential_state, new.connection, new.last_seen) == (
+                "pending",
+                "never",
+                None,
+            )
+            assert new.revoked_at is None
+        # the old agent's last heartbeat is still in seen.shop-1: it is not the new edge's
+        old_report = asyncio.run(_seen(nats_server, "shop-1"))
+        assert old_report is not None and old_report.at < new.created_at
+        rows = _removed_rows(["--pipeline", PIPELINE, "--removed"], nats_server)
+        assert [(r.id, r.credential_state) for r in rows] == [(new.id, "pending")]
+    finally:
+        for started in fleet.agents:
+            started.kill()
