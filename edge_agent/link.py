@@ -378,6 +378,10 @@ class Link:
             await asyncio.sleep(self.settings.heartbeat_s)
 
     async def _on_control(self, msg: Msg) -> None:
+        if (msg.headers or {}).get(subjects.HEADER_CONTROL) != self.edge:
+            # a reply some edge named this subject for: answered inside the edge account
+            self.log.debug("control_not_from_ops", size=len(msg.data))
+            return
         try:
             notice = _control.decode(msg.data)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:

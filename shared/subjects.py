@@ -133,9 +133,14 @@ def edge_subscribe_allow(edge: str) -> tuple[str, ...]:
 # NATS auth callout: the server asks here who a connecting client is (nats-server >= 2.10).
 AUTH_CALLOUT = "$SYS.REQ.USER.AUTH"
 AUTH_QUEUE = "edgepub-auth"
-# Accounts of the embedded stack: everything edgepub runs lives in APP_ACCOUNT (edges too,
-# placed there by the callout); SYSTEM_ACCOUNT holds the token service's kick/connz user.
+# Accounts of the embedded stack: everything edgepub runs lives in APP_ACCOUNT; edges live in
+# EDGE_ACCOUNT (placed there by the callout), which imports only the edge subjects as a
+# service and the control subjects as a stream. A reply subject an edge names is then mapped
+# by the server and answered back into EDGE_ACCOUNT, where no stream, bucket or JetStream API
+# exists: an edge cannot make a service or JetStream's publish ack write into Ops' state.
+# SYSTEM_ACCOUNT holds the token service's kick/connz user.
 APP_ACCOUNT = "EDGEPUB"
+EDGE_ACCOUNT = "EDGES"
 SYSTEM_ACCOUNT = "SYS"
 SYS_CONNZ = "$SYS.REQ.SERVER.PING.CONNZ"
 SYS_KICK_ANY = "$SYS.REQ.SERVER.*.KICK"
@@ -227,6 +232,9 @@ OBJECT_STORE_UPLOADS = "edgepub_model_uploads"
 # --- headers -------------------------------------------------------------------------------
 HEADER_MSG_ID = "Nats-Msg-Id"
 HEADER_ERROR_CODE = "Edgepub-Error"
+# on control messages, naming the edge: set only by the token service's own publishes; a
+# message on a control subject without it is a reply that some edge pointed there
+HEADER_CONTROL = "Edgepub-Control"
 # on pages and on the pipeline log's messages
 HEADER_FIRST_SEQ = "Edgepub-First-Seq"  # the first edge sequence number the page holds
 HEADER_LAST_SEQ = "Edgepub-Last-Seq"

@@ -216,24 +216,48 @@ def _cluster(cluster: ClusterSpec) -> list[str]:
     ]
 
 
+def _edge_exchange() -> tuple[list[str], list[str]]:
+    """What the app account exports to the edge account, and the edge account's imports:
+    edges' requests and pages as a service (their replies come back mapped, so a reply
+    subject an edge names can only ever be answered inside the edge account), Ops' control
+    messages as a stream. Nothing else of the app account is visible to an edge."""
+    app = subjects.APP_ACCOUNT
+    edge, control = quote(f"{subjects.EDGE_ROOT}.>"), quote(f"{subjects.CONTROL_ROOT}.>")
+    exports = [
+        "    exports = [",
+        f"      {{ service: {edge}, response_type: singleton }}",
+        f"      {{ stream: {control} }}",
+        "    ]",
+    ]
+    imports = [
+        "    imports = [",
+        f"      {{ service: {{ account: {app}, subject: {edge} }} }}",
+        f"      {{ stream: {{ account: {app}, subject: {control} }} }}",
+        "    ]",
+    ]
+    return exports, imports
+
+
 def _accounts(users: dict[str, UserSpec], callout: CalloutSpec | None) -> list[str]:
     app, system = subjects.APP_ACCOUNT, subjects.SYSTEM_ACCOUNT
     lines = ["accounts {", f"  {app} {{", "    jetstream: enabled", "    users = ["]
     for user, spec in sorted(users.items()):
         lines += ["    " + line for line in _password_user(user, spec)]
-    lines += ["    ]", "  }"]
+    lines.append("    ]")
     sys_users: list[str] = []
     if callout is not None:
+        exports, imports = _edge_exchange()
+        lines += [*exports, "  }", f"  {subjects.EDGE_ACCOUNT} {{", *imports]
         identity = f"nkey: {quote(callout.system_user_public_key)}"
         sys_users = ["    " + line for line in _user_block(identity, callout.system_permissions)]
-    lines += [f"  {system} {{", "    users = [", *sys_users, "    ]", "  }", "}"]
+    lines += ["  }", f"  {system} {{", "    users = [", *sys_users, "    ]", "  }", "}"]
     lines.append(f"system_account: {system}")
     return lines
 
 
 def _callout(users: dict[str, UserSpec], callout: CalloutSpec) -> list[str]:
     # Static users (services, the SDK user) skip the callout; everyone else is an edge
-    # that the token service answers for, placing it in the app account.
+    # that the token service answers for, placing it in the edge account.
     # The system user is known by its nkey; it bypasses the callout like the static users.
     auth_users = ", ".join(quote(u) for u in [*sorted(users), callout.system_user_public_key])
     return [

@@ -65,7 +65,7 @@ class Callout:
             return jwt.encode(claims, seed, issued_at=now).encode()
         user = jwt.user_claims(
             user_nkey=req.user_nkey,
-            account=subjects.APP_ACCOUNT,
+            account=subjects.EDGE_ACCOUNT,
             name=decision.edge,
             publish=subjects.edge_publish_allow(decision.edge),
             subscribe=subjects.edge_subscribe_allow(decision.edge),

@@ -18,6 +18,7 @@ from edgepub.shared.bundle import EdgeBundle, encode_bundle
 from edgepub.shared.bundle import join_token_sha256 as token_sha256
 from edgepub.shared.edge_messages import (
     Assignment,
+    Control,
     EdgeAdded,
     EdgeAddRequest,
     EdgeInfo,
@@ -209,7 +210,7 @@ class TokenService:
                 break
             except Conflict:
                 continue
-        await self.nc.publish(subjects.control(req.name), encode(Revoked(reason="removed")))
+        await self._tell(req.name, Revoked(reason="removed"))
         kicked = 0
         if self.sys_nc is not None:
             kicked = await kick_edge(self.sys_nc, req.name, self.settings.kick_quiet_s)
@@ -250,9 +251,7 @@ class TokenService:
             if await self._move_one(record.name, replaced, assignment):
                 moved.append(record.name)
         for name in moved:
-            await self.nc.publish(
-                subjects.control(name), encode(RunPipeline(assignment=assignment))
-            )
+            await self._tell(name, RunPipeline(assignment=assignment))
         if moved:
             log.info("edges_moved", publish_id=publish.id, edges=moved, replaces=publish.replaces)
         return moved
@@ -273,6 +272,13 @@ class TokenService:
                 continue
 
     # --- edges -------------------------------------------------------------------------------
+
+    async def _tell(self, edge: str, notice: Control) -> None:
+        """Push ``notice`` to one edge; the header tells it apart from a reply that another
+        edge pointed at its control subject (answered inside the edge account, never Ops)."""
+        await self.nc.publish(
+            subjects.control(edge), encode(notice), headers={subjects.HEADER_CONTROL: edge}
+        )
 
     async def _joined(self, edge: str) -> tuple[EdgeRecord, int]:
         got = await self.state.record(edge)

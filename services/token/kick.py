@@ -59,7 +59,7 @@ def edge_connections(reply: bytes, edge: str) -> tuple[str, list[int]]:
     mine = [
         c.cid
         for c in conns
-        if c.account == subjects.APP_ACCOUNT and edge in (c.name, c.authorized_user)
+        if c.account == subjects.EDGE_ACCOUNT and edge in (c.name, c.authorized_user)
     ]
     return parsed.server.id, mine
 
@@ -75,7 +75,7 @@ async def kick_edge(sys_nc: NATS, edge: str, quiet_s: float) -> int:
     sub = await sys_nc.subscribe(inbox, cb=on_reply)
     answers: list[bytes] = []
     try:
-        query = {"account": subjects.APP_ACCOUNT, "auth": True, "limit": 1_000_000}
+        query = {"account": subjects.EDGE_ACCOUNT, "auth": True, "limit": 1_000_000}
         await sys_nc.publish(subjects.SYS_CONNZ, msgspec.json.encode(query), reply=inbox)
         # every server answers; once none has for ``quiet_s`` after the last, all have
         wait = FIRST_ANSWER_S

@@ -245,3 +245,28 @@ def test_log_limits_come_from_the_environment_with_the_defaults() -> None:
     assert pages.duplicate_window == 2 and pages.max_age == bus.PAGES_MAX_AGE_S
     with pytest.raises(ConfigError, match="EDGEPUB_LOGS_MAX_BYTES"):
         bus.LogLimits.from_env(Env({"EDGEPUB_LOGS_MAX_BYTES": "0"}))
+
+
+def test_edges_get_an_account_of_their_own_that_imports_only_the_edge_subjects() -> None:
+    creds = config.generate_credentials()
+    text = config.nats_config(
+        host="127.0.0.1",
+        port=4333,
+        store_dir="/s",
+        users=config.nats_users(creds),
+        callout=config.callout_spec(creds),
+    )
+    app, edges = text.split("  EDGES {")
+    edges_block = edges.split("\n  }")[0]
+    # the edge account: no users of its own, no JetStream, two imports and nothing else
+    assert "jetstream" not in edges_block and "users" not in edges_block
+    assert '{ service: { account: EDGEPUB, subject: "edgepub.edge.>" } }' in edges_block
+    assert '{ stream: { account: EDGEPUB, subject: "edgepub.control.>" } }' in edges_block
+    assert edges_block.count("account: EDGEPUB") == 2
+    assert '{ service: "edgepub.edge.>", response_type: singleton }' in app
+    assert '{ stream: "edgepub.control.>" }' in app
+    assert "account: EDGEPUB\n" in text  # the callout's own users stay in the app account
+    without = config.nats_config(
+        host="127.0.0.1", port=4333, store_dir="/s", users=config.nats_users(creds)
+    )
+    assert "EDGES" not in without and "exports" not in without

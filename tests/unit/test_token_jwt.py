@@ -78,7 +78,7 @@ def test_encode_writes_a_nats_jwt_the_issuer_signed() -> None:
 def test_the_user_jwt_carries_the_edges_allow_lists_and_exp() -> None:
     claims = jwt.user_claims(
         user_nkey="UCONN",
-        account=subjects.APP_ACCOUNT,
+        account=subjects.EDGE_ACCOUNT,
         name="shop-1",
         publish=subjects.edge_publish_allow("shop-1"),
         subscribe=subjects.edge_subscribe_allow("shop-1"),
@@ -86,7 +86,7 @@ def test_the_user_jwt_carries_the_edges_allow_lists_and_exp() -> None:
     )
     token = jwt.encode(claims, ISSUER, issued_at=1)
     got = json.loads(unb64(token.split(".")[1]))
-    assert got["sub"] == "UCONN" and got["aud"] == subjects.APP_ACCOUNT and got["exp"] == 99
+    assert got["sub"] == "UCONN" and got["aud"] == subjects.EDGE_ACCOUNT and got["exp"] == 99
     assert got["nats"]["pub"] == {"allow": list(subjects.edge_publish_allow("shop-1"))}
     assert got["nats"]["sub"] == {"allow": list(subjects.edge_subscribe_allow("shop-1"))}
     assert got["nats"]["type"] == "user" and got["nats"]["version"] == 2
@@ -271,13 +271,14 @@ def connz(*conns: dict[str, Any], server: str = "NSRV") -> bytes:
 
 
 def test_edge_connections_finds_the_edges_connections_on_that_server() -> None:
-    app = subjects.APP_ACCOUNT
+    edges = subjects.EDGE_ACCOUNT
     reply = connz(
-        {"cid": 1, "name": "shop-1", "account": app},
-        {"cid": 2, "authorized_user": "shop-1", "account": app, "extra": [1, {"x": 2}]},
-        {"cid": 3, "name": "shop-10", "account": app},  # another edge
+        {"cid": 1, "name": "shop-1", "account": edges},
+        {"cid": 2, "authorized_user": "shop-1", "account": edges, "extra": [1, {"x": 2}]},
+        {"cid": 3, "name": "shop-10", "account": edges},  # another edge
         {"cid": 4, "name": "shop-1", "account": "$SYS"},  # another account
-        {"cid": 5, "name": "shop", "authorized_user": "op", "account": app},
+        {"cid": 6, "name": "shop-1", "account": subjects.APP_ACCOUNT},  # a service, not the edge
+        {"cid": 5, "name": "shop", "authorized_user": "op", "account": edges},
     )
     assert kick.edge_connections(reply, "shop-1") == ("NSRV", [1, 2])
     assert kick.edge_connections(reply, "ghost") == ("NSRV", [])
@@ -330,7 +331,7 @@ def test_edge_connections_of_an_oversize_answer_is_empty() -> None:
 
 
 def test_edge_connections_passes_any_integer_cid_to_the_server_that_sent_it() -> None:
-    reply = connz({"cid": 2**70, "name": "shop-1", "account": subjects.APP_ACCOUNT})
+    reply = connz({"cid": 2**70, "name": "shop-1", "account": subjects.EDGE_ACCOUNT})
     assert kick.edge_connections(reply, "shop-1") == ("NSRV", [2**70])
 
 
