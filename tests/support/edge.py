@@ -6,13 +6,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import shlex
 import socket
+import string
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import requests
@@ -267,3 +269,49 @@ def serving(
         if agent is not None:
             agent.kill()
         registry.kill()
+
+
+def persisted_seed(persist: Path) -> str:
+    """The nkey seed an agent keeps in its persistent dir (a secret: for assertions only)."""
+    seed = json.loads((persist / "identity.json").read_text())["seed"]
+    assert isinstance(seed, str) and seed.startswith("SU"), "identity.json holds no user seed"
+    return seed
+
+
+class DockerRun(NamedTuple):
+    """What a displayed ``docker run`` command gives its container, read as Docker would."""
+
+    env: dict[str, str]  # every -e K=V, in order
+    volumes: dict[str, str]  # container path -> host path (-v HOST:CONTAINER)
+    ports: dict[int, int]  # container port -> host port (-p HOST:CONTAINER)
+    image: str
+
+
+def parse_docker_run(command: str, values: Mapping[str, str]) -> DockerRun:
+    """Split ``command`` as a shell would (line continuations included), with its ``$VAR``s
+    given by ``values``: a variable the command needs that ``values`` lacks is an error."""
+    text = string.Template(command.replace("\\\n", " ")).substitute(values)
+    argv = shlex.split(text)
+    assert argv[:2] == ["docker", "run"], f"not a docker run command: {command[:40]!r}"
+    env: dict[str, str] = {}
+    volumes: dict[str, str] = {}
+    ports: dict[int, int] = {}
+    rest = iter(argv[2:])
+    image = ""
+    for arg in rest:
+        if arg == "-e":
+            key, _, value = next(rest).partition("=")
+            env[key] = value
+        elif arg == "-v":
+            host, _, inside = next(rest).partition(":")
+            volumes[inside] = host
+        elif arg == "-p":
+            host, _, inside = next(rest).partition(":")
+            ports[int(inside)] = int(host)
+        elif arg.startswith("-"):
+            assert "=" in arg or arg == "--gpus", f"a flag this reader does not know: {arg}"
+            if arg == "--gpus":
+                next(rest)
+        else:
+            image = arg
+    return DockerRun(env=env, volumes=volumes, ports=ports, image=image)
