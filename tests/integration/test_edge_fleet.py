@@ -8,21 +8,60 @@ token-service replicas and ``edgepub-edge`` all run as processes on 127.0.0.1.
 
 from __future__ import annotations
 
+import asyncio
+import importlib.metadata
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from nats import errors as nats_errors
 
 from edgepub import Client
 from edgepub.samples import N_FEATURES, house_price_model
 from edgepub.shared.bundle import decode_bundle
-from support.edge import EdgeAgent, http
+from support.edge import EdgeAgent, http, parse_docker_run, persisted_seed
+from support.edge_bus import connect_edge
+from support.natsutil import connections_named
+from support.procs import free_port
 from support.servers import NatsServer, RegistryServer
 from support.services import OpsServices
 from support.waiting import wait_for
 
 PIPELINE = "fleet-demo"
+EDGEPUB_VERSION = importlib.metadata.version("edgepub")  # the installed package's own
+
+
+def _connections(nats: NatsServer, edge: str) -> int:
+    """The edge's connections as the server's own CONNZ shows them."""
+    return sum(asyncio.run(connections_named(nats, edge)).values())
+
+
+def _at(event: dict[str, Any]) -> float:
+    """When a process logged ``event`` (its own ISO timestamp), as unix time."""
+    return datetime.fromisoformat(event["timestamp"]).timestamp()
+
+
+def _assert_refused(nats: NatsServer, edge: str, seed: str) -> None:
+    """A connect as ``edge`` with its own key is refused by the server."""
+
+    async def connect() -> None:
+        with pytest.raises(nats_errors.Error, match="Authorization Violation"):
+            await connect_edge(nats, edge, seed)
+
+    asyncio.run(connect())
+
+
+def _token_events(ops: OpsServices, event: str, edge: str) -> int:
+    return sum(
+        1
+        for name, proc in ops.procs.items()
+        if name.startswith("token")
+        for e in proc.events()
+        if e.get("event") == event and e.get("edge") == edge
+    )
 
 
 class Load:
@@ -105,6 +144,7 @@ def test_add_run_list_replace_remove(
     assert seen.connection == "online" and seen.credential_state == "joined"
     assert seen.running_version == first.pipeline_version_name
     assert (time.time() - seen.last_seen.timestamp()) < 10
+    assert seen.agent_version == EDGEPUB_VERSION  # what the agent process itself reported
 
     body = [{v1.inputs[0].name: [0.1] * N_FEATURES}]
     with Load(f"{agent.url}/pipelines/{PIPELINE}", body, rate=50) as load:
@@ -123,14 +163,25 @@ def test_add_run_list_replace_remove(
     assert moved.should_run_publish == second.id
     assert agent.child.running() and agent.event_names().count("edge_agent_starting") == 1
 
-    started = time.monotonic()
+    assert _connections(nats_server, "shop-7") == 1
+    disconnects = agent.event_names().count("ops_disconnected")
     client.remove_edge("shop-7")
-    agent.wait_event("ops_disconnected", timeout=5)
-    assert time.monotonic() - started < 5  # the kick itself is asserted < 2 s in test_edge_join
+    returned = time.time()
+    gone = wait_for(
+        lambda: _connections(nats_server, "shop-7") == 0 and time.time(), 2.0, "the kick"
+    )
+    closed = agent.wait_event("ops_disconnected", count=disconnects + 1, timeout=2.0)
+    assert gone - returned < 2.0  # the server holds no connection of it
+    assert _at(closed) - returned < 2.0, closed  # and the agent saw its own closed
     assert list(pipeline.list_edges()) == []
     resp = http().post(f"{agent.url}/pipelines/{PIPELINE}", json=body, timeout=10)
     assert resp.status_code == 200  # its cached pipeline still serves locally
-    wait_for(lambda: "ops_refused" in agent.event_names(), 30, "the next connect refused")
+    refused = agent.wait_event("ops_refused", timeout=30)  # its next connect
+    assert refused["access"] == "revoked" and _at(refused) > returned
+    _assert_refused(nats_server, "shop-7", persisted_seed(agent.persist))
+    assert _connections(nats_server, "shop-7") == 0
+    resp = http().post(f"{agent.url}/pipelines/{PIPELINE}", json=body, timeout=10)
+    assert resp.status_code == 200 and agent.child.running()
     token = decode_bundle(bundle).join_token
     ops.assert_no_secret(token, bundle, agent_env["OCI_PASSWORD"])
     for secret in (token, bundle, agent_env["OCI_PASSWORD"]):
@@ -139,6 +190,7 @@ def test_add_run_list_replace_remove(
 
 def test_restart_reuses_persist_without_the_bundle(
     client: Client,
+    ops: OpsServices,
     agent_env: dict[str, str],
     agents: list[EdgeAgent],
     tmp_path: Path,
@@ -155,12 +207,19 @@ def test_restart_reuses_persist_without_the_bundle(
     persisted = (tmp_path / "edge" / "persist" / "identity.json").stat()
     assert persisted.st_mode & 0o777 == 0o600
 
+    assert _token_events(ops, "edge_joined", "field-1") == 1
+    authenticated = _token_events(ops, "edge_authenticated", "field-1")
+
     again = EdgeAgent(tmp_path / "edge", env).start()  # no EDGE_BUNDLE: /persist is enough
     agents.append(again)
-    again.wait_event("ops_connected", timeout=30)
-    assert "Node attestation was successful." not in again.event_names()[-50:] or (
-        again.event_names().count("Node attestation was successful.") == 1
-    )
+    assert again.child.log_path != first.child.log_path  # its own log: only its own events
+    connected = again.wait_event("ops_connected", timeout=30)
+    assert connected["access"] == "joined"  # connected as a joined edge: its key alone
+    assert "Node attestation was successful." not in again.event_names()
+    assert "edge_joined" not in again.event_names()
+    # Ops saw a returning key, not a join: no token was presented
+    assert _token_events(ops, "edge_joined", "field-1") == 1
+    assert _token_events(ops, "edge_authenticated", "field-1") == authenticated + 1
     (edge,) = wait_for(
         lambda: [e for e in pipeline.list_edges() if e.connection == "online"] or None,
         20,
@@ -203,3 +262,114 @@ def test_an_edge_offline_during_the_replace_swaps_when_it_is_back(
     for secret in (decode_bundle(bundle).join_token, bundle, seed, agent_env["OCI_PASSWORD"]):
         assert secret and secret not in back.child.log_text(), "a secret in the agent's log"
         assert secret not in agent.child.log_text(), "a secret in the agent's log"
+
+
+IDLE_S = 2.0  # the credential's life without contact, for the test of renewal
+
+
+def test_a_connected_agent_renews_itself_and_one_away_too_long_is_refused(
+    client: Client,
+    ops: OpsServices,
+    nats_server: NatsServer,
+    agent_env: dict[str, str],
+    agents: list[EdgeAgent],
+    tmp_path: Path,
+) -> None:
+    # The agent renews at half its credential's remaining life (edge_agent/link.py: no
+    # setting); with a 2 s credential the session's JWT (exp = the credential's end) runs
+    # out every period too, and the agent connects again with its key.
+    ops.start(
+        "token",
+        env={"EDGEPUB_CREDENTIAL_IDLE_S": str(IDLE_S), "EDGEPUB_EDGE_OFFLINE_AFTER_S": "3"},
+    )
+    model = client.upload_model("rf", house_price_model(tmp_path / "m.onnx", n_estimators=3))
+    pipeline = client.build_pipeline("renews").add_model_step(model)
+    publish = pipeline.publish(progress=False)
+    bundle = publish.add_edge("renewer").docker_run_variables["EDGE_BUNDLE"]
+    env = {**agent_env, "PIPELINE_URL": publish.pipeline_url or ""}
+    agent = EdgeAgent(tmp_path / "edge", {**env, "EDGE_BUNDLE": bundle}).start()
+    agents.append(agent)
+    agent.wait_event("Node attestation was successful.", timeout=30)
+    wait_for(lambda: pipeline.list_edges()[0].connection == "online", 20, "the edge online")
+
+    renewals = _token_events(ops, "credential_renewed", "renewer")
+    seen: list[tuple[str, str]] = []
+    expiries: list[datetime] = []
+    until = time.monotonic() + 4 * IDLE_S  # four lives of the credential
+    while time.monotonic() < until:
+        (edge,) = pipeline.list_edges()
+        seen.append((edge.credential_state, edge.connection))
+        if edge.credential_expires_at is not None:
+            expiries.append(edge.credential_expires_at)
+        time.sleep(0.2)
+    assert set(seen) == {("joined", "online")}, seen
+    assert _token_events(ops, "credential_renewed", "renewer") - renewals >= 4
+    assert len(set(expiries)) >= 4 and expiries == sorted(expiries)  # moved on, never back
+    assert agent.event_names().count("edge_joined") == 1  # renewed, never joined again
+
+    agent.stop()  # away for longer than its credential lives
+    wait_for(
+        lambda: pipeline.list_edges()[0].credential_state == "expired",
+        IDLE_S + 3,
+        "the credential to expire at Ops",
+    )
+    back = EdgeAgent(tmp_path / "edge", env).start()  # same /persist, its key alone
+    agents.append(back)
+    refused = back.wait_event("ops_refused", timeout=30)
+    assert refused["access"] == "expired"
+    (edge,) = pipeline.list_edges()
+    assert edge.credential_state == "expired"
+    _assert_refused(nats_server, "renewer", persisted_seed(back.persist))
+    logged = [
+        e.get("reason", "")
+        for e in ops["token"].events()
+        if e.get("event") == "edge_refused" and e.get("edge") == "renewer"
+    ]
+    assert logged and all("credential expired" in r for r in logged), logged
+
+
+def test_an_agent_started_from_the_displayed_docker_run_command_joins_and_serves(
+    client: Client,
+    registry: RegistryServer,
+    agents: list[EdgeAgent],
+    tmp_path: Path,
+) -> None:
+    model = client.upload_model("rf", house_price_model(tmp_path / "m.onnx", n_estimators=3))
+    pipeline = client.build_pipeline("from-docker-run").add_model_step(model)
+    added = pipeline.publish(progress=False).add_edge("shop-9")
+    (edge,) = [e for e in added.edges or () if e.name == "shop-9"]
+    command = edge.docker_run
+    assert command in repr(added)  # the very command the publish display shows
+    work = tmp_path / "edge"
+    port = free_port()
+    run = parse_docker_run(
+        command,
+        {
+            "PERSISTENT_VOLUME_DIR": str(work / "persist"),
+            "EDGE_PORT": str(port),
+            "OCI_USERNAME": registry.username,
+            "OCI_PASSWORD": registry.password,
+        },
+    )
+    assert run.volumes == {"/persist": str(work / "persist")} and run.ports == {8080: port}
+    assert run.env["EDGE_BUNDLE"] == added.docker_run_variables["EDGE_BUNDLE"]
+    # exactly the command's variables; /persist and the port as a local process takes them
+    agent = EdgeAgent(work, {**run.env, "EDGEPUB_PERSIST_DIR": run.volumes["/persist"]}, port=port)
+    agents.append(agent.start())
+    agent.wait_ready()
+    joined = agent.wait_event("Node attestation was successful.", timeout=30)
+
+    listed = wait_for(
+        lambda: next((e for e in pipeline.list_edges() if e.connection == "online"), None),
+        20,
+        "the edge online in list_edges",
+    )
+    assert listed is not None and listed.name == "shop-9" and listed.credential_state == "joined"
+    assert listed.last_seen is not None and listed.last_seen.timestamp() >= _at(joined) - 1.0
+    assert time.time() - listed.last_seen.timestamp() < 10.0  # recent: this run's heartbeat
+    assert listed.agent_version == EDGEPUB_VERSION
+    body = [{model.inputs[0].name: [0.3] * N_FEATURES}]
+    resp = http().post(f"{agent.url}/pipelines/from-docker-run", json=body, timeout=10)
+    assert resp.status_code == 200, resp.text
+    (answer,) = resp.json()
+    assert answer["out"] and answer["metadata"]["pipeline_version"] == added.pipeline_version_name
