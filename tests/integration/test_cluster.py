@@ -10,15 +10,21 @@ import concurrent.futures
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
+from nats import errors as nats_errors
 
 from edgepub import Client
 from edgepub.shared import bus, objects, subjects
+from support.edge import persisted_seed
+from support.edge_bus import add_edge, admin, connect_edge, join_token, new_seed
 from support.fleet import Fleet
+from support.natsutil import connections_named
 from support.servers import NatsCluster, RegistryServer
 from support.services import OpsServices
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -160,3 +166,89 @@ def test_a_node_and_a_collector_killed_under_edge_load_lose_nothing_and_double_n
         finally:
             for agent in fleet.agents:
                 agent.kill()
+
+
+def _connections(cluster: NatsCluster, name: str) -> dict[str, int]:
+    """Server name -> connections named ``name`` there, from every node's own CONNZ."""
+    return asyncio.run(connections_named(cluster, name))
+
+
+def _refused_on_every_node(cluster: NatsCluster, edge: str, seed: str) -> None:
+    async def main() -> None:
+        for node in cluster.nodes:
+            with pytest.raises(nats_errors.Error, match="Authorization Violation"):
+                await connect_edge(node, edge, seed)
+
+    asyncio.run(main())
+
+
+def test_an_edge_on_another_node_than_the_token_service_is_cut_off_and_refused_everywhere(
+    cluster: NatsCluster, cluster_ops: OpsServices, registry: RegistryServer, tmp_path: Path
+) -> None:
+    # The token service (its bus and system connections) on node 1 only; the bundles tell
+    # edges to reach Ops through node 3: a removal must find and kick them over the routes.
+    home, far = cluster.nodes[0], cluster.nodes[2]
+    cluster_ops.start(
+        "token", env={**R3, "EDGEPUB_NATS_URL": home.url, "EDGEPUB_OPSCENTER_HOST": far.ws_url}
+    )
+    assert _connections(cluster, "token-sys") == {"edgepub-1": 1, "edgepub-2": 0, "edgepub-3": 0}
+    s = cluster.settings()
+    with Client(s.url, s.user, s.password) as client:
+        fleet = Fleet(client, registry, cluster, tmp_path)
+        try:
+            agent = fleet.agent("far-agent", fleet.bundle("far-agent"))
+            agent.wait_event("Node attestation was successful.", timeout=60)
+            placed = {"edgepub-1": 0, "edgepub-2": 0, "edgepub-3": 1}
+            assert _connections(cluster, "far-agent") == placed
+
+            disconnects = agent.event_names().count("ops_disconnected")
+            client.remove_edge("far-agent")
+            returned = time.time()
+            gone = wait_for(
+                lambda: sum(_connections(cluster, "far-agent").values()) == 0 and time.time(),
+                2.0,
+                "node 3 to drop the removed edge",
+            )
+            closed = agent.wait_event("ops_disconnected", count=disconnects + 1, timeout=2.0)
+            assert gone - returned < 2.0
+            assert datetime.fromisoformat(closed["timestamp"]).timestamp() - returned < 2.0
+            agent.wait_event("ops_refused", timeout=30)  # its own reconnects
+            _refused_on_every_node(cluster, "far-agent", persisted_seed(agent.persist))
+            assert fleet.send(agent, 3) == 15  # the cached pipeline serves on
+            assert sum(_connections(cluster, "far-agent").values()) == 0
+        finally:
+            for running in fleet.agents:
+                running.kill()
+        _bare_edge_is_kicked_across_the_routes(cluster, client, fleet.publish.id)
+
+
+def _bare_edge_is_kicked_across_the_routes(
+    cluster: NatsCluster, client: Client, publish_id: int
+) -> None:
+    """An edge connection that ignores its control subject (not the agent, which closes
+    itself when told it is revoked): only the kick, sent from node 1's system connection to
+    node 3, can close it."""
+    far = cluster.nodes[2]
+
+    async def main() -> None:
+        nc = await admin(cluster)
+        token = join_token((await add_edge(nc, publish_id, "far-bare")).bundle)
+        await nc.close()
+        seed = new_seed()
+        closed = asyncio.Event()
+
+        async def on_closed() -> None:
+            closed.set()
+
+        edge = await connect_edge(far, "far-bare", seed, token, closed_cb=on_closed)
+        loop = asyncio.get_running_loop()
+        await asyncio.to_thread(client.remove_edge, "far-bare")
+        returned = loop.time()
+        async with asyncio.timeout(2.0):
+            await closed.wait()
+        assert loop.time() - returned < 2.0 and edge.is_closed
+        for node in cluster.nodes:
+            with pytest.raises(nats_errors.Error, match="Authorization Violation"):
+                await connect_edge(node, "far-bare", seed)
+
+    asyncio.run(main())
