@@ -1,7 +1,9 @@
 """edgepub on a three-node JetStream cluster (real nats-server nodes on loopback, routes
 between them, the services and the SDK given every node's URL): every stream, bucket and
 object store keeps three copies, and losing a node, even the one leading the publish
-stream, ends every publish `Published` with nothing lost."""
+stream, ends every publish `Published` with nothing lost; an edge removed while it is
+connected to another node than the token service is cut off within 2 s and refused on
+every node."""
 
 from __future__ import annotations
 
