@@ -156,21 +156,28 @@ REQUEST_TTL_S = DAY
 UPLOAD_MAX_AGE_S = DAY
 RECORD_HISTORY = 5
 # Inference logs. Pages wait for the collector (a work queue: a page leaves once appended),
-# 7 days and 2 GiB at most; the pipeline log keeps 30 days and 5 GiB; watermarks outlive
-# both (Nats-TTL: never). JetStream reserves each stream's max_bytes in the server's store
-# (the embedded stack's is 10 GiB), so the bounds must add up within it.
+# 7 days and 2 GiB at most; the pipeline log keeps 30 days and 5 GiB. Watermarks outlive
+# both: Nats-TTL: never exempts them from max_age, and the collectors re-roll each one to
+# the tail before max_bytes eviction reaches it (services/log_collector/sweep.py), which
+# needs the log to take in less than half its max_bytes per sweep. JetStream reserves each
+# stream's max_bytes in the server's store (the embedded stack's is 10 GiB), so the bounds
+# must add up within it.
 PAGES_MAX_AGE_S = 7 * DAY
 PAGES_MAX_BYTES = 2 << 30
 PAGES_DUPLICATE_WINDOW_S = 120.0
 LOGS_MAX_AGE_S = 30 * DAY
 LOGS_MAX_BYTES = 5 << 30
+# nats-server's default duplicate window, which must not exceed max_age; the collector's
+# appends carry no message id (the watermark's check keeps them once), so it is only bounded.
+LOGS_DUPLICATE_WINDOW_S = 120.0
 
 
 class LogLimits(msgspec.Struct, frozen=True, kw_only=True):
     """The inference logs' retention, configuration of the publish service (which creates
     the streams): ``EDGEPUB_LOGS_MAX_AGE_S``, ``EDGEPUB_LOGS_MAX_BYTES``,
     ``EDGEPUB_PAGES_MAX_AGE_S``, ``EDGEPUB_PAGES_MAX_BYTES``,
-    ``EDGEPUB_PAGES_DUPLICATE_WINDOW_S``. Watermarks are exempt from the logs' age."""
+    ``EDGEPUB_PAGES_DUPLICATE_WINDOW_S``. Watermarks outlive the logs' age (exempt) and
+    bytes (re-rolled by the collectors' sweep)."""
 
     logs_max_age_s: float = LOGS_MAX_AGE_S
     logs_max_bytes: int = LOGS_MAX_BYTES
@@ -235,6 +242,7 @@ def log_stream_configs(
             retention=RetentionPolicy.LIMITS,
             max_age=limits.logs_max_age_s,
             max_bytes=limits.logs_max_bytes,
+            duplicate_window=min(LOGS_DUPLICATE_WINDOW_S, limits.logs_max_age_s),
             storage=StorageType.FILE,
             num_replicas=replicas,
             allow_rollup_hdrs=True,  # a watermark rolls its subject up to one message

@@ -2,7 +2,8 @@
 
 Env: EDGEPUB_NATS_URL/USER/PASSWORD, the EDGEPUB_COLLECTOR_* of ``config.py``. Run as many
 as you like: they share the durable consumer ``log-collector``, and the server's check of
-each append keeps every edge exactly once and in order among them.
+each append keeps every edge exactly once and in order among them. Each also sweeps the
+edges' watermarks ahead of the pipeline log's byte eviction (``sweep``).
 """
 
 from __future__ import annotations
@@ -47,7 +48,10 @@ def _raw(data: bytes) -> bytes:
 def body_for(settings: CollectorSettings) -> Body:
     async def body(nc: NATS, js: JetStreamContext, stop: asyncio.Event) -> None:
         collector = Collector(Appender(nc, js, timeout_s=settings.append_timeout_s), settings)
-        await Consumer(js, consumer_spec(settings), _raw, collector.handle).run(stop)
+        await asyncio.gather(
+            Consumer(js, consumer_spec(settings), _raw, collector.handle).run(stop),
+            collector.sweep.run(stop),
+        )
 
     return body
 

@@ -23,6 +23,14 @@ the commit within 10 s of the first message. There is no limit on a batch's byte
 each message's ``max_payload``; the stream's ingest queue holds 128 MiB
 (``streamDefaultMaxQueueBytes``), which is why a group is also capped by bytes
 (``config.GROUP_MAX_BYTES``).
+
+Watermarks outlive the log's retention: ``Nats-TTL: never`` exempts them from
+``max_age``, but ``max_bytes`` evicts the oldest messages whatever their TTL (measured), so
+``sweep`` re-rolls an idle edge's watermark to the tail (``rewrite``, checked like an
+append) before eviction reaches it. An edge's watermark is always its last message in the
+stream (every batch ends with it), so eviction takes its pages first: a watermark gone
+while a page of its edge is left was removed out of turn (a purge), and the edge's last
+page says where Ops is (``last_page``).
 """
 
 from __future__ import annotations
@@ -51,6 +59,12 @@ _EXPECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 _EXPECT_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 _ROLLUP = "Nats-Rollup"
 _TTL = "Nats-TTL"
+_STATUS = "Status"
+_SUBJECT = "Nats-Subject"
+_SEQUENCE = "Nats-Sequence"
+_NO_RESULTS = "404"
+_TOO_MANY = "413"
+_END_OF_BATCH = "204"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +85,20 @@ class Conflict(Exception):
 class AppendFailed(Exception):
     """No answer, or another refusal: whether it was stored is unknown until the
     watermark is read again."""
+
+
+class TooMany(AppendFailed):
+    """More watermarks matched than nats-server returns in one multi-get (1024)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogState:
+    """The pipeline log stream's extent and its byte bound, as stream info says."""
+
+    first_seq: int
+    last_seq: int
+    bytes: int
+    max_bytes: int  # 0: no bound
 
 
 class _Ack(msgspec.Struct):
@@ -97,6 +125,7 @@ class Appender:
         self._js = js
         self._timeout = timeout_s
         self._nuid = NUID()
+        self._direct = f"$JS.API.DIRECT.GET.{subjects.LOGS_STREAM}"
 
     async def read(self, edge: str) -> Mark:
         """The edge's watermark, from the stream (a direct get of its last message)."""
@@ -109,12 +138,90 @@ class Appender:
             return NO_MARK
         except (nats.errors.Error, TimeoutError) as exc:
             raise AppendFailed(f"reading the watermark of {edge!r}: {exc!r}") from exc
+        return _mark(edge, msg.seq or 0, msg.data or b"")
+
+    async def state(self) -> LogState:
         try:
-            body = decode_watermark(msg.data or b"")
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            # Only this service writes watermarks: a bad one is a bug to look at, not a page's.
-            raise AppendFailed(f"the watermark of {edge!r} does not decode: {exc}") from exc
-        return Mark(stream_seq=msg.seq or 0, last_seq=body.last_seq)
+            async with asyncio.timeout(self._timeout):
+                info = await self._js.stream_info(subjects.LOGS_STREAM)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise AppendFailed(f"stream info of {subjects.LOGS_STREAM}: {exc!r}") from exc
+        return LogState(
+            first_seq=info.state.first_seq,
+            last_seq=info.state.last_seq,
+            bytes=info.state.bytes,
+            max_bytes=max(0, info.config.max_bytes or 0),
+        )
+
+    async def marks_up_to(self, seq: int) -> list[tuple[str, Mark]]:
+        """Every edge whose watermark message is at stream sequence ``seq`` or below, with
+        that mark: one batched direct get (``multi_last``, nats-server 2.11+) whatever the
+        number of edges; TooMany past the server's 1024 at once."""
+        request = {"multi_last": [f"{subjects.WATERMARK_ROOT}.>"], "up_to_seq": seq}
+        inbox = self._nc.new_inbox()
+        out: list[tuple[str, Mark]] = []
+        try:
+            sub = await self._nc.subscribe(inbox)
+            try:
+                await self._nc.publish(self._direct, msgspec.json.encode(request), reply=inbox)
+                async with asyncio.timeout(self._timeout):
+                    while True:
+                        msg = await sub.next_msg(timeout=self._timeout)
+                        headers = msg.headers or {}
+                        status = headers.get(_STATUS)
+                        if status in (_END_OF_BATCH, _NO_RESULTS):
+                            return out
+                        if status == _TOO_MANY:
+                            raise TooMany(f"more than 1024 watermarks at or below seq {seq}")
+                        if status:
+                            raise AppendFailed(f"listing watermarks: status {status} {headers}")
+                        subject = headers.get(_SUBJECT, "")
+                        edge = subject.removeprefix(f"{subjects.WATERMARK_ROOT}.")
+                        out.append((edge, _mark(edge, int(headers.get(_SEQUENCE, 0)), msg.data)))
+            finally:
+                await sub.unsubscribe()
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise AppendFailed(f"listing the watermarks up to seq {seq}: {exc!r}") from exc
+
+    async def rewrite(self, edge: str, mark: Mark) -> Mark:
+        """Write the edge's watermark ``mark.last_seq`` at the stream's tail (rolling up the
+        one it replaces), checked like an append against ``mark.stream_seq`` (0: the edge
+        must have none): Conflict if the edge appended, or another collector wrote its
+        watermark, since. A re-roll, or a watermark restored."""
+        headers = {_ROLLUP: "sub", _TTL: "never", _EXPECT_SEQ: str(mark.stream_seq)}
+        try:
+            reply = await self._nc.request(
+                subjects.watermark(edge),
+                encode_watermark(edge, mark.last_seq),
+                headers=headers,
+                timeout=self._timeout,
+            )
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise AppendFailed(f"no answer to writing the watermark of {edge!r}: {exc!r}") from exc
+        return Mark(stream_seq=_committed(reply.data), last_seq=mark.last_seq)
+
+    async def last_page(self, edge: str) -> Raw | None:
+        """The edge's latest page in the pipeline log, any workspace and pipeline (a direct
+        get of the last message on ``edgepub.logs.*.*.<edge>``), or None."""
+        request = {"last_by_subj": f"{subjects.LOGS_ROOT}.*.*.{subjects.token(edge)}"}
+        try:
+            msg = await self._nc.request(
+                self._direct, msgspec.json.encode(request), timeout=self._timeout
+            )
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise AppendFailed(f"reading the last page of {edge!r}: {exc!r}") from exc
+        headers = dict(msg.headers or {})
+        status = headers.get(_STATUS)
+        if status == _NO_RESULTS:
+            return None
+        if status:
+            raise AppendFailed(f"reading the last page of {edge!r}: status {status} {headers}")
+        return Raw(
+            stream_seq=int(headers.get(_SEQUENCE, 0)),
+            subject=headers.get(_SUBJECT, ""),
+            headers=headers,
+            body=msg.data or b"",
+        )
 
     async def next_page(self, subject: str, after: int) -> Raw | None:
         """The first message on ``subject`` of the pages stream past stream sequence
@@ -172,6 +279,15 @@ class Appender:
         except (nats.errors.Error, TimeoutError) as exc:
             raise AppendFailed(f"no answer to the commit: {exc!r}") from exc
         return Mark(stream_seq=_committed(reply.data), last_seq=watermark)
+
+
+def _mark(edge: str, stream_seq: int, data: bytes) -> Mark:
+    try:
+        body = decode_watermark(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        # Only this service writes watermarks: a bad one is a bug to look at, not a page's.
+        raise AppendFailed(f"the watermark of {edge!r} does not decode: {exc}") from exc
+    return Mark(stream_seq=stream_seq, last_seq=body.last_seq)
 
 
 def _committed(data: bytes) -> int:

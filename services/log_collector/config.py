@@ -5,6 +5,9 @@ while that edge's append is in progress are appended next as ONE atomic batch, b
 nats-server's cost is mostly per batch (~3.5 ms), not per page. So the process holds many
 pages (``concurrency``), groups up to ``batch_pages`` of an edge into one batch, and keeps up
 to ``open_batches`` batches (of different edges) in flight.
+
+``EDGEPUB_FAULT_EXIT_AFTER_APPENDS`` is for tests only (``fault``): never set it in a
+deployment.
 """
 
 from __future__ import annotations
@@ -41,6 +44,19 @@ class CollectorSettings(msgspec.Struct, frozen=True, kw_only=True):
     wait_hold_s: float = 2.0  # a page ahead of its edge's watermark waits here this long ...
     wait_retry_s: float = 1.0  # ... then goes back to the stream for this long
     retry_s: float = 0.5  # after a failed append (no answer, the broker away)
+    # Every this often, and whenever the process has appended an eighth of the log's
+    # max_bytes since, it re-writes at the stream's tail the watermarks that eviction would
+    # reach next (``sweep``): the log must take in less than half its max_bytes between
+    # two sweeps, or an idle edge's watermark can be evicted (``watermark_sweep_behind``).
+    watermark_sweep_s: float = 10.0
+    # An edge with neither a watermark nor a page in the pipeline log, whose pages have
+    # waited this long (since the pages stream stored them) for rows before them, resumes
+    # from its lowest waiting page (``watermark_lost``): retention or an operator removed
+    # everything Ops held of it.
+    adopt_after_s: float = 600.0
+    # Test only: exit (code 137, as a SIGKILL) right after this many appends of this
+    # process returned, before their pages are acked. 0: off.
+    fault_exit_after_appends: int = 0
 
     @classmethod
     def from_env(cls, env: Env | None = None) -> CollectorSettings:
@@ -57,6 +73,13 @@ class CollectorSettings(msgspec.Struct, frozen=True, kw_only=True):
             wait_hold_s=env.number("EDGEPUB_COLLECTOR_WAIT_HOLD_S", d.wait_hold_s),
             wait_retry_s=env.number("EDGEPUB_COLLECTOR_WAIT_RETRY_S", d.wait_retry_s),
             retry_s=env.number("EDGEPUB_COLLECTOR_RETRY_S", d.retry_s),
+            watermark_sweep_s=env.number(
+                "EDGEPUB_COLLECTOR_WATERMARK_SWEEP_S", d.watermark_sweep_s
+            ),
+            adopt_after_s=env.number("EDGEPUB_COLLECTOR_ADOPT_AFTER_S", d.adopt_after_s),
+            fault_exit_after_appends=env.integer(
+                "EDGEPUB_FAULT_EXIT_AFTER_APPENDS", d.fault_exit_after_appends
+            ),
         )
         settings.check()
         return settings
@@ -87,6 +110,13 @@ class CollectorSettings(msgspec.Struct, frozen=True, kw_only=True):
         for name, value in (
             ("EDGEPUB_ACK_WAIT_S", self.ack_wait_s),
             ("EDGEPUB_COLLECTOR_APPEND_TIMEOUT_S", self.append_timeout_s),
+            ("EDGEPUB_COLLECTOR_WATERMARK_SWEEP_S", self.watermark_sweep_s),
+            ("EDGEPUB_COLLECTOR_ADOPT_AFTER_S", self.adopt_after_s),
         ):
             if value <= 0:
                 raise ConfigError(f"{name}={value:g} must be more than 0 seconds")
+        if self.fault_exit_after_appends < 0:
+            raise ConfigError(
+                f"EDGEPUB_FAULT_EXIT_AFTER_APPENDS={self.fault_exit_after_appends} must be 0 "
+                "(off) or more (test only: exit after that many appends)"
+            )

@@ -13,6 +13,12 @@ the watermarks held here only save a read. A remembered watermark can only be be
 stream's (they only grow), so "covered" decided from it is right, an append decided from
 it is checked by the server, and a "wait" is decided again from a fresh read. Other
 collector processes are kept in order by the same check.
+
+An edge whose watermark is not in the stream is new, unless retention or an operator
+removed what Ops held of it (``_without_mark``): its last page in the log says where Ops is
+and the watermark is written back from it; with no page either, its pages wait for
+``adopt_after_s`` and the edge then resumes from its lowest waiting page (``_adopt``,
+logged as ``watermark_lost``). Both writes are checked like an append.
 """
 
 from __future__ import annotations
@@ -26,10 +32,11 @@ import structlog
 
 from edgepub.shared.runner import Delivery, Reject, Retry
 
-from . import decisions
-from .appender import Appender, AppendFailed, Conflict, Mark
+from . import decisions, fault
+from .appender import NO_MARK, Appender, AppendFailed, Conflict, Mark
 from .config import GROUP_MAX_BYTES, CollectorSettings
-from .pages import CorruptPage, Page, parse
+from .pages import CorruptPage, Page, parse, stored_end
+from .sweep import Sweep
 
 log = structlog.get_logger("edgepub.log_collector")
 
@@ -147,6 +154,15 @@ class Collector:
         self._open = asyncio.Semaphore(settings.open_batches)
         self._looking: set[str] = set()  # edges whose pages stream is being read ahead
         self._looked: dict[str, tuple[int, float]] = {}  # edge -> (hole, no look before)
+        self._adopted: dict[str, int] = {}  # edges resumed with no trace in Ops -> from where
+        self._after_append = fault.exit_after_appends(settings.fault_exit_after_appends)
+        self.sweep = Sweep(appender, settings.watermark_sweep_s, self.moved)  # run it beside
+
+    def moved(self, edge: str, old: Mark, new: Mark) -> None:
+        """The sweep re-rolled ``edge``'s watermark: remember where it is now (unless this
+        process appended since, which the server's check made the re-roll lose to)."""
+        if self._marks.get(edge) == old:
+            self._marks[edge] = new
 
     async def handle(self, body: bytes, delivery: Delivery) -> None:
         try:
@@ -164,6 +180,8 @@ class Collector:
                 await self._read_ahead(page, delivery, waiting)
                 continue
             if time.monotonic() >= deadline:
+                if waiting.missing_from == 1 and await self._adopt(page, delivery):
+                    continue
                 log.info(
                     "page_waiting",
                     edge=page.edge,
@@ -232,6 +250,71 @@ class Collector:
             found=found,
         )
 
+    async def _adopt(self, page: Page, delivery: Delivery) -> bool:
+        """Resume ``page``'s edge from its lowest page waiting in the pages stream when Ops
+        holds nothing of it (neither a watermark nor a page: retention or an operator
+        removed them) and its pages have waited ``adopt_after_s`` for rows before them.
+
+        Nothing can be appended twice: the log holds no row of the edge, and the watermark
+        is written with the server's check (the edge has none), so collectors racing agree.
+        What it gives up is rows 1..N-1 of an edge whose first page is so late that the
+        later ones waited all this while; they are found covered and logged as an error."""
+        edge = page.edge
+        waited = time.time() - delivery.stored_at
+        if edge in self._adopted or edge in self._looking or not delivery.stored_at:
+            return False  # done, or looked into by another of its pages: this one retries
+        if waited < self._settings.adopt_after_s:
+            return False
+        self._looking.add(edge)
+        try:
+            if (await self._appender.read(edge)).stream_seq:
+                return False
+            if await self._appender.last_page(edge) is not None:
+                return False
+            lowest = await self._lowest_waiting(page, delivery)
+            if lowest <= 1:
+                return False
+            try:
+                resumed = Mark(stream_seq=0, last_seq=lowest - 1)
+                self._marks[edge] = await self._appender.rewrite(edge, resumed)
+            except Conflict:
+                self._marks.pop(edge, None)  # another collector resumed it first: read it
+                return True
+            self._adopted[edge] = lowest - 1
+            log.error(
+                "watermark_lost",
+                edge=edge,
+                resumed_after=lowest - 1,
+                waited_s=round(waited, 1),
+                reason=(
+                    f"neither the watermark of {edge!r} nor any page of it is in the pipeline "
+                    f"log, and its pages waited {waited:.0f}s for seq 1..{lowest - 1}: resumed "
+                    f"from seq {lowest} (retention or a purge removed what Ops held; "
+                    "EDGEPUB_COLLECTOR_ADOPT_AFTER_S sets the wait)"
+                ),
+            )
+        except AppendFailed as exc:
+            log.info("adopt_failed", edge=edge, error=str(exc)[:200])
+            return False
+        finally:
+            self._looking.discard(edge)
+        return True
+
+    async def _lowest_waiting(self, page: Page, delivery: Delivery) -> int:
+        """The lowest edge sequence any page of the edge in the pages stream reaches (read
+        from the start of its subject, as ``_read_ahead`` reads)."""
+        lowest, after, scanned, read = page.range.reach, 0, 0, 0
+        while scanned < READ_AHEAD_PAGES and read < READ_AHEAD_BYTES:
+            raw = await self._appender.next_page(delivery.subject, after)
+            if raw is None:
+                break
+            after, scanned, read = raw.stream_seq, scanned + 1, read + len(raw.body)
+            try:
+                lowest = min(lowest, parse(raw.subject, raw.headers, raw.body).range.reach)
+            except CorruptPage:
+                continue
+        return lowest
+
     async def _round(self, edge: str, pending: Callable[[], list[Entry]]) -> None:
         """Settle what one atomic batch (or none) can of ``edge``'s queued pages.
 
@@ -287,7 +370,10 @@ class Collector:
                     if failing_since is None:
                         return
                     fresh = True
+        if self._after_append is not None:
+            self._after_append()  # the test-only fault seam: may exit before any ack
         self._marks[edge] = new
+        self.sweep.appended(sum(len(e.page.body) for e in members))
         for (page, start), m in zip(parts, g.members, strict=True):
             log.debug(
                 "page_appended",
@@ -318,6 +404,15 @@ class Collector:
 
     def _covered(self, entry: Entry, mark: Mark) -> None:
         page = entry.page
+        if page.range.end <= self._adopted.get(page.edge, 0):
+            log.error(
+                "page_below_lost_watermark",
+                edge=page.edge,
+                first_seq=page.first,
+                last_seq=page.last,
+                resumed_after=self._adopted[page.edge],
+                reason="the page came after its edge was resumed past it: its rows are dropped",
+            )
         log.info(
             "page_covered",
             edge=page.edge,
@@ -351,5 +446,38 @@ class Collector:
         if not fresh and edge in self._marks:
             return self._marks[edge]
         mark = await self._appender.read(edge)  # AppendFailed: the caller's pages retry
+        if mark.stream_seq == 0:
+            mark = await self._without_mark(edge)
         self._marks[edge] = mark
         return mark
+
+    async def _without_mark(self, edge: str) -> Mark:
+        """An edge with no watermark in the stream: new (NO_MARK), unless a page of it is in
+        the log. A watermark is its edge's last message, so retention takes the pages first;
+        one gone with a page left was removed out of turn (a purge), and the last page's end
+        is what Ops holds. The watermark is written back from it (checked: the edge has
+        none), so it does not depend on that page staying."""
+        raw = await self._appender.last_page(edge)
+        if raw is None:
+            return NO_MARK
+        try:
+            end = stored_end(raw.headers, raw.body)
+        except CorruptPage as exc:
+            raise AppendFailed(
+                f"the last page of {edge!r} in the pipeline log (seq {raw.stream_seq}) is not "
+                f"one this service wrote: {exc.reason}"
+            ) from exc
+        log.warning(
+            "watermark_recovered",
+            edge=edge,
+            last_seq=end,
+            page_seq=raw.stream_seq,
+            reason=(
+                f"the watermark of {edge!r} is not in the pipeline log but its last page is: "
+                f"Ops holds up to seq {end}; writing the watermark back"
+            ),
+        )
+        try:
+            return await self._appender.rewrite(edge, Mark(stream_seq=0, last_seq=end))
+        except Conflict:
+            return await self._appender.read(edge)  # another collector wrote it first

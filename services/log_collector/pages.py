@@ -166,6 +166,17 @@ def _end(line: bytes, last: int) -> int:
     return last if gap is None else max(last, gap.last_seq)
 
 
+def stored_end(headers: dict[str, str], body: bytes) -> int:
+    """The highest edge sequence a page the collector filed at Ops accounts for: its
+    ``Edgepub-Last-Seq``, or the range of a gap line it ends with (what the batch that
+    stored it moved the watermark to). CorruptPage if it is no page this service wrote."""
+    last = _int_header(headers, subjects.HEADER_LAST_SEQ, low=1)
+    lines = log_lines.split_lines(body)
+    if not lines:
+        raise CorruptPage("the page holds no lines")
+    return _end(lines[-1], last)
+
+
 def appended(page: Page, start: int) -> tuple[bytes, dict[str, str]]:
     """The body and headers filed at Ops for the page's lines from index ``start`` on: the
     bytes as they came when nothing is cut, the partition the edge's name."""
