@@ -10,9 +10,27 @@ with the next write that succeeds, hand-off drops (``note_dropped``) into a
 ``handoff_full`` one, and rows the bound evicts into an ``evicted`` one, so Ops always gets
 the exact count of what it will never see.
 
+Seqs never come back, and every file's lines tile the seqs from where Ops may be. A
+brand-new file starts at the clock's microseconds (above any seq an older file of the
+edge's name used: the edge removed and added again with an empty /persist, the volume
+lost, the log reopened after it could not open), after a ``reset`` gap line of count 0
+reaching back to seq 1: the collector appends from wherever its watermark is, where rows
+from 1 would all be taken as held already and dropped.
+
 A file SQLite calls corrupt (at open or later) is renamed aside with a timestamp, counted
-and logged, and a fresh log continues: its seqs start above the old ones (above the
-clock's microseconds when nothing could be read back), so a seq Ops holds never returns.
+and logged, and a fresh one continues above its last seq (above the clock's microseconds
+when that cannot be read). The fresh file first stores again the pages handed to the
+shipper and not acked (the shipper may still be sending them: Ops takes each once), then
+a gap line counting what the old file owed Ops beyond them, reaching back to what Ops
+acknowledged so that the collector appends it whatever it holds:
+
+- ``corrupt``: exactly that many rows are lost. The log knows what it handed out and
+  what Ops acked in memory, and what an earlier run handed out from ``shipped_to``, which
+  a clean close stores.
+- ``corrupt_at_most``: an upper bound. Ops may hold some of them: an earlier run handed
+  pages out above the acks it stored (a crash, or pages in flight at its close), and the
+  shipper has not passed them since.
+- ``reset`` (count 0): nothing could be read back; how many rows were lost is unknown.
 
 Lines the shipper has read (``read_page``) and not acked are never evicted: evicting them
 would count rows in a gap that Ops then also receives. The shipper's window bounds them.
@@ -35,11 +53,13 @@ import msgspec
 import structlog
 
 from edgepub.shared.edge_messages import LogReport
+from edgepub.shared.log_lines import GapReason
 
+from . import pages
 from .config import DEFAULT_LOG_STORAGE, MIN_LOG_STORAGE
 from .inference_log import InferenceEvent
-from .log_store import LogStore
-from .pages import Page
+from .log_store import LogStore, salvage
+from .pages import Chunk, Handed, Page
 from .row_lines import Run, bodies_of
 
 T = TypeVar("T")
@@ -52,6 +72,30 @@ REOPEN_EVERY_S = 1.0  # a log that could not open is tried again this often (on 
 ACK_STORE_PAGES = 64
 ACK_STORE_S = 0.5
 _CORRUPT = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
+_DOUBT: dict[GapReason, int] = {"corrupt": 0, "corrupt_at_most": 1, "reset": 2}
+
+
+class Restart(msgspec.Struct, frozen=True, kw_only=True):
+    """How a fresh file starts: ``carried`` pages (above ``watermark``, what Ops acked),
+    then a gap line at ``seq`` counting ``count`` rows, reaching back to ``first_seq``."""
+
+    seq: int
+    first_seq: int
+    count: int
+    reason: GapReason
+    watermark: int
+    carried: tuple[Page, ...] = ()
+
+    def chunks(self) -> list[Chunk]:
+        line = pages.gap_line(self.seq, self.count, self.reason, first_seq=self.first_seq)
+        carried = [c for page in self.carried for c in pages.chunks_of(page)]
+        return [*carried, Chunk(self.seq, self.seq, None, self.count, line)]
+
+
+def clock_seq() -> int:
+    """A floor above every seq an older file of this name used: the clock's microseconds
+    (an edge logs far fewer than a million rows a second)."""
+    return time.time_ns() // 1000
 
 
 def default_bound(free_bytes: int) -> int:
@@ -91,6 +135,7 @@ class SqliteLog:
         self.write_failures = 0  # writes (or opens) that failed
         self.failed_rows = 0
         self.corrupt_files = 0
+        self.corrupt_rows = 0  # counted in the gap lines of corrupt files
         self.rows_written = 0
         self.last_error: str | None = None
         self._store: LogStore | None = None
@@ -98,7 +143,12 @@ class SqliteLog:
         self._encoder = ThreadPoolExecutor(1, thread_name_prefix="edgepub-log-encode")
         self._dropped_written = 0  # of handoff_dropped, what a committed gap line holds
         self._failed_pending = 0  # rows lost to failed writes, not in a gap line yet
-        self._horizon = 0  # the last seq read_page handed out
+        self._handed = Handed()  # what read_page handed out above the file's watermark
+        self._restart: Restart | None = None  # a corrupt file's, until a fresh one begins
+        # (seq, reason): a gap line up to seq counted rows inexactly (or an earlier run
+        # handed out pages up to seq): a count that includes it is no better until the
+        # shipper passes seq
+        self._doubt: tuple[int, GapReason] | None = None
         self._acked = 0  # what Ops acknowledged (loop thread); stored lazily
         self._acks_unstored = 0
         self._store_acks: asyncio.Task[None] | None = None
@@ -181,6 +231,7 @@ class SqliteLog:
             "write_failures": self.write_failures,
             "failed_rows": self.failed_rows,
             "corrupt_files": self.corrupt_files,
+            "corrupt_rows": self.corrupt_rows,
             "last_error": self.last_error,
             "rows_written": self.rows_written,
         }
@@ -268,8 +319,49 @@ class SqliteLog:
 
     def _new_store(self) -> LogStore:
         store = LogStore(self.path, self.bound_bytes, self.synchronous)
+        try:
+            if store.fresh:
+                self._begin(store)
+            else:
+                self._inherit(store)
+        except BaseException:
+            store.close()
+            raise
         store.fault = self._fault
         return store
+
+    def _begin(self, store: LogStore) -> None:
+        """A fresh file: after a corrupt one, as ``_replace_corrupt`` decided; otherwise
+        from the clock, after a ``reset`` gap line reaching back to seq 1."""
+        restart = self._restart or Restart(
+            seq=max(clock_seq(), self._last_seq + 1, self._handed.top + 1),
+            first_seq=self._acked + 1,
+            count=0,
+            reason="reset",
+            watermark=self._acked,
+        )
+        store.begin(restart.watermark, restart.chunks())
+        self._handed.restart(restart.watermark, sum(p.rows + p.gaps for p in restart.carried))
+        if self._restart is not None:
+            self._restart = None
+            self._doubt = None if restart.reason == "corrupt" else (restart.seq, restart.reason)
+        log.info(
+            "local_log_started",
+            path=str(self.path),
+            first_seq=restart.seq,
+            reaches_back_to=restart.first_seq,
+            reason=restart.reason,
+            rows_lost=restart.count,
+            lines_carried=store.backlog.lines - 1,
+        )
+
+    def _inherit(self, store: LogStore) -> None:
+        """An existing file: what an earlier run may have handed out above its stored
+        watermark (all of it after a crash; ``shipped_to`` after a clean close)."""
+        shipped = store.last_seq if store.shipped_to is None else store.shipped_to
+        self._handed.restart(store.watermark, 0)
+        if shipped > store.watermark:
+            self._doubt = (shipped, "corrupt_at_most")
 
     def _fault(self, op: str) -> None:
         if self.fault is not None:
@@ -308,7 +400,8 @@ class SqliteLog:
             return
         dropped = self.handoff_dropped - self._dropped_written
         failed = self._failed_pending
-        protect = max(self._horizon, store.watermark)
+        protect = max(self._handed.top, store.watermark)
+        acked_rows = store.acked_rows
         try:
             stored, evicted = store.append(
                 runs,
@@ -322,6 +415,7 @@ class SqliteLog:
                 self._replace_corrupt(exc, known=store)
             self._refresh()
             return
+        self._handed.stored(store.watermark, store.acked_rows - acked_rows)
         self._dropped_written += dropped
         self._failed_pending -= failed
         self.rows_written += stored
@@ -351,16 +445,19 @@ class SqliteLog:
                 self._replace_corrupt(exc, known=store)
                 self._refresh()
             return None
+        self._handed.acked(self._acked)
         if page is not None:
-            self._horizon = max(self._horizon, page.last_seq)
+            self._handed.read(after, page)
         return page
 
     def _ack(self, up_to: int) -> None:
         store = self._store_or_none()
         if store is None:
             return
+        acked_rows = store.acked_rows
         try:
             store.ack(up_to)
+            self._handed.stored(store.watermark, store.acked_rows - acked_rows)
         except sqlite3.Error as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.warning("local_log_ack_failed", up_to_seq=up_to, error=self.last_error)
@@ -369,9 +466,13 @@ class SqliteLog:
         self._refresh()
 
     def _replace_corrupt(self, exc: sqlite3.Error, known: LogStore | None) -> None:
-        """Move the file aside and start afresh above every seq it may have used; what
-        it still owed Ops becomes a ``write_failed`` gap when that can be known."""
-        last_seq, owed = (known.last_seq, known.backlog.rows) if known else _salvage(self.path)
+        """Move the file aside and begin a fresh one above every seq it may have used (see
+        the module's docstring)."""
+        if self._restart is None:  # else an earlier corrupt file's, not begun yet
+            restart = self._after(known) if known is not None else self._after_unreadable()
+            self._restart = restart
+            self.corrupt_rows += restart.count
+        restart = self._restart
         if known is not None:
             known.close()
         self._store = None
@@ -382,26 +483,75 @@ class SqliteLog:
             if source.exists():
                 os.replace(source, f"{aside}{suffix}")
         self.corrupt_files += 1
-        floor = last_seq if last_seq is not None else time.time_ns() // 1000
         log.error(
             "local_log_corrupt",
             path=str(self.path),
             moved_to=str(aside),
             error=f"{type(exc).__name__}: {exc}",
-            next_seq=floor + 1,
-            rows_lost=owed,
+            next_seq=restart.seq,
+            rows_lost=restart.count,
+            count_is=restart.reason,
+            reaches_back_to=restart.first_seq,
+            pages_carried=len(restart.carried),
         )
-        if owed:
-            self._failed_pending += owed
-            self.failed_rows += owed
         try:
-            store = self._new_store()
-            store.set_seq_floor(floor)
+            self._store = self._new_store()
         except (sqlite3.Error, OSError) as again:
             self._unavailable(again)
-            return
-        self._store = store
-        self._horizon = 0
+
+    def _after(self, store: LogStore) -> Restart:
+        """A corrupt file this process has open: what it owed Ops is known in memory."""
+        acked = max(store.watermark, self._acked)
+        handed = self._handed
+        top = max(handed.top, store.watermark)
+        carried = handed.since(acked)
+        if carried is not None and self._acked <= top:
+            return Restart(
+                seq=store.last_seq + 1,
+                first_seq=top + 1,
+                count=store.backlog.rows - handed.rows,  # rows never handed out
+                reason=self._reason(True, top),
+                watermark=acked,
+                carried=tuple(carried),
+            )
+        # pages the shipper holds that cannot be stored again: counted too (Ops may
+        # receive them: an upper bound then)
+        try:
+            count, exact = store.count(acked, store.last_seq).rows, handed.top <= acked
+        except sqlite3.Error:
+            count, exact = store.backlog.rows, acked == store.watermark >= handed.top
+        return Restart(
+            seq=store.last_seq + 1,
+            first_seq=acked + 1,
+            count=count,
+            reason=self._reason(exact, acked),
+            watermark=acked,
+        )
+
+    def _after_unreadable(self) -> Restart:
+        """A corrupt file SQLite cannot open: what its meta row still says, if anything."""
+        found = salvage(self.path)
+        watermark = found.watermark or 0
+        acked = max(watermark, self._acked)
+        seq = max(clock_seq(), (found.last_seq or 0) + 1, self._last_seq + 1)
+        reason: GapReason = "reset"
+        count = 0
+        if found.backlog_rows is not None:
+            shipped = found.shipped_to
+            exact = shipped is not None and max(shipped, self._acked) <= watermark
+            count, reason = found.backlog_rows, self._reason(exact, acked)
+        return Restart(
+            seq=seq, first_seq=min(acked + 1, seq), count=count, reason=reason, watermark=acked
+        )
+
+    def _reason(self, exact: bool, passed: int) -> GapReason:
+        """``corrupt`` when the count is exact, unless it includes what an earlier
+        inexact count (or run) left above ``passed``."""
+        reason: GapReason = "corrupt" if exact else "corrupt_at_most"
+        doubt = self._doubt
+        if doubt is not None and doubt[0] > passed and _DOUBT[doubt[1]] > _DOUBT[reason]:
+            reason = doubt[1]
+        return reason
 
     def _refresh(self) -> None:
         store = self._store
@@ -423,23 +573,15 @@ class SqliteLog:
             self.last_error = f"{type(exc).__name__}: {exc}"
 
     def _close(self) -> None:
-        if self._store is not None:
-            self._store.close()
-            self._store = None
-
-
-def _salvage(path: Path) -> tuple[int | None, int]:
-    """A corrupt file's last seq, if SQLite can still read it (what it owed Ops cannot be
-    told from a file that reads wrong: logged as unknown)."""
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    except sqlite3.Error:
-        return None, 0
-    try:
-        last = db.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()
-        top = db.execute("SELECT max(last_seq) FROM blocks").fetchone()
-        return max(int(last[0]) if last else 0, int(top[0] or 0) if top else 0), 0
-    except sqlite3.Error:
-        return None, 0
-    finally:
-        db.close()
+        store = self._store
+        if store is None:
+            return
+        shipped = max(self._handed.top, self._acked)
+        if self._doubt is not None:
+            shipped = max(shipped, self._doubt[0])
+        try:
+            store.note_shipped(shipped)
+        except sqlite3.Error as exc:  # the next open counts as after a crash
+            log.warning("local_log_close_unnoted", path=str(self.path), error=str(exc))
+        store.close()
+        self._store = None

@@ -5,7 +5,13 @@ Schema: ``blocks`` holds lines (``shared/log_lines.py``) as stored and shipped, 
 ``BLOCK_BYTES``; one SQLite row per block, not per line, so an append costs a few B-tree
 inserts per batch) or a single gap line (``pipeline`` NULL, ``lost`` its count). ``meta``
 holds ``last_seq`` and ``watermark``: seqs are given here, never by SQLite, so acked
-rows being deleted never lets a number come back.
+rows being deleted never lets a number come back. It also holds ``backlog_rows`` (rows not
+acked, kept in every transaction: a file too damaged to read its blocks may still say what
+it owed) and, between a clean close and the next open, ``shipped_to`` (nothing above it
+was ever handed to the shipper: Ops holds no more than that).
+
+A brand-new file (``fresh``) is started by ``begin``: its first line is a gap line that
+reaches back over every seq it skips (``local_log.py`` says which and why).
 
 WAL mode, ``synchronous=FULL`` by default: a committed batch survives a power cut, so a
 seq Ops may already hold is never handed out again. Every ``append`` is one transaction.
@@ -73,6 +79,15 @@ class Counts:
         self.lines, self.rows = lines, rows
 
 
+class Salvage(msgspec.Struct, frozen=True, kw_only=True):
+    """What a corrupt file still says of itself (None: that part does not read)."""
+
+    last_seq: int | None = None
+    watermark: int | None = None
+    backlog_rows: int | None = None  # rows in (watermark, last_seq]
+    shipped_to: int | None = None  # set when it was closed cleanly
+
+
 class LogStore:
     def __init__(self, path: Path, bound_bytes: int, synchronous: str = "FULL") -> None:
         self.path = path
@@ -93,17 +108,29 @@ class LogStore:
             db.execute(f"PRAGMA wal_autocheckpoint={max(self.wal_bytes // self.page_size, 1)}")
             db.execute(f"PRAGMA journal_size_limit={self.wal_bytes}")
             db.executescript(_SCHEMA)
-            self.last_seq = self._meta("last_seq")
-            self.watermark = self._meta("watermark")
-            self.last_seq = max(self.last_seq, self._max_seq(), self.watermark)
+            meta = _meta(db)
+            self.watermark = meta.get("watermark", 0)
+            self.last_seq = max(meta.get("last_seq", 0), self._max_seq(), self.watermark)
+            self.fresh = "last_seq" not in meta and self.last_seq == 0  # begin() starts it
             self.backlog = self.count(self.watermark, self.last_seq)
+            self.acked_rows = 0  # rows acks deleted since it opened
+            self.shipped_to = meta.get("shipped_to")
+            if self.shipped_to is not None:  # true of the last run only: forget it now
+                self._transaction(lambda: db.execute("DELETE FROM meta WHERE key = 'shipped_to'"))
         except BaseException:
             db.close()
             raise
 
-    def _meta(self, key: str) -> int:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return int(row[0]) if row else 0
+    def _transaction(self, body: Callable[[], object]) -> None:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            body()
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.rollback()
+            raise
 
     def _max_seq(self) -> int:
         row = self.db.execute("SELECT max(last_seq) FROM blocks").fetchone()
@@ -136,15 +163,31 @@ class LogStore:
                 return head.time
         return None
 
-    def set_seq_floor(self, floor: int) -> None:
-        """Seqs continue above ``floor`` (a log that replaces a corrupt one)."""
-        if floor > self.last_seq:
-            self.last_seq = floor
-            self.watermark = max(self.watermark, floor)
-            self.db.execute("BEGIN IMMEDIATE")
-            self._put("last_seq", floor)
-            self._put("watermark", self.watermark)
-            self.db.execute("COMMIT")
+    def begin(self, watermark: int, chunks: Sequence[Chunk]) -> None:
+        """Start a fresh file in one transaction: ``chunks`` (lines above ``watermark`` in
+        seq order, the last one a gap line) become its first blocks."""
+        if not self.fresh or not chunks or chunks[-1].pipeline is not None:
+            raise ValueError("begin() starts a fresh file with lines that end in a gap line")
+        lines = sum(c.lines for c in chunks)
+        rows = sum(c.lost if c.pipeline is None else c.lines for c in chunks)
+        last = chunks[-1].last_seq
+
+        def start() -> None:
+            self.db.executemany(
+                "INSERT INTO blocks(last_seq, first_seq, pipeline, lost, body) VALUES (?,?,?,?,?)",
+                [(c.last_seq, c.first_seq, c.pipeline, c.lost, c.body) for c in chunks],
+            )
+            self._put("last_seq", last)
+            self._put("watermark", watermark)
+            self._put("backlog_rows", rows)
+
+        self._transaction(start)
+        self.last_seq, self.watermark, self.fresh = last, watermark, False
+        self.backlog = Counts(lines, rows)
+
+    def note_shipped(self, up_to: int) -> None:
+        """At a clean close: nothing above ``up_to`` was handed to the shipper."""
+        self._transaction(lambda: self._put("shipped_to", up_to))
 
     def _put(self, key: str, value: int) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
@@ -216,6 +259,8 @@ class LogStore:
                 kept,
             )
             self._put("last_seq", seq)
+            acked_rows = acked_counts.rows if acked_counts else 0
+            self._put("backlog_rows", self.backlog.rows - acked_rows + owed)
             if self.fault is not None:
                 self.fault("write")
             db.execute("COMMIT")
@@ -318,6 +363,7 @@ class LogStore:
         counts = self.count(self.watermark, up_to)
         self.db.execute("DELETE FROM blocks WHERE last_seq <= ?", (up_to,))
         self._put("watermark", up_to)
+        self._put("backlog_rows", self.backlog.rows - counts.rows)
         return counts
 
     def _acked(self, up_to: int, counts: Counts | None) -> None:
@@ -327,6 +373,7 @@ class LogStore:
         self.watermark = min(up_to, self.last_seq)
         self.backlog.lines -= counts.lines
         self.backlog.rows -= counts.rows
+        self.acked_rows += counts.rows
         self._reclaim()
 
     def _reclaim(self) -> None:
@@ -343,6 +390,48 @@ class LogStore:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _meta(db: sqlite3.Connection) -> dict[str, int]:
+    return {str(k): int(v) for k, v in db.execute("SELECT key, value FROM meta")}
+
+
+def salvage(path: Path) -> Salvage:
+    """What a file SQLite calls corrupt still says: its meta row by row, read-only (what
+    it owed from ``backlog_rows``, or counted from its blocks when that is missing)."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return Salvage()
+    try:
+        try:
+            meta = _meta(db)
+        except sqlite3.Error:
+            return Salvage()
+        try:
+            row = db.execute("SELECT max(last_seq) FROM blocks").fetchone()
+            top = int(row[0] or 0)
+        except sqlite3.Error:
+            top = 0
+        watermark = meta.get("watermark", 0)
+        rows = meta.get("backlog_rows")
+        if rows is None:
+            with contextlib.suppress(sqlite3.Error):
+                row = db.execute(
+                    "SELECT coalesce(sum(CASE WHEN pipeline IS NULL THEN lost"
+                    " ELSE last_seq - max(first_seq, ?1 + 1) + 1 END), 0)"
+                    " FROM blocks WHERE last_seq > ?1",
+                    (watermark,),
+                ).fetchone()
+                rows = int(row[0])
+        return Salvage(
+            last_seq=max(meta.get("last_seq", 0), top, watermark),
+            watermark=watermark,
+            backlog_rows=rows,
+            shipped_to=meta.get("shipped_to"),
+        )
+    finally:
+        db.close()
 
 
 def _span(last: int, first: int, pipeline: str | None, lost: int, body: bytes | None) -> Span:

@@ -12,6 +12,10 @@ the page's end is split into lines.
 keeps the range's last sequence number (the seq space stays ordered) and counts every row
 lost in it, including rows that gap lines inside the range already counted (those lines
 are evicted too, so their counts fold into the evicted gap: the total stays exact).
+
+``Handed`` keeps what the log handed the shipper above the file's watermark: the rows in
+it, and the pages Ops has not acknowledged. A fresh file that replaces a corrupt one stores
+those pages again (``chunks_of``), so its gap line counts only rows never handed out.
 """
 
 from __future__ import annotations
@@ -20,7 +24,15 @@ from collections.abc import Iterable, Sequence
 
 import msgspec
 
-from edgepub.shared.log_lines import Gap, GapLine, GapReason, encode_line, split_lines
+from edgepub.shared.log_lines import (
+    Gap,
+    GapLine,
+    GapReason,
+    encode_line,
+    is_gap,
+    seq_of,
+    split_lines,
+)
 
 
 class Chunk(msgspec.Struct, frozen=True):
@@ -175,3 +187,100 @@ def evict_until(spans: Iterable[tuple[Span, int]], need: int) -> tuple[list[Span
         if freed >= need:
             break
     return chosen, freed
+
+
+def chunks_of(page: Page) -> list[Chunk]:
+    """A page's lines as the log stores them: each run of row lines one chunk, each gap
+    line one of its own."""
+    chunks: list[Chunk] = []
+    run: list[bytes] = []
+
+    def close() -> None:
+        if run:
+            if page.pipeline is None:
+                raise ValueError(f"page {page.first_seq}-{page.last_seq} has rows but no pipeline")
+            body = b"\n".join(run)
+            chunks.append(Chunk(seq_of(run[0]), seq_of(run[-1]), page.pipeline, 0, body))
+            run.clear()
+
+    for line in page.lines():
+        if is_gap(line):
+            close()
+            seq = seq_of(line)
+            chunks.append(Chunk(seq, seq, None, lost_of(line), line))
+        else:
+            run.append(line)
+    close()
+    return chunks
+
+
+def rows_after(page: Page, seq: int) -> int:
+    """Rows (row lines and gap counts) of ``page``'s lines above ``seq``."""
+    rows = 0
+    for line in page.lines():
+        if seq_of(line) > seq:
+            rows += lost_of(line) if is_gap(line) else 1
+    return rows
+
+
+class Handed:
+    """What the log handed the shipper above the file's watermark: ``top`` (the highest
+    seq handed out), ``rows`` (row lines and gap counts in ``(watermark, top]``) and the
+    pages above what Ops acknowledged, by the seq each starts after: a page the shipper
+    may still be sending, or sent and lost the ack of. Re-read pages start where earlier
+    ones ended (the shipper starts again from an acked page's end) and hold the same lines
+    up to ``top`` (lines handed out are never evicted), so the longest page per start tiles
+    what Ops may hold. Used on the log's worker thread only."""
+
+    def __init__(self) -> None:
+        self.watermark = 0  # the file's stored watermark
+        self.top = 0
+        self.rows = 0
+        self._pages: dict[int, Page] = {}
+        self._acked = 0
+
+    def read(self, after: int, page: Page) -> None:
+        floor = max(self.top, self.watermark)
+        if page.last_seq > floor:
+            fresh = page.first_seq > floor
+            self.rows += page.rows + page.gaps if fresh else rows_after(page, floor)
+            self.top = page.last_seq
+        if page.last_seq > self._acked:
+            kept = self._pages.get(after)
+            if kept is None or kept.last_seq < page.last_seq:
+                self._pages[after] = page
+
+    def stored(self, watermark: int, rows: int) -> None:
+        """The file's watermark moved to ``watermark``; the acks deleted ``rows`` rows."""
+        if watermark <= self.watermark:
+            return
+        self.rows = self.rows - rows if watermark <= self.top else 0
+        self.watermark = watermark
+        self.acked(watermark)
+
+    def acked(self, up_to: int) -> None:
+        """Ops holds everything up to ``up_to``: pages that end there are let go."""
+        if up_to <= self._acked:
+            return
+        self._acked = up_to
+        for after in [a for a, page in self._pages.items() if page.last_seq <= up_to]:
+            del self._pages[after]
+
+    def since(self, seq: int) -> list[Page] | None:
+        """Pages tiling ``(seq, top]`` (none past ``top``), or None when they do not."""
+        tiles: list[Page] = []
+        at = seq
+        while at < self.top:
+            page = self._pages.get(at)
+            if page is None:
+                return None
+            tiles.append(page)
+            at = page.last_seq
+        return tiles
+
+    def restart(self, watermark: int, rows: int) -> None:
+        """A fresh file under the same seqs: its watermark, and the rows it holds in
+        ``(watermark, top]`` (the pages it stored again)."""
+        self.watermark = watermark
+        self.rows = rows
+        self.acked(watermark)

@@ -21,7 +21,9 @@ from typing import Any, Literal
 import msgspec
 
 LINE_VERSION = 1
-GapReason = Literal["evicted", "handoff_full", "write_failed", "too_large"]
+GapReason = Literal[
+    "evicted", "handoff_full", "write_failed", "too_large", "corrupt", "corrupt_at_most", "reset"
+]  # corrupt_at_most: an upper bound; reset: a log started afresh (edge_agent/local_log.py)
 
 
 class Gap(msgspec.Struct, frozen=True, kw_only=True):

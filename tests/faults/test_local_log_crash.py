@@ -69,6 +69,8 @@ async def drain_log(path: Path) -> tuple[int, list[int], int]:
     while (page := await log.read_page(after, 1000, 1 << 20)) is not None:
         for raw in page.lines():
             line = decode_line(raw)
+            if isinstance(line, GapLine) and (line.gap.reason, line.gap.count) == ("reset", 0):
+                continue  # a fresh file's first line
             assert not isinstance(line, GapLine)
             seqs.append(line.seq)
             rows += 1

@@ -246,8 +246,9 @@ def test_the_log_reports_backlog_oldest_unsent_and_last_ack(tmp_path: Path) -> N
         return empty, full, done
 
     empty, full, done = asyncio.run(main())
-    assert empty == LogReport(backlog_rows=0, backlog_bytes=0)
-    assert full.backlog_rows == 15 and full.backlog_bytes > 0
+    # a fresh file holds one line to ship: its reset gap line (local_log.py)
+    assert (empty.backlog_rows, empty.oldest_unsent_age_s, empty.last_ack_age_s) == (1, None, None)
+    assert full.backlog_rows == 1 + 15 and full.backlog_bytes > 0
     assert full.oldest_unsent_age_s == pytest.approx(time.time() - 1_700_000_000, abs=60)
     assert full.last_ack_age_s is None  # nothing acknowledged yet
     assert (done.backlog_rows, done.backlog_bytes, done.oldest_unsent_age_s) == (0, 0, None)
@@ -260,15 +261,16 @@ def test_the_oldest_unsent_row_moves_with_partial_acks(tmp_path: Path) -> None:
 
     async def main() -> list[int | None]:
         log = await SqliteLog.open(tmp_path / "log.db", bound_bytes=64 * MiB)
+        s = log.last_seq  # a fresh file's rows follow its reset line
         first = event(4)
         second = msgspec.structs.replace(first, time=first.time + 5000)
         await log.write([first])
         await log.write([second])
         seen = [log.oldest_unacked_ms]
-        await log.ack(2)  # inside the first block
+        await log.ack(s + 2)  # inside the first block
         await log.flush()
         seen.append(log.oldest_unacked_ms)
-        await log.ack(4)  # the first block all acked
+        await log.ack(s + 4)  # the first block all acked
         await log.flush()
         seen.append(log.oldest_unacked_ms)
         await log.close()
