@@ -2,10 +2,12 @@
 
 Every read is an ordered consumer on LOGS_STREAM filtered to one pipeline's subjects (one
 partition's with ``partition=``), so the server sends only those pages and the SDK holds
-at most a bounded client buffer of them: rows become Arrow tables a batch at a time, or
-only the newest ``limit`` are kept (``log_columns``). Where to start and stop is decided in
-``log_window``. The pipeline name is the key: a replace keeps the same pipeline's log, and
-a publish of another pipeline files its rows under that one.
+at most a bounded client buffer of them. Each page becomes Arrow columns of the rows the
+read wants as it arrives (``log_pages``) and is dropped; what the read holds is those
+columns, every row of a window or only the newest ``limit`` (``log_columns``), never the
+stream. Where to start and stop is decided in ``log_window``. The pipeline name is the
+key: a replace keeps the same pipeline's log, and a publish of another pipeline files its
+rows under that one.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 import nats.errors
 import pyarrow as pa
 import structlog
@@ -29,9 +30,10 @@ from nats.js.errors import NotFoundError as JsNotFoundError
 
 from edgepub.shared import subjects
 from edgepub.shared.errors import InvalidRequestError, ServiceUnavailableError
-from edgepub.shared.log_lines import GapLine, RowLine, decode_line, split_lines
+from edgepub.shared.log_lines import RowLine
 
-from .log_columns import Newest, Selection, TableBuilder, order_of, selection
+from .log_columns import Newest, Selection, TableBuilder, selection
+from .log_pages import Page, PageRows, page_of, page_rows
 from .log_window import (
     DEFAULT_LIMIT,
     Window,
@@ -63,37 +65,20 @@ class LogRead:
     gap_rows: int  # rows the edges counted as lost, in the pages read
 
 
-class Page(msgspec.Struct, frozen=True):
-    seq: int  # stream sequence
-    ts_ms: int  # when the server appended it
-    partition: str
-    rows: list[tuple[int, RowLine]]  # (line index, row)
-    gap_rows: int
-
-
-def page_of(msg: Msg | Any, seq: int, ts: datetime) -> Page:
-    """A pipeline log message's rows; a line that does not decode is skipped and logged
-    (the collector forwards pages without decoding them)."""
-    headers = msg.headers or {}
-    partition = headers.get(subjects.HEADER_PARTITION) or msg.subject.rsplit(".", 1)[-1]
-    rows: list[tuple[int, RowLine]] = []
-    gaps = 0
-    for i, line in enumerate(split_lines(msg.data or b"")):
-        try:
-            decoded = decode_line(line)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            log.warning("log_line_unreadable", seq=seq, line=i, error=str(exc))
-            continue
-        if isinstance(decoded, GapLine):
-            gaps += decoded.gap.count
-        else:
-            rows.append((i, decoded))
-    return Page(seq, int(ts.timestamp() * 1000), partition, rows, gaps)
-
-
 def _delivered(msg: Msg) -> Page:
     meta = msg.metadata
     return page_of(msg, meta.sequence.stream, meta.timestamp)
+
+
+def _position(msg: Msg) -> tuple[int, int]:
+    """The page's stream sequence and when the server appended it (epoch ms)."""
+    meta = msg.metadata
+    return meta.sequence.stream, int(meta.timestamp.timestamp() * 1000)
+
+
+def _rows(msg: Msg, sel: Selection, w: Window | None) -> PageRows:
+    meta = msg.metadata
+    return page_rows(msg, meta.sequence.stream, meta.timestamp, sel, w)
 
 
 @contextlib.asynccontextmanager
@@ -136,7 +121,7 @@ async def read_window(
     js: JetStreamContext, subject: str, w: Window, limit: int | None, sel: Selection
 ) -> LogRead:
     last = await _last(js, subject)
-    keep: Newest | TableBuilder = Newest(limit) if limit else TableBuilder(sel)
+    keep: Newest | TableBuilder = Newest(limit, sel) if limit else TableBuilder(sel)
     gaps = 0
     if last is not None and last.time >= w.consumer_start():
         config = ConsumerConfig(
@@ -145,26 +130,25 @@ async def read_window(
         async with _consumer(js, subject, config) as sub:
             while True:
                 msg = await _next(sub, subject)
-                page = _delivered(msg)
-                if w.past(page.ts_ms):
+                seq, ts_ms = _position(msg)
+                if w.past(ts_ms):
                     break
-                held = [(i, row) for i, row in page.rows if w.holds(row.time)]
-                for i, row in held:
-                    keep.add(row, page.partition, order_of(page.seq, i))
-                if held:  # a gap has no time: it counts with the rows of its page
+                page = _rows(msg, sel, w)
+                if page.table is not None:  # a gap has no time: it counts with its page's rows
+                    keep.add_table(page.table)
                     gaps += page.gap_rows
-                if page.seq >= last.seq or msg.metadata.num_pending == 0:
+                if seq >= last.seq or msg.metadata.num_pending == 0:
                     break
-    return _result(keep, sel, gaps)
+    return _result(keep, gaps)
 
 
 async def read_newest(js: JetStreamContext, subject: str, limit: int, sel: Selection) -> LogRead:
     """Walk back from the last page until no earlier page can hold one of the newest rows."""
     last = await _last(js, subject)
-    keep = Newest(limit)
+    keep = Newest(limit, sel)
     gaps = 0
     if last is None:
-        return _result(keep, sel, gaps)
+        return _result(keep, gaps)
     info = await js.stream_info(subjects.LOGS_STREAM)
     oldest_ms: int | None = None
     for lo, hi in chunks_back(info.state.first_seq, last.seq):
@@ -172,29 +156,26 @@ async def read_newest(js: JetStreamContext, subject: str, limit: int, sel: Selec
         async with _consumer(js, subject, config) as sub:
             while True:
                 msg = await _next(sub, subject)
-                page = _delivered(msg)
-                if page.seq >= hi:
+                seq, ts_ms = _position(msg)
+                if seq >= hi:
                     break  # read by the chunk before
-                oldest_ms = page.ts_ms if oldest_ms is None else min(oldest_ms, page.ts_ms)
+                oldest_ms = ts_ms if oldest_ms is None else min(oldest_ms, ts_ms)
+                page = _rows(msg, sel, None)
                 gaps += page.gap_rows
-                for i, row in page.rows:
-                    keep.add(row, page.partition, order_of(page.seq, i))
-                if page.seq >= last.seq:
+                if page.table is not None:
+                    keep.add_table(page.table)
+                if seq >= last.seq:
                     break
         if oldest_ms is not None and walked_far_enough(
             keep.seen, limit, keep.kth_newest_ms(), oldest_ms
         ):
             break
-    return _result(keep, sel, gaps)
+    return _result(keep, gaps)
 
 
-def _result(keep: Newest | TableBuilder, sel: Selection, gaps: int) -> LogRead:
-    if isinstance(keep, TableBuilder):
-        return LogRead(keep.finish(), keep.rows, gaps)
-    builder = TableBuilder(sel)
-    for row, partition, order in keep.entries():
-        builder.add(row, partition, order)
-    return LogRead(builder.finish(), keep.seen, gaps)
+def _result(keep: Newest | TableBuilder, gaps: int) -> LogRead:
+    matched = keep.rows if isinstance(keep, TableBuilder) else keep.seen
+    return LogRead(keep.finish(), matched, gaps)
 
 
 def log_subject(pipeline: str, partition: str | None) -> str:

@@ -1,12 +1,12 @@
 """``pipeline.logs()`` and ``edgepub logs`` against a real nats-server: pages appended to
 EDGEPUB_LOGS as the collector appends them (by a test user that may publish on
 ``edgepub.logs.>`` only), for two edges and two pipeline versions whose outputs differ,
-read back as the SDK user; and a 50 k-row window of a 200 k-row log read in bounded memory."""
+read back as the SDK user; and windows of up to 1 M rows of a 1 M-row log, each read in a
+process of its own whose memory grows with the window, not with the log."""
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import queue
 import subprocess
@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,14 @@ from edgepub.services.stack import config
 from edgepub.services.stack.permissions import Permissions
 from edgepub.shared import subjects
 from edgepub.shared.errors import InvalidRequestError
-from edgepub.shared.log_lines import Gap, GapLine, RowLine, encode_line, join_lines
+from edgepub.shared.log_lines import (
+    Gap,
+    GapLine,
+    RowLine,
+    decode_line,
+    encode_line,
+    join_lines,
+)
 from support.servers import NatsServer
 from support.services import clean_environ
 
@@ -107,7 +114,7 @@ def page(
     return subjects.pipeline_log(1, pipeline, edge), body, headers
 
 
-def append(server: NatsServer, pages: list[tuple[str, bytes, dict[str, str]]]) -> None:
+def append(server: NatsServer, pages: Iterable[tuple[str, bytes, dict[str, str]]]) -> None:
     async def run() -> None:
         nc = await nats.connect(
             server.url,
@@ -297,36 +304,105 @@ def test_logs_show_and_tail(nats_server: NatsServer, client: Client) -> None:
         tail.wait(10)
 
 
-def _rss_kb(field: str) -> int:
+# A window read in its own process: peak RSS growth (VmHWM after the read less VmRSS before
+# it, connected and warm) and the rows it returned, as JSON on stdout.
+READER = """
+import json, sys, warnings
+from datetime import UTC, datetime
+from pathlib import Path
+from edgepub import Client
+
+def kb(field):
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
-    raise AssertionError(field)
+
+url, user, password, start_ms, end_ms = sys.argv[1:]
+with Client(url, user, password) as client, warnings.catch_warnings(record=True) as said:
+    pipeline = client.build_pipeline("house")
+    pipeline.logs(limit=1)
+    said.clear()
+    Path("/proc/self/clear_refs").write_text("5")
+    before = kb("VmRSS")
+    got = pipeline.logs(start_datetime=datetime.fromtimestamp(int(start_ms) / 1000, UTC),
+                        end_datetime=datetime.fromtimestamp(int(end_ms) / 1000, UTC), arrow=True)
+    print(json.dumps({"rows": got.num_rows, "peak_mb": (kb("VmHWM") - before) / 1024,
+                      "table_mb": got.nbytes / 2**20, "warnings": [str(w.message) for w in said],
+                      "first": got.column("in.tensor")[got.num_rows - 1][0].as_py()}))
+"""
+PAGE_ROWS = 5_000  # ~1.4 MB pages: 1 M rows in 200 appends
+LINE = (
+    '{"seq":%d,"time":%d,"pipeline":"house","pipeline_version":"v1",'
+    '"in":{"tensor":[%d.0,2.0,3.0,4.0]},"out":{"variable":[%d.0]},"elapsed_ns":[1000],'
+    '"models":[["house-model","v1","' + "ab" * 32 + '"]],"v":1}'
+)
+ROWS_PER_MS = 10
+# What a window read may grow RSS by: a fixed part (a page being read, the consumer's
+# buffer, Arrow's allocator) plus a multiple of the table it returns (the rows held as
+# Arrow columns, and the final newest-first sort's copy of them).
+FIXED_MB = 30
+PER_TABLE_MB = 4
 
 
-MEMORY_BOUND_MB = 120
+def fill_fast(server: NatsServer, first: int, n: int, t0: int) -> None:
+    """Rows ``first..first+n-1`` of edge-a, ROWS_PER_MS to a millisecond from ``t0``, in
+    pages as the collector appends them, formatted from one template (fast)."""
+
+    def pages() -> Iterator[tuple[str, bytes, dict[str, str]]]:
+        for a in range(first, first + n, PAGE_ROWS):
+            seqs = range(a, min(a + PAGE_ROWS, first + n))
+            body = "\n".join([LINE % (s, t0 + s // ROWS_PER_MS, s, s) for s in seqs])
+            headers = {
+                subjects.HEADER_FIRST_SEQ: str(seqs[0]),
+                subjects.HEADER_LAST_SEQ: str(seqs[-1]),
+                subjects.HEADER_ROWS: str(len(seqs)),
+                subjects.HEADER_PIPELINE: "house",
+                subjects.HEADER_WORKSPACE: "1",
+                subjects.HEADER_PARTITION: "edge-a",
+            }
+            yield subjects.pipeline_log(1, "house", "edge-a"), body.encode(), headers
+
+    append(server, pages())
 
 
-def test_a_window_of_a_large_log_reads_in_bounded_memory(
+def read_in_a_process(server: NatsServer, t0: int, first: int, last: int) -> dict[str, Any]:
+    """Rows ``first..last-1`` (a window of their times) read by ``pipeline.logs`` in a
+    process of its own."""
+    s = server.settings()
+    start, end = (str(t0 + x // ROWS_PER_MS) for x in (first, last))
+    out = subprocess.run(
+        [sys.executable, "-c", READER, s.url, s.user or "", s.password or "", start, end],
+        capture_output=True,
+        text=True,
+        env=clean_environ(),
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    got: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"window of {got['rows']} rows: peak RSS growth {got['peak_mb']:.1f} MB "
+          f"(table {got['table_mb']:.1f} MB)")  # fmt: skip
+    assert got["rows"] == last - first and got["first"] == float(first)
+    assert got["warnings"] == []
+    assert got["peak_mb"] < FIXED_MB + PER_TABLE_MB * got["table_mb"], got
+    return got
+
+
+def test_memory_grows_with_the_window_not_with_the_stream(
     nats_server: NatsServer, client: Client
 ) -> None:
-    """200 k rows in the log (400 pages of 500); a 50 k-row window of them. Every page was
-    appended after the window's rows (within LATE_SLACK_MS), so the read streams through
-    every page from the window's start to the end of the log: what it holds is the window,
-    as Arrow columns, plus a bounded consumer buffer."""
+    """A 10 k-row window of a 100 k-row log, then of a 1 M-row log (~280 MB of NDJSON),
+    then windows of 100 k and 1 M rows of it. Every page was appended
+    after its rows (within LATE_SLACK_MS), so every read streams through every page from
+    its window's start to the end of the log: what it holds is its window as Arrow
+    columns, the page it is reading and the consumer's bounded buffer."""
     t0 = int((datetime.now(UTC) - timedelta(minutes=5)).timestamp() * 1000)
-    lines = rows(1, 200_000, t0, 1, "v1", **V1)
-    pages = paged("edge-a", lines, 500)
-    del lines
-    append(nats_server, pages)
-    del pages
-    gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to now
-    before = _rss_kb("VmRSS")
-    got, said = logs(
-        client, start_datetime=at(t0 + 50_000), end_datetime=at(t0 + 100_000), arrow=True
-    )
-    peak_mb = (_rss_kb("VmHWM") - before) / 1024
-    print(f"window of {got.num_rows} rows: peak RSS growth {peak_mb:.1f} MB")
-    assert got.num_rows == 50_000 and not said
-    assert peak_mb < MEMORY_BOUND_MB
+    line = LINE % (7, t0, 7, 7)
+    assert decode_line(line.encode()) == rows(7, 1, t0, 0, "v1", **V1)[0]
+    fill_fast(nats_server, 0, 100_000, t0)
+    small = read_in_a_process(nats_server, t0, 10_000, 20_000)
+    fill_fast(nats_server, 100_000, 900_000, t0)
+    larger_log = read_in_a_process(nats_server, t0, 10_000, 20_000)
+    assert larger_log["peak_mb"] < small["peak_mb"] + 15  # ten times the log: about the same
+    read_in_a_process(nats_server, t0, 500_000, 600_000)
+    read_in_a_process(nats_server, t0, 0, 1_000_000)

@@ -141,7 +141,10 @@ def test_newest_holds_exactly_the_newest(times: list[int], limit: int) -> None:
         keep.add(row(i, t), "e", order_of(1, i))
     assert keep.seen == len(times)
     want = sorted(((t, i) for i, t in enumerate(times)), reverse=True)[:limit]
-    got = sorted(((r.time, r.seq) for r, _, _ in keep.entries()), reverse=True)
+    held = keep.finish().to_pylist()  # in.tensor[0] is the row's seq
+    got = sorted(
+        ((round(r["time"].timestamp() * 1000), r["in.tensor"][0]) for r in held), reverse=True
+    )
     assert got == want
 
 
