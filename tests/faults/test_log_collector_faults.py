@@ -1,21 +1,27 @@
 """The collector's cells of the fault matrix, across real processes (nats-server, the Ops
-services, edges joined through the token service). Each ends with the pipeline log counted
-per partition: every row once, no seq twice, seq strictly increasing per partition."""
+services, edges joined through the token service; a real agent for the kill between append
+and ack). Each ends with the pipeline log counted per partition: every row once, no seq
+twice, seq strictly increasing per partition. Retention against watermarks:
+test_log_collector_retention.py."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from edgepub import Client
+from edgepub.services.log_collector import fault
 from edgepub.shared import log_lines, subjects
 from support import log_pages
+from support.fleet import Fleet
 from support.log_pages import join, owner
-from support.servers import NatsServer
-from support.services import OpsServices
-from support.waiting import async_wait_for
+from support.ops_log import ops_log
+from support.servers import NatsServer, RegistryServer
+from support.services import OpsServices, ServiceProcess
+from support.waiting import async_wait_for, wait_for
 
 pytestmark = [pytest.mark.timeout(240)]
 
@@ -38,41 +44,56 @@ def collector_env(**extra: str) -> dict[str, str]:
     return {"EDGEPUB_ACK_WAIT_S": "1", "EDGEPUB_COLLECTOR_WAIT_HOLD_S": "0.5", **extra}
 
 
-def refusals(ops: OpsServices) -> int:
-    """Pages the collectors found already in Ops (from the watermark, or refused by it)."""
+def refusals(of: OpsServices | ServiceProcess) -> int:
+    """Pages the collectors (or one) found already in Ops (from the watermark, or refused
+    by the server's check of it)."""
+    procs = [of] if isinstance(of, ServiceProcess) else list(of.procs.values())
     return sum(
         p.count_events("page_covered") + p.count_events("append_refused")
-        for name, p in ops.procs.items()
-        if name.startswith("log_collector")
+        for p in procs
+        if p.name.startswith("log_collector")
     )
 
 
+@pytest.fixture
+def fleet(
+    client: Client, registry: RegistryServer, nats_server: NatsServer, tmp_path: Path
+) -> Iterator[Fleet]:
+    f = Fleet(client, registry, nats_server, tmp_path)
+    try:
+        yield f
+    finally:
+        for agent in f.agents:
+            agent.kill()
+
+
 def test_collector_killed_between_append_and_ack_duplicates_nothing(
-    nats_server: NatsServer, ops: OpsServices, publish_id: int
+    fleet: Fleet, ops: OpsServices
 ) -> None:
-    col = ops.start("log_collector", env=collector_env())
-
-    async def main() -> None:
-        edge = await join(nats_server, publish_id, "shop-k")
-        nc = await owner(nats_server)
-        try:
-            shipping = asyncio.create_task(log_pages.ship(edge, "shop-k", 1, 6000, size=20))
-            for n in range(1, 4):  # three crashes while pages stream in
-                await log_pages.wait_rows(nc, n * 1000)
-                col.kill()
-                col.start()
-            await shipping
-            got = await log_pages.wait_rows(nc, 6000, within_s=60)
-            got.assert_exactly_once({"shop-k": 6000})
-            assert got.watermarks == {"shop-k": 6000}
-            # pages appended but not acked when a kill came back and were found in Ops (a
-            # kill lands in that gap about one time in three: counted, not required)
-            print(f"pages found appended after a kill: {refusals(ops)}")
-        finally:
-            await edge.close()
-            await nc.close()
-
-    asyncio.run(main())
+    """A real agent ships; the collector exits (as a SIGKILL: code 137, no cleanup) right
+    after its 2nd append returned and before that batch's pages were acked
+    (EDGEPUB_FAULT_EXIT_AFTER_APPENDS, test only). A second collector gets those pages again
+    and finds them in Ops; every row is there once."""
+    first = ops.start("log_collector", env=collector_env(EDGEPUB_FAULT_EXIT_AFTER_APPENDS="2"))
+    agent = fleet.agent("kill-a", fleet.bundle("kill-a"))
+    agent.wait_event("Node attestation was successful.", timeout=30)
+    sent = 0
+    while first.running():  # a round of inferences at a time, each at least one append
+        assert sent < 1000, "the collector never reached its 2nd append"
+        sent += fleet.send(agent, 20)
+        wait_for(
+            lambda n=sent: not first.running() or ops_log(fleet.nats).total("kill-a") >= n,
+            30,
+            "the collector to append the round or exit",
+        )
+    assert first.child.returncode() == fault.EXIT_CODE
+    assert first.count_events("fault_exit") == 1
+    second = ops.start("log_collector", env=collector_env(), replica=2)
+    sent += fleet.send(agent, 20)
+    held = fleet.at_ops({"kill-a": sent})
+    assert held.lost["kill-a"] == 0
+    # the batch appended but not acked came back and was found in Ops, every time
+    assert refusals(second) >= 1, "the pages of the interrupted batch were not redelivered"
 
 
 def test_outage_longer_than_the_duplicate_window_while_pages_keep_coming(
