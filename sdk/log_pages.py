@@ -108,6 +108,7 @@ def page_rows(msg: Any, seq: int, ts: datetime, sel: Selection, w: Window | None
             got = None
         if got is not None:
             return got
+    log.debug("log_page_read_by_lines", seq=seq, parsed=raw is not None)
     page = page_of(msg, seq, ts)
     held = [
         (row, page.partition, order_of(seq, i))
