@@ -4,7 +4,7 @@ consumer on EDGEPUB_LOGS): rows, gap counts and edge sequence numbers per partit
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import nats
@@ -23,6 +23,8 @@ class OpsLog:
     lost: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # gap counts
     seqs: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
     pages: int = 0
+    # gap counts per partition by reason (evicted, handoff_full, write_failed, too_large)
+    gaps: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
 
     def total(self, partition: str) -> int:
         """Rows at Ops plus rows counted in gap records: what the edge logged."""
@@ -65,6 +67,7 @@ async def _read(server: NatsServer, filter_subject: str) -> OpsLog:
                     out.seqs[partition].append(item.seq)
                     if isinstance(item, GapLine):
                         out.lost[partition] += item.gap.count
+                        out.gaps[partition][item.gap.reason] += item.gap.count
                     else:
                         out.rows[partition] += 1
                 if msg.metadata.num_pending == 0:
