@@ -6,7 +6,9 @@ publish, reads the artifact back from the registry and checks every digest; adds
 starts an edge agent from its Docker Run variables (it joins with the bundle's one-time
 token) and sends inferences in both JSON forms, showing the curl commands that do the same;
 replaces the publish with a retrained model and watches the edge swap pipelines without a
-restart; removes the edge and shows it cut off while it still serves locally.
+restart; removes the edge and shows it cut off while it still serves locally; and ends
+reading the inference rows back at Ops with ``pipeline.logs()``, each with its edge as
+``metadata.partition`` and the pipeline version that served it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import urllib.request
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgepub.samples import N_FEATURES
 from edgepub.shared.artifact import parse_reference
@@ -31,6 +34,9 @@ from edgepub.shared.oci import RegistryClient
 from edgepub.shared.schemas import definition_decoder
 from edgepub.shared.settings import RegistrySettings
 from edgepub.shared.stack_file import StackInfo
+
+if TYPE_CHECKING:
+    from edgepub.pipeline import Pipeline
 
 
 def _say(text: str) -> None:
@@ -203,6 +209,22 @@ def infer_examples(base: str, pipeline: str, input_name: str, n_features: int) -
     )
 
 
+SHIPPED_ROWS = 6  # two inference rounds of a two-record and a one-record request
+LOGS_STEP = "pipeline.logs(): the inference rows at Ops, partition = the edge that sent them"
+LOG_COLUMNS = ("time", "out.variable", "metadata.partition", "metadata.pipeline_version")
+
+
+def show_logs(pipeline: Pipeline, publishes: dict[str, str]) -> None:
+    """The rows at Ops, each with its edge and the pipeline version that served it (named
+    by ``publishes``); a removed edge's rows stay: the log is Ops', not the edge's."""
+    frame = pipeline.logs(dataset=["time", "out", "metadata"])
+    print(frame[[c for c in LOG_COLUMNS if c in frame.columns]].to_string(index=False))
+    counts = frame.groupby(["metadata.partition", "metadata.pipeline_version"], sort=False).size()
+    for (partition, version), n in reversed(list(counts.items())):
+        served = f"{version} ({publishes[version]})" if version in publishes else version
+        print(f"{n} rows from {partition} served by pipeline version {served}")
+
+
 def keep_serving(base: str, pipeline: str, input_name: str, info: StackInfo) -> None:
     """Until Ctrl-C: an inference a second, so the dashboard shows traffic arrive."""
     _say(f"the dashboard: {info.dashboard_url}")
@@ -306,13 +328,9 @@ def run_demo(data_dir: str | None, keep: bool = False) -> int:
         print(pipeline.list_edges())
         infer_examples(base, pipeline.name, model.inputs[0].name, N_FEATURES)
 
-        _say("pipeline.logs(): the edge's inference rows at Ops, partition = the edge's name")
-        # six rows so far: two inference rounds of a two-record and a one-record request
-        wait_until(lambda: len(pipeline.logs()) >= 6, "the rows to reach Ops")
-        frame = pipeline.logs(dataset=["time", "out", "metadata"])
-        columns = [c for c in ("time", "out.variable", "metadata.partition",
-                               "metadata.pipeline_version") if c in frame.columns]  # fmt: skip
-        print(frame[columns].to_string(index=False))
+        _say("the edge ships its inference rows to the pipeline log at Ops")
+        wait_until(lambda: len(pipeline.logs()) >= SHIPPED_ROWS, "the rows to reach Ops")
+        print(f"{len(pipeline.logs())} rows at Ops")
 
         _say("remove_edge: its credential is revoked and its connection cut")
         client.remove_edge("demo-edge")
@@ -320,6 +338,15 @@ def run_demo(data_dir: str | None, keep: bool = False) -> int:
         print(pipeline.list_edges())
         _say("cut off from Ops, the edge still serves its cached pipeline locally")
         infer_examples(base, pipeline.name, model.inputs[0].name, N_FEATURES)
+
+        _say(LOGS_STEP)
+        show_logs(
+            pipeline,
+            {
+                publish.pipeline_version_name: f"publish {publish.id}",
+                second.pipeline_version_name: f"publish {second.id}, the replace",
+            },
+        )
         if keep:
             _say("a second edge for the dashboard: publish.add_edge('demo-edge-2')")
             again = second.add_edge("demo-edge-2", tags=["demo"])

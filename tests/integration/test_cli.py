@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from edgepub.demo import LOGS_STEP
 from edgepub.samples import house_price_model
 from edgepub.shared.stack_file import load_stack_info
 from support.servers import NatsServer
@@ -125,6 +126,23 @@ def test_readme_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert '"out": {"variable": [' in out.stdout  # pandas-records answer
     assert '"outputs": [{"name": "variable"' in out.stdout  # Open Inference Protocol answer
     assert "demo complete" in out.stdout
+    # It ends reading the rows back at Ops, after the edge was removed, with their partition
+    # and both pipeline versions (the publish and its replace): 3 rows each.
+    *before, last = out.stdout.split(f"==> {LOGS_STEP}\n")
+    assert "still serves its cached pipeline locally" in before[-1]
+    section = last.split("\n==> ")[0].strip().splitlines()
+    header, frame, counts = section[0].split(), section[1:7], section[7:]
+    assert header[-2:] == ["metadata.partition", "metadata.pipeline_version"]
+    shown = [tuple(line.split()[-2:]) for line in frame]
+    assert {partition for partition, _ in shown} == {"demo-edge"}
+    versions = {version for _, version in shown}
+    assert len(versions) == 2 and len(shown) == 6
+    newest, oldest = shown[0][1], shown[-1][1]  # newest first: the replace's rows on top
+    assert counts == [
+        f"3 rows from demo-edge served by pipeline version {oldest} (publish 1)",
+        f"3 rows from demo-edge served by pipeline version {newest} (publish 2, the replace)",
+    ]
+    assert last.split("\n==> ")[1].startswith("demo complete")
 
 
 def test_the_demo_kept_up_shows_its_edge_and_traffic_on_the_dashboard(tmp_path: Path) -> None:
