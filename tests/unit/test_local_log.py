@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edgepub.edge_agent import local_log
 from edgepub.edge_agent.inference_log import InferenceEvent, LogHandoff, ModelUsed, pump
 from edgepub.edge_agent.local_log import SqliteLog, default_bound
 from edgepub.edge_agent.pages import Page
@@ -444,6 +445,54 @@ def test_a_file_nothing_reads_from_resets_from_the_clock_reaching_back_to_1(
         await ship(log, ops)
         assert ops.gaps == [Gap(count=0, first_seq=1, last_seq=log.last_seq - 2, reason="reset")]
         assert (ops.rows, ops.covered) == (2, 0)
+        await log.close()
+
+    run(scenario)
+
+
+def test_a_second_corruption_before_the_first_gap_shipped_keeps_the_count(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        log = await SqliteLog.open(tmp_path / "log.db", bound_bytes=64 * MiB)
+        await log.write([event(10)])
+        ops = Ops()
+        page = await log.read_page(0, 4, 1 << 20)
+        assert page is not None
+        ops.take(page)
+        await log.ack(page.last_seq)
+        for rows in (2, 5):  # two files go bad in turn; the first one's gap never shipped
+            log.fault = malformed
+            await log.write([event(rows)])
+            log.fault = None
+        await log.write([event(1)])
+        await ship(log, ops)
+        assert (log.corrupt_files, ops.rows, ops.total) == (2, 3 + 1, 10 + 2 + 5 + 1)
+        assert [g.count for g in ops.gaps if g.reason == "corrupt"] == [7]  # folded in once
+        await log.close()
+
+    run(scenario)
+
+
+def test_a_log_that_opens_late_starts_at_the_clock_and_counts_what_it_missed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local_log, "REOPEN_EVERY_S", 0.0)
+
+    async def scenario() -> None:
+        blocker = tmp_path / "logs"
+        blocker.write_text("")  # a file where the log's directory should be
+        log = await SqliteLog.open(blocker / "log.db", bound_bytes=64 * MiB)
+        await log.write([event(4)])
+        assert (log.failed_rows, log.healthy) == (4, False)
+        await asyncio.to_thread(blocker.unlink)
+        before = time.time_ns() // 1000
+        await log.write([event(3)])
+        assert log.healthy and log.last_seq >= before
+        ops = Ops(watermark=77)  # an older file of this name
+        await ship(log, ops)
+        assert [g.reason for g in ops.gaps] == ["reset", "write_failed"]
+        assert (ops.rows, ops.total, ops.covered) == (3, 7, 0)
         await log.close()
 
     run(scenario)
