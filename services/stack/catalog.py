@@ -83,11 +83,14 @@ def service_env(
     return env
 
 
-def token_env(*, issuer_seed: str, system_seed: str, opscenter_host: str) -> dict[str, str]:
-    """What the token service needs beyond NATS: the keys the server trusts, and the
-    OPSCENTER_HOST it writes into bundles (where edges reach this stack)."""
+def token_env(
+    *, issuer_seed: str, xkey_seed: str, system_seed: str, opscenter_host: str
+) -> dict[str, str]:
+    """What the token service needs beyond NATS: the keys the server trusts (and seals the
+    callout to), and the OPSCENTER_HOST it writes into bundles (where edges reach this stack)."""
     return {
         "EDGEPUB_AUTH_ISSUER_SEED": issuer_seed,
+        "EDGEPUB_AUTH_XKEY_SEED": xkey_seed,
         "EDGEPUB_SYSTEM_USER_SEED": system_seed,
         "EDGEPUB_OPSCENTER_HOST": opscenter_host,
     }

@@ -12,7 +12,7 @@ import secrets
 import bcrypt
 import msgspec
 
-from edgepub.shared import keys, subjects
+from edgepub.shared import keys, subjects, xkeys
 
 from . import permissions
 from .permissions import Permissions
@@ -50,10 +50,19 @@ class StackCredentials(msgspec.Struct, frozen=True, kw_only=True):
     system_user_seed: str = ""
     # What a cluster's nodes log in to each other's route listeners with.
     route_password: str = ""
+    # The auth callout's curve key (SX...): the server seals each authorization request to
+    # its public key and opens the token service's sealed answers, so neither the join token
+    # nor a user JWT is ever in clear on the bus or in nats-server's trace.
+    auth_xkey_seed: str = ""
 
     @property
     def complete(self) -> bool:
-        keys = self.auth_issuer_seed and self.system_user_seed and self.route_password
+        keys = (
+            self.auth_issuer_seed
+            and self.system_user_seed
+            and self.route_password
+            and self.auth_xkey_seed
+        )
         return bool(keys) and all(u in self.nats_users for u in SERVICE_USERS)
 
 
@@ -66,6 +75,7 @@ class CalloutSpec(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     issuer_public_key: str
+    xkey_public_key: str  # the token service's curve key (X...): requests are sealed to it
     system_user_public_key: str
     system_permissions: Permissions = Permissions()
 
@@ -84,6 +94,7 @@ def generate_credentials(sdk_user: str = SDK_USER) -> StackCredentials:
         auth_issuer_seed=keys.new_seed("account"),
         system_user_seed=keys.new_seed("user"),
         route_password=secrets.token_urlsafe(32),
+        auth_xkey_seed=xkeys.new_seed(),
     )
 
 
@@ -98,12 +109,14 @@ def completed(creds: StackCredentials) -> StackCredentials:
         auth_issuer_seed=creds.auth_issuer_seed or keys.new_seed("account"),
         system_user_seed=creds.system_user_seed or keys.new_seed("user"),
         route_password=creds.route_password or secrets.token_urlsafe(32),
+        auth_xkey_seed=creds.auth_xkey_seed or xkeys.new_seed(),
     )
 
 
 def callout_spec(creds: StackCredentials) -> CalloutSpec:
     return CalloutSpec(
         issuer_public_key=keys.public_key(creds.auth_issuer_seed),
+        xkey_public_key=xkeys.public_key(creds.auth_xkey_seed),
         system_user_public_key=keys.public_key(creds.system_user_seed),
         system_permissions=permissions.token_system(),
     )
@@ -265,6 +278,7 @@ def _callout(users: dict[str, UserSpec], callout: CalloutSpec) -> list[str]:
         "  timeout: 2",
         "  auth_callout {",
         f"    issuer: {quote(callout.issuer_public_key)}",
+        f"    xkey: {quote(callout.xkey_public_key)}",
         f"    account: {subjects.APP_ACCOUNT}",
         f"    auth_users: [{auth_users}]",
         "  }",

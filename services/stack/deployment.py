@@ -121,6 +121,7 @@ def service_environment(
         env.update(
             token_env(
                 issuer_seed=creds.auth_issuer_seed,
+                xkey_seed=creds.auth_xkey_seed,
                 system_seed=creds.system_user_seed,
                 opscenter_host=topo.opscenter_host,
             )

@@ -224,6 +224,7 @@ def _service_children(
             env.update(
                 token_env(
                     issuer_seed=creds.auth_issuer_seed,
+                    xkey_seed=creds.auth_xkey_seed,
                     system_seed=creds.system_user_seed,
                     opscenter_host=opscenter_host(opts),
                 )

@@ -210,6 +210,7 @@ def make_plan(opts: UpOptions, directory: Path) -> StackPlan:
         creds.registry_password,
         creds.registry_http_secret,
         creds.auth_issuer_seed,
+        creds.auth_xkey_seed,
         creds.system_user_seed,
     ):
         logs.register_secret(secret)

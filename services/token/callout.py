@@ -4,6 +4,11 @@ is; the token service answers with a user JWT carrying that edge's allow lists, 
 Replicas share a queue group, so connects go on with one of them down. The answer must come
 within the server's authorization timeout (2 s), so each request does one read and at most
 a few compare-and-set writes, and nothing else.
+
+The callout is encrypted (the stack's ``auth_callout`` has an ``xkey``): the server seals
+each request to the token service's curve key and names its own in ``Nats-Server-Xkey``;
+the answer is sealed back to that key. A request that is not sealed, or does not open, is
+logged and not answered (the server times the connect out and refuses it).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from edgepub.shared import subjects
+from edgepub.shared import subjects, xkeys
 from edgepub.shared.schemas import utcnow
 
 from . import jwt
@@ -29,6 +34,22 @@ from .state import Conflict, EdgeState, record_key
 log = structlog.get_logger("edgepub.token.callout")
 MAX_RACES = 20  # compare-and-set retries before giving up on one connect
 MAX_IN_FLIGHT = 256  # connects answered at once; more wait (the server times them out)
+XKEY_HEADER = "Nats-Server-Xkey"  # the requesting server's curve public key
+
+
+class SealError(ValueError):
+    """An authorization request that is not sealed to the token service's xkey."""
+
+
+def server_xkey(msg: Msg) -> str:
+    """The ``Nats-Server-Xkey`` header of a request (any case), or SealError."""
+    for name, value in (msg.headers or {}).items():
+        if name.lower() == XKEY_HEADER.lower() and value:
+            return value
+    raise SealError(
+        "authorization request is not encrypted (no Nats-Server-Xkey header): the server's "
+        "auth_callout block has no xkey; regenerate its config from the stack's credentials"
+    )
 
 
 @dataclass
@@ -77,10 +98,22 @@ class Callout:
         )
         return jwt.encode(claims, seed, issued_at=now).encode()
 
+    def open_request(self, msg: Msg) -> tuple[jwt.AuthRequest, str]:
+        """The request inside ``msg`` and the server's xkey to seal the answer to."""
+        sender = server_xkey(msg)
+        try:
+            plain = xkeys.open_sealed(msg.data, self.settings.xkey_seed, sender)
+        except xkeys.XKeyError as exc:
+            raise SealError(f"authorization request does not open: {exc}") from None
+        req = jwt.decode_request(plain)
+        if req.server_id.xkey != sender:  # the signed claims name the key that sealed it
+            raise SealError("the request's signed server xkey is not the one that sealed it")
+        return req, sender
+
     async def on_request(self, msg: Msg) -> None:
         try:
-            req = jwt.decode_request(msg.data)
-        except jwt.JwtError as exc:
+            req, sender = self.open_request(msg)
+        except (SealError, jwt.JwtError) as exc:
             log.warning("auth_request_unreadable", error=str(exc))
             return  # the server times the connect out and refuses it
         edge = req.connect_opts.name
@@ -97,7 +130,8 @@ class Callout:
         else:
             blog.info("edge_authenticated", session_expires_at=decision.session_expires_at)
         if msg.reply:
-            await self.nc.publish(msg.reply, self.answer(req, decision))
+            answer = self.answer(req, decision)
+            await self.nc.publish(msg.reply, xkeys.seal(answer, self.settings.xkey_seed, sender))
 
 
 async def serve_callout(nc: NATS, callout: Callout, stop: asyncio.Event) -> None:

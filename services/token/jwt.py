@@ -30,6 +30,7 @@ class JwtError(ValueError):
 class ServerId(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
     id: _Text
     name: _Text = ""
+    xkey: _Text = ""  # the server's curve key, when the callout is encrypted
 
 
 class ClientInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from edgepub.shared import keys, logs
+from edgepub.shared import keys, logs, xkeys
 from edgepub.shared.errors import ConfigError
 from edgepub.shared.settings import Env
 
@@ -15,6 +15,9 @@ class TokenSettings(msgspec.Struct, frozen=True, kw_only=True):
     issuer_seed: str  # account nkey: signs the edges' user JWTs (secret)
     system_seed: str  # user nkey in the system account: CONNZ/KICK (secret)
     opscenter_host: str  # OPSCENTER_HOST in bundles: where edges reach Ops
+    # curve key (SX...): opens the server's sealed authorization requests, seals the answers
+    # (secret); without it every request is refused
+    xkey_seed: str = ""
     trust_domain: str = "edgepub.local"  # spiffe://<trust domain>/ns/deployments/edge/<id>
     join_token_ttl_s: float = DAY_S  # the seed: a JOIN_TOKEN is valid 24 h
     credential_idle_s: float = 7 * DAY_S  # the seed: contact at least once every 7 days
@@ -36,15 +39,25 @@ class TokenSettings(msgspec.Struct, frozen=True, kw_only=True):
         env = env or Env()
         issuer = env.text("EDGEPUB_AUTH_ISSUER_SEED")
         system = env.text("EDGEPUB_SYSTEM_USER_SEED")
+        xkey = env.text("EDGEPUB_AUTH_XKEY_SEED")
         for name, seed, prefix in (
             ("EDGEPUB_AUTH_ISSUER_SEED", issuer, "SA"),
             ("EDGEPUB_SYSTEM_USER_SEED", system, "SU"),
+            ("EDGEPUB_AUTH_XKEY_SEED", xkey, "SX"),
         ):
             logs.register_secret(seed)
             if not seed.startswith(prefix):
                 raise ConfigError(f"{name} is not an nkey seed starting {prefix} (value hidden)")
+        try:
+            xkeys.public_key(xkey)
+        except xkeys.XKeyError as exc:
+            raise ConfigError(
+                f"EDGEPUB_AUTH_XKEY_SEED is not a curve seed ({exc}; value hidden): "
+                "set the auth_xkey_seed of the stack's credentials (nk -gen curve makes one)"
+            ) from None
         settings = cls(
             issuer_seed=issuer,
+            xkey_seed=xkey,
             system_seed=system,
             opscenter_host=env.text("EDGEPUB_OPSCENTER_HOST"),
             trust_domain=env.text("EDGEPUB_TRUST_DOMAIN", "edgepub.local"),

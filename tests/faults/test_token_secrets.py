@@ -16,8 +16,8 @@ Two parts of nats-server's trace are searched apart, because the protocol puts a
 a message body there: the answer to an add-edge request, which hands the bundle to the SDK
 user (the join token may appear in it; a key, JWT or password may not), and the auth
 callout's own request and answer, which are JWTs by the protocol; the request holds the
-edge's CONNECT options with its join token. The last is a product gap, pinned as a strict
-xfail below (the callout's messages are not encrypted)."""
+edge's CONNECT options with its join token. The callout is encrypted (the stack's
+auth_callout has an xkey), so its trace must show ciphertext only."""
 
 from __future__ import annotations
 
@@ -255,15 +255,6 @@ def _claims(line: str) -> str:
     return "\n".join(out)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="nats-server's trace (-V) logs the auth callout's request and answer payloads as "
-    "they are, and the callout is not encrypted (no xkey in the stack's auth_callout block): "
-    "the request JWT holds the edge's CONNECT options, its join token (auth_token) in clear "
-    "inside, and the answer wraps the edge's user JWT. Fix in the product: an auth_callout "
-    "xkey, so the server seals each request to the token service's curve key and the token "
-    "service seals its answer (nats-server >= 2.10); the trace then shows ciphertext only",
-)
 def test_nats_server_trace_of_the_callout_holds_no_secret(
     nats_server: NatsServer, ops: OpsServices, client: Client, model_file: Path
 ) -> None:

@@ -51,6 +51,7 @@ class ServiceProcess:
             full_env.update(
                 token_env(
                     issuer_seed=nats.credentials.auth_issuer_seed,
+                    xkey_seed=nats.credentials.auth_xkey_seed,
                     system_seed=nats.credentials.system_user_seed,
                     opscenter_host=nats.ws_url,
                 )

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edgepub.services.stack import config
+from edgepub.shared import xkeys
 
 
 def test_generated_credentials_cover_every_user_and_differ() -> None:
@@ -125,6 +126,29 @@ def test_credentials_from_before_clusters_gain_a_route_password() -> None:
     assert not old.complete
     new = config.completed(old)
     assert new.complete and new.route_password and new.nats_users == old.nats_users
+
+
+def test_credentials_from_before_the_callout_xkey_gain_one() -> None:
+    old = msgspec.structs.replace(config.generate_credentials(), auth_xkey_seed="")
+    assert not old.complete
+    new = config.completed(old)
+    assert new.complete and new.auth_xkey_seed.startswith("SX")
+    assert msgspec.structs.replace(new, auth_xkey_seed="") == old  # nothing else changed
+    assert xkeys.public_key(new.auth_xkey_seed).startswith("X")
+
+
+def test_the_auth_callout_is_sealed_to_the_token_services_xkey() -> None:
+    creds = config.generate_credentials()
+    text = config.nats_config(
+        host="127.0.0.1",
+        port=4333,
+        store_dir="/s",
+        users=config.nats_users(creds),
+        callout=config.callout_spec(creds),
+    )
+    block = text.split("  auth_callout {")[1].split("\n  }")[0]
+    assert f'    xkey: "{xkeys.public_key(creds.auth_xkey_seed)}"' in block.splitlines()
+    assert creds.auth_xkey_seed not in text  # the server holds only the public key
 
 
 def test_nats_config_refuses_no_users() -> None:

@@ -17,9 +17,13 @@ import nkeys
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from nats.aio.msg import Msg
 
 from edgepub.services.token import jwt, kick
-from edgepub.shared import keys, subjects
+from edgepub.services.token.callout import Callout, SealError
+from edgepub.services.token.decisions import Deny
+from edgepub.services.token.settings import TokenSettings
+from edgepub.shared import keys, subjects, xkeys
 
 ISSUER = keys.new_seed("account")
 SERVER = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_SERVER).decode()
@@ -397,3 +401,79 @@ def test_verify_of_a_well_formed_stranger_key_is_false(body: bytes, prefix: int,
     public = base64.b32encode(bytes(raw) + crc).decode()
     for kind in ("account", "user", "server"):
         assert keys.verify(public, b"data", sig, kind=kind) is False
+
+
+# --- the encrypted callout: requests sealed to the token service's xkey ----------------------
+
+SERVICE_XKEY = xkeys.new_seed()
+SERVER_XKEY = xkeys.new_seed()
+
+
+def _callout() -> Callout:
+    cfg = TokenSettings(
+        issuer_seed=ISSUER,
+        system_seed=keys.new_seed("user"),
+        opscenter_host="wss://ops",
+        xkey_seed=SERVICE_XKEY,
+    )
+    return Callout(nc=None, state=None, settings=cfg)  # type: ignore[arg-type]
+
+
+def sealed_request(
+    claims: dict[str, Any] | None = None, header: str = "Nats-Server-Xkey", to: str = SERVICE_XKEY
+) -> Msg:
+    """What nats-server with ``auth_callout { xkey }`` sends: the request JWT sealed to the
+    service's xkey, its own xkey in the header and in the signed claims."""
+    claims = claims or request_claims(auth_token="join-token-in-clear")
+    claims["nats"]["server_id"]["xkey"] = xkeys.public_key(SERVER_XKEY)
+    data = xkeys.seal(server_request(claims), SERVER_XKEY, xkeys.public_key(to))
+    headers = {header: xkeys.public_key(SERVER_XKEY)} if header else None
+    return Msg(
+        _client=None, subject=subjects.AUTH_CALLOUT, reply="_INBOX.x", data=data, headers=headers
+    )  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("header", ["Nats-Server-Xkey", "nats-server-xkey"])
+def test_a_sealed_request_opens_and_names_the_key_to_seal_the_answer_to(header: str) -> None:
+    msg = sealed_request(header=header)
+    assert b"join-token-in-clear" not in msg.data and b"eyJ" not in msg.data
+    req, sender = _callout().open_request(msg)
+    assert req.connect_opts.auth_token == "join-token-in-clear"
+    assert sender == xkeys.public_key(SERVER_XKEY) == req.server_id.xkey
+
+
+def test_the_answer_is_sealed_so_only_the_requesting_server_opens_it() -> None:
+    callout = _callout()
+    req, sender = callout.open_request(sealed_request())
+    answer = callout.answer(req, Deny(reason="no such edge"))
+    sealed = xkeys.seal(answer, SERVICE_XKEY, sender)
+    assert b"eyJ" not in sealed  # the server takes an answer starting eyJ as clear text
+    opened = xkeys.open_sealed(sealed, SERVER_XKEY, xkeys.public_key(SERVICE_XKEY))
+    claims = json.loads(unb64(opened.decode().split(".")[1]))
+    assert claims["nats"]["error"] == "no such edge" and claims["aud"] == req.server_id.id
+
+
+def test_a_request_that_is_not_sealed_or_not_to_us_is_refused() -> None:
+    callout = _callout()
+    clear = Msg(_client=None, data=server_request(), reply="_INBOX.x")  # type: ignore[arg-type]
+    with pytest.raises(SealError, match="not encrypted"):
+        callout.open_request(clear)
+    with pytest.raises(SealError, match="not encrypted"):
+        callout.open_request(sealed_request(header=""))
+    with pytest.raises(SealError, match="does not open"):
+        callout.open_request(sealed_request(to=xkeys.new_seed()))
+    swapped = sealed_request()
+    assert swapped.headers is not None
+    swapped.headers["Nats-Server-Xkey"] = xkeys.public_key(xkeys.new_seed())
+    with pytest.raises(SealError, match="does not open"):
+        callout.open_request(swapped)
+
+
+def test_a_request_whose_signed_xkey_is_not_the_sealing_one_is_refused() -> None:
+    claims = request_claims()
+    msg = sealed_request(claims)
+    other = request_claims()
+    other["nats"]["server_id"]["xkey"] = xkeys.public_key(xkeys.new_seed())
+    msg.data = xkeys.seal(server_request(other), SERVER_XKEY, xkeys.public_key(SERVICE_XKEY))
+    with pytest.raises(SealError, match="signed server xkey"):
+        _callout().open_request(msg)
