@@ -80,7 +80,7 @@ async def time_log(path: Path, batches: list[list[InferenceEvent]], sync: str) -
     for task in writing:
         await task
     elapsed = time.perf_counter() - start
-    assert log.write_failures == 0 and log.last_seq == len(batches) * BATCH_ROWS
+    assert log.write_failures == 0 and log.rows_written == len(batches) * BATCH_ROWS
     await log.close()
     return elapsed
 
