@@ -167,6 +167,46 @@ def test_an_idle_edges_watermark_outlives_max_bytes(
     asyncio.run(main())
 
 
+def test_more_idle_watermarks_than_the_server_lists_at_once_all_outlive_max_bytes(
+    nats_server: NatsServer, ops: OpsServices, publish_id: int
+) -> None:
+    """1,100 idle edges (their watermarks written as the collector writes them): past the
+    1,024 watermarks one multi-get returns, the sweep takes them a part at a time."""
+    limits(ops, EDGEPUB_LOGS_MAX_BYTES=str(MAX_BYTES * 2))  # a sweep of them takes ~1 s
+    col = collector(ops)
+    idle = [f"idle-{i}" for i in range(1100)]
+    rows = MAX_BYTES * 4 // ROW_BYTES  # the log's bound twice over
+
+    async def main() -> None:
+        busy = await join(nats_server, publish_id, "shop-busy")
+        nc = await owner(nats_server)
+        s = nats_server.settings("log-collector")
+        writer = await nats.connect(
+            s.url, user=s.user, password=s.password, inbox_prefix=subjects.inbox_prefix(s.user)
+        )
+        js = writer.jetstream()
+        try:
+            for i, edge in enumerate(idle):
+                await js.publish(
+                    subjects.watermark(edge),
+                    json.dumps({"edge": edge, "last_seq": i + 1}).encode(),
+                    headers={"Nats-Rollup": "sub", "Nats-TTL": "never"},
+                )
+            await log_pages.ship(busy, "shop-busy", 1, rows, size=50)
+            await wait_mark(nc, "shop-busy", rows)
+            state = (await nc.jetstream().stream_info(subjects.LOGS_STREAM)).state
+            assert state.first_seq > len(idle)  # where they were written is evicted
+            for i, edge in enumerate(idle):
+                assert (await mark_of(nc, edge) or (0, 0))[1] == i + 1, edge
+            rerolled = [e for e in col.events() if e.get("event") == "watermarks_rerolled"]
+            assert sum(e["count"] for e in rerolled) >= len(idle)
+        finally:
+            for c in (busy, nc, writer):
+                await c.close()
+
+    asyncio.run(main())
+
+
 def test_an_idle_edges_watermark_outlives_max_age(
     nats_server: NatsServer, ops: OpsServices, publish_id: int
 ) -> None:
