@@ -34,12 +34,15 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 
 import msgspec
+import structlog
 
 from edgepub.shared.log_lines import GapReason, split_lines
 
 from . import pages
 from .pages import Chunk, Page, Span
 from .row_lines import Run, with_seqs
+
+log = structlog.get_logger("edgepub.edge.log_store")
 
 BLOCK_BYTES = 64 << 10
 KEEP_FREE_PAGES = 256  # free pages kept for reuse after acks (1 MiB of 4 KiB pages)
@@ -268,10 +271,12 @@ class LogStore:
             if db.in_transaction:
                 db.rollback()
             raise
-        self._acked(acked, acked_counts)
+        # committed: the numbers follow first, so nothing after this (the reclaim of freed
+        # pages, which can fail on a full disk) can make stored rows look failed
         self.last_seq = seq
         self.backlog.lines += sum(b[0] - b[1] + 1 for b in kept) - removed
         self.backlog.rows += owed  # stored as rows or counted in a gap line
+        self._acked(acked, acked_counts)
         stored = sum(b[0] - b[1] + 1 for b in kept if b[2] is not None)
         return stored, evicted_rows
 
@@ -380,13 +385,16 @@ class LogStore:
         """Free pages go back to the file system once the backlog is shipped, or when
         they are more than a quarter of the bound; while a backlog drains, the appends
         reuse them (a vacuum per ack was most of a replay's cost at the edge)."""
-        free = int(self.db.execute("PRAGMA freelist_count").fetchone()[0])
-        if free <= KEEP_FREE_PAGES:
-            return
-        if self.backlog.lines > 0 and free * self.page_size < self.db_budget // 4:
-            return
-        # executescript steps the pragma to the end (execute frees only one page)
-        self.db.executescript(f"PRAGMA incremental_vacuum({free - KEEP_FREE_PAGES});")
+        try:
+            free = int(self.db.execute("PRAGMA freelist_count").fetchone()[0])
+            if free <= KEEP_FREE_PAGES:
+                return
+            if self.backlog.lines > 0 and free * self.page_size < self.db_budget // 4:
+                return
+            # executescript steps the pragma to the end (execute frees only one page)
+            self.db.executescript(f"PRAGMA incremental_vacuum({free - KEEP_FREE_PAGES});")
+        except sqlite3.Error as exc:  # a full disk: what was committed stays; next time
+            log.warning("log_reclaim_failed", error=str(exc))
 
     def close(self) -> None:
         self.db.close()

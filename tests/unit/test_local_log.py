@@ -529,3 +529,42 @@ def test_default_bound() -> None:
     assert default_bound(100 << 30) == 1 << 30
     assert default_bound(400 * MiB) == 100 * MiB
     assert default_bound(0) == MiB
+
+
+class _ReclaimFails:
+    """A connection whose free-page reclaim (after a commit, outside any transaction)
+    fails as on a full disk."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql.startswith("PRAGMA freelist_count") and not self._db.in_transaction:
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._db.execute(sql, *args)
+
+
+def test_a_reclaim_failing_after_the_commit_never_counts_stored_rows_as_failed(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        log = await SqliteLog.open(tmp_path / "log.db", bound_bytes=64 * MiB)
+        s = log.last_seq
+        await log.write([event(10)])
+        store = log._store
+        assert store is not None
+        store.db = _ReclaimFails(store.db)  # type: ignore[assignment]
+        await log.ack(s + 10)
+        await log.write([event(5)])  # carries the ack: its transaction commits, then reclaims
+        await log.flush()
+        assert (log.last_seq, log.healthy) == (s + 15, True)
+        rows, lost, seqs = tally(await read_all(log, s + 10))
+        assert rows == 5 and not lost and seqs == list(range(s + 11, s + 16))  # no gap
+        await log.write([event(2)])
+        assert log.last_seq == s + 17  # no seq reused
+        await log.close()
+
+    run(scenario)
