@@ -49,7 +49,9 @@ ROW_FIELDS = {
 }
 GROUP_FIELDS = ("in", "out")  # objects every row has
 LINE = "__line"
-_ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
+# Arrow refusing the page (or a line shaped like nothing the reader expects): the page is
+# then read line by line, which says which line and why.
+_ARROW_ERRORS = (pa.ArrowException, KeyError, TypeError, ValueError)
 
 
 class Page(msgspec.Struct, frozen=True):
@@ -134,7 +136,7 @@ def _columns(
 ) -> PageRows | None:
     """None when a line is not a well-formed row or gap line (the caller then reads the
     page line by line, which says which line and why)."""
-    if raw.num_rows >= LINE_LIMIT:
+    if raw.num_rows >= LINE_LIMIT or LINE in raw.column_names:
         return None
     raw = raw.combine_chunks().append_column(LINE, pa.array(np.arange(raw.num_rows)))
     gap_rows, is_gap = _gaps(raw)

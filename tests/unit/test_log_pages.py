@@ -156,3 +156,10 @@ def test_newest_trims_to_its_limit_and_keeps_the_newest(times: list[int], limit:
     held = keep.finish().to_pylist()
     got = [(round(r["time"].timestamp() * 1000), int(r["in.tensor"][0])) for r in held]
     assert got == want
+
+
+def test_a_row_naming_the_readers_own_column_is_still_read() -> None:
+    line = encode_line(row(1, T0))[:-1] + b',"__line":7}'
+    got, _ = by_arrow(msg([line, encode_line(row(2, T0 + 1))]), None)
+    assert got.to_pylist() == by_lines(msg([line, encode_line(row(2, T0 + 1))]), None).to_pylist()
+    assert got.num_rows == 2
