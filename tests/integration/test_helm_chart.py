@@ -426,8 +426,8 @@ class Recording(dict[str, str]):
 
 
 # Read at start but no value of their own in the chart: the home (EDGEPUB_CACHE_DIR, from
-# the env file, wins over it).
-NO_VALUE = {"EDGEPUB_HOME"}
+# the env file, wins over it), and the collector's test-only fault seam.
+NO_VALUE = {"EDGEPUB_HOME", "EDGEPUB_FAULT_EXIT_AFTER_APPENDS"}
 
 
 def test_every_setting_the_services_read_has_a_value(tmp_path: Path) -> None:
