@@ -23,8 +23,8 @@ pandas-records path) and numpy columns take the same way.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
-from operator import attrgetter
+from collections.abc import Sequence
+from operator import attrgetter, itemgetter
 from typing import Any, TypeVar
 
 import msgspec
@@ -59,7 +59,6 @@ _models = attrgetter("model_versions")
 _steps = attrgetter("elapsed_ns")
 _records = attrgetter("records")
 _time = attrgetter("time")
-_dtype = attrgetter("dtype")
 
 
 def _all_same(values: list[Any]) -> bool:
@@ -92,26 +91,28 @@ def _run_end(events: Sequence[InferenceEvent], start: int) -> int:
 def _numeric(columns: list[Any], counts: list[int], total: int) -> tuple[bytes, list[bytes]] | None:
     """The run's records of one tensor cut from one JSON array, when they are numeric
     arrays of one dtype and trailing shape whose lengths are the events' record counts
-    and of one or two dimensions (the array's shape says how it cuts: no check needed)."""
+    and of one or two dimensions (the array's shape says how it cuts: no check needed).
+    A column one wide (a model's single output) is written flat and cut at its commas."""
     first = columns[0]
     if not (
         type(first) is np.ndarray
         and first.dtype.kind in _NUMERIC
         and 1 <= first.ndim <= 2
-        and set(map(type, columns)) == {np.ndarray}
-        and _all_same(list(map(_dtype, columns)))
+        and list(map(type, columns)).count(np.ndarray) == len(columns)
         and list(map(len, columns)) == counts
     ):
         return None
-    try:
-        joined = first if len(columns) == 1 else np.concatenate(columns)
-    except ValueError:  # trailing shapes differ
+    try:  # casting="no": a column of another dtype (or byte order) fails, not widens
+        joined = first if len(columns) == 1 else np.concatenate(columns, casting="no")
+    except (ValueError, TypeError):  # trailing shapes or dtypes differ
         return None
+    if joined.ndim == 2 and joined.shape[1] <= 1:
+        if joined.shape[1] == 0:
+            return b"[%s]", [b""] * total
+        return b"[%s]", _json.encode(joined.ravel())[1:-1].split(b",")
     encoded = _json.encode(joined)
     if joined.ndim == 1:
         return b"%s", encoded[1:-1].split(b",")
-    if joined.shape[1] == 0:
-        return b"[%s]", [b""] * total
     return b"[%s]", encoded[2:-2].split(b"],[")
 
 
@@ -139,7 +140,10 @@ def _cut(encoded: bytes, n: int) -> tuple[bytes, list[bytes]] | None:
     if inner[:1] == b"[" and inner[-1:] == b"]":
         flat = inner[1:-1]
         if flat.count(b"[") == n - 1 == flat.count(b"]"):
-            return b"[%s]", flat.split(b"],[")
+            # n cells: the n - 1 cuts took every bracket (``[[1,2],3,4,[[5],[6]]]`` has as
+            # many brackets but cuts once)
+            cells = flat.split(b"],[")
+            return (b"[%s]", cells) if len(cells) == n else None
     return None
 
 
@@ -160,48 +164,49 @@ def _literal(data: bytes) -> bytes:
 
 
 def _side(
-    run: Sequence[InferenceEvent], side: str, counts: list[int]
+    run: Sequence[InferenceEvent], side: str, counts: list[int], total: int
 ) -> tuple[bytes, list[list[bytes]]]:
     """A tensor map's part of the line template (``{"x":[%s],...}``) and each tensor's
     cells, record by record."""
     slots, cells = [], []
-    total = sum(counts)
-    for name in getattr(run[0], side):
-        slot, column = _column([getattr(e, side)[name] for e in run], counts, total)
+    maps = list(map(attrgetter(side), run))
+    for name in maps[0]:
+        slot, column = _column(list(map(itemgetter(name), maps)), counts, total)
         slots.append(_literal(_json.encode(str(name))) + b":" + slot)
         cells.append(column)
     return b"{" + b",".join(slots) + b"}", cells
 
 
 def _run_bodies(run: Sequence[InferenceEvent]) -> list[bytes]:
-    """The run's records as line bodies: each line without its ``{"seq":n``."""
+    """The run's records as line bodies: each line without its ``{"seq":n``. One ``%``
+    format per line fills the time, every tensor's cell and the steps."""
     first = run[0]
     counts = list(map(_records, run))
-    ins, in_cells = _side(run, "inputs", counts)
-    outs, out_cells = _side(run, "outputs", counts)
-    template = b',"time":%%d,"pipeline":%s,"pipeline_version":%s,"in":%s,"out":%s%%s' % (
-        _literal(_json.encode(first.pipeline)),
-        _literal(_json.encode(first.pipeline_version)),
-        ins,
-        outs,
-    )
+    total = sum(counts)
+    ins, in_cells = _side(run, "inputs", counts, total)
+    outs, out_cells = _side(run, "outputs", counts, total)
     models = b""
     if first.model_versions:
         models = b',"models":' + _json.encode(
             [[m.name, m.version, m.sha256] for m in first.model_versions]
         )
+    tail = b',"anomaly":{"count":0}' + _literal(models) + b"}"
+    steps: list[list[bytes]] = []
     if first.elapsed_ns:
-        steps = _json.encode(list(map(_steps, run)))[2:-2].split(b"],[")
         tail = b',"anomaly":{"count":0},"elapsed_ns":[%s]' + _literal(models) + b"}"
-        tails = [tail % step for step in steps]
-    else:
-        tails = [b',"anomaly":{"count":0}%s}' % models] * len(run)
-    times: Iterable[int] = map(_time, run)
-    if sum(counts) != len(run):  # requests of several records: what they share, per record
-        times = _per_record(list(times), counts)
-        tails = _per_record(tails, counts)
-    rows = zip(times, *in_cells, *out_cells, tails, strict=True)
-    return [template % row for row in rows]
+        steps = [_json.encode(list(map(_steps, run)))[2:-2].split(b"],[")]
+    template = b',"time":%%d,"pipeline":%s,"pipeline_version":%s,"in":%s,"out":%s%s' % (
+        _literal(_json.encode(first.pipeline)),
+        _literal(_json.encode(first.pipeline_version)),
+        ins,
+        outs,
+        tail,
+    )
+    times: list[Any] = list(map(_time, run))
+    if total != len(run):  # requests of several records: what they share, per record
+        times = _per_record(times, counts)
+        steps = [_per_record(column, counts) for column in steps]
+    return [template % row for row in zip(times, *in_cells, *out_cells, *steps, strict=True)]
 
 
 def _per_record(values: list[T], counts: list[int]) -> list[T]:

@@ -273,3 +273,27 @@ def test_row_lines_without_steps_or_records() -> None:
     assert line == encode_line(
         RowLine(seq=7, time=1, pipeline="p", pipeline_version="v", in_={}, out={})
     )
+
+
+def test_a_column_whose_brackets_count_as_flat_lists_but_are_not_is_encoded_per_record() -> None:
+    """``[row], 91.2, 93.5, [[17.5, 86.3], [1]]`` holds as many brackets as four flat lists
+    and cuts once: found by the batch property above (the write failed, its rows counted
+    lost)."""
+    base = dict(
+        pipeline="p",
+        pipeline_version="v-1",
+        outputs={},
+        elapsed_ns=[41_000],
+        model_versions=(),
+        partition="edge",
+    )
+    x = np.array([[63.696167, 26.978672]], dtype="float32")
+    events = [
+        InferenceEvent(time=1, records=1, inputs={"x": x}, **base),  # type: ignore[arg-type]
+        InferenceEvent(time=2, records=2, inputs={"x": [91.2, 93.5]}, **base),  # type: ignore[arg-type]
+        InferenceEvent(time=3, records=1, inputs={"x": [[[17.5, 86.3], [1]]]}, **base),  # type: ignore[arg-type]
+    ]
+    expected = reference_lines(events[0], 5) + reference_lines(events[1], 6)
+    expected += reference_lines(events[2], 8)
+    (run,) = bodies_of(events)
+    assert with_seqs(run[1], 5) == expected
