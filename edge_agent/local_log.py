@@ -3,8 +3,10 @@
 Every SQLite call runs on that one thread, so the event loop never waits on disk; each
 ``write`` is one transaction whose rows are lines as they will ship. ``write`` returns once
 its transaction committed, so a crash loses at most the batch being written (and what
-still waits in the hand-off). Encoding runs on the worker too: under the GIL, encoding on
-the loop while the worker commits was measured no faster. Nothing raises into
+still waits in the hand-off). Encoding runs on a thread of its own, in the time the write
+before it spends in its commit (the fsync, which holds no GIL): an encoder that started
+earlier held the GIL through the worker's many short SQLite calls before the commit, each
+of which then waited for the whole encoding (``ENCODE_WAIT_S``). Nothing raises into
 the pump: a failed write counts its rows into a ``write_failed`` gap line that goes in
 with the next write that succeeds, hand-off drops (``note_dropped``) into a
 ``handoff_full`` one, and rows the bound evicts into an ``evicted`` one, so Ops always gets
@@ -42,6 +44,7 @@ import asyncio
 import os
 import shutil
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -71,6 +74,11 @@ REOPEN_EVERY_S = 1.0  # a log that could not open is tried again this often (on 
 # ACK_STORE_PAGES pages instead of one per page.
 ACK_STORE_PAGES = 64
 ACK_STORE_S = 0.5
+# The encoder waits at most this long for the write queued before it to reach its commit
+# (normally ~0.4 ms: the block inserts): encoding meanwhile would hold the GIL that every
+# SQLite call of the worker takes back on its return (5 ms switch interval), so the worker
+# waited for the whole encoding and the fsync then ran with nothing to overlap it.
+ENCODE_WAIT_S = 0.005
 _CORRUPT = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 _DOUBT: dict[GapReason, int] = {"corrupt": 0, "corrupt_at_most": 1, "reset": 2}
 
@@ -141,6 +149,9 @@ class SqliteLog:
         self._store: LogStore | None = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="edgepub-local-log")
         self._encoder = ThreadPoolExecutor(1, thread_name_prefix="edgepub-log-encode")
+        self._staging = threading.Condition()  # the encoder waits on it (ENCODE_WAIT_S)
+        self._precommit = 0  # writes queued on the worker that have not reached the commit
+        self._staged = False  # (worker) the write being stored has not reached it yet
         self._dropped_written = 0  # of handoff_dropped, what a committed gap line holds
         self._failed_pending = 0  # rows lost to failed writes, not in a gap line yet
         self._handed = Handed()  # what read_page handed out above the file's watermark
@@ -328,6 +339,7 @@ class SqliteLog:
             store.close()
             raise
         store.fault = self._fault
+        store.committing = self._committing
         return store
 
     def _begin(self, store: LogStore) -> None:
@@ -382,17 +394,39 @@ class SqliteLog:
     # --- the encoder thread
 
     def _encode(self, events: list[InferenceEvent]) -> Future[None]:
-        """Encode, then queue the commit on the worker (in call order: one encoder)."""
+        """Encode once the write queued before has reached its commit (or after
+        ``ENCODE_WAIT_S``), then queue the commit on the worker (in call order: one
+        encoder)."""
+        with self._staging:
+            self._staging.wait_for(lambda: self._precommit <= 0, ENCODE_WAIT_S)
         try:
             runs: list[Run] | None = bodies_of(events)
         except Exception as exc:  # a value nothing can encode: counted, never raised
             self.last_error = f"{type(exc).__name__}: {exc}"
             runs = None
+        with self._staging:
+            self._precommit += 1
         return self._pool.submit(self._write, events, runs)
 
     # --- the worker thread (continued)
 
     def _write(self, events: list[InferenceEvent], runs: list[Run] | None) -> None:
+        self._staged = True
+        try:
+            self._store_write(events, runs)
+        finally:
+            self._committing()  # a write that failed before its commit, or stored nothing
+
+    def _committing(self) -> None:
+        """The write being stored reaches its COMMIT (``LogStore.committing``): the next
+        one may encode now, in the time its fsync takes."""
+        if self._staged:
+            self._staged = False
+            with self._staging:
+                self._precommit -= 1
+                self._staging.notify()
+
+    def _store_write(self, events: list[InferenceEvent], runs: list[Run] | None) -> None:
         rows = sum(e.records for e in events)
         store = self._store_or_none()
         if store is None or runs is None:

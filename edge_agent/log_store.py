@@ -98,6 +98,8 @@ class LogStore:
         self.wal_bytes = wal_bytes_for(bound_bytes)
         self.db_budget = max(bound_bytes - self.wal_bytes, 0)
         self.fault: Callable[[str], None] | None = None  # a test seam, inside transactions
+        # called in an append right before its COMMIT (the fsync): the encoder waits for it
+        self.committing: Callable[[], None] | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db = db
@@ -266,6 +268,8 @@ class LogStore:
             self._put("backlog_rows", self.backlog.rows - acked_rows + owed)
             if self.fault is not None:
                 self.fault("write")
+            if self.committing is not None:
+                self.committing()
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -565,6 +566,44 @@ def test_a_reclaim_failing_after_the_commit_never_counts_stored_rows_as_failed(
         assert rows == 5 and not lost and seqs == list(range(s + 11, s + 16))  # no gap
         await log.write([event(2)])
         assert log.last_seq == s + 17  # no seq reused
+        await log.close()
+
+    run(scenario)
+
+
+def test_each_write_encodes_once_the_one_before_reached_its_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes in flight together: the second encodes only after the first reached its
+    COMMIT (with a wait long enough that no timeout decides it); writes that fail inside
+    the transaction, cannot be encoded or store nothing let the next one go all the same."""
+    order: list[str] = []
+    encode = local_log.bodies_of
+
+    def bodies_of(events: list[InferenceEvent]) -> Any:
+        order.append(f"encode {events[0].records}")
+        return encode(events)
+
+    def note(op: str) -> None:
+        if op == "write":
+            order.append("commit")
+
+    monkeypatch.setattr(local_log, "ENCODE_WAIT_S", 60.0)
+    monkeypatch.setattr(local_log, "bodies_of", bodies_of)
+
+    async def scenario() -> None:
+        log = await SqliteLog.open(tmp_path / "log.db", bound_bytes=64 * MiB)
+        s = log.last_seq
+        log.fault = note
+        await asyncio.gather(*(log.write([event(n)]) for n in (1, 2, 3)))
+        assert order == ["encode 1", "commit", "encode 2", "commit", "encode 3", "commit"]
+        log.fault = malformed
+        await log.write([event(4)])  # fails before its commit (the file is moved aside)
+        log.fault = None
+        unencodable = msgspec.structs.replace(event(1), inputs={"x": [object()]})
+        await asyncio.gather(log.write([unencodable]), log.write([]), log.write([event(5)]))
+        assert log._precommit == 0 and log.rows_written == 6 + 5
+        assert log.failed_rows == 4 + 1 and log.last_seq > s + 6
         await log.close()
 
     run(scenario)
