@@ -1,6 +1,7 @@
 """Local log append speed: ``SqliteLog.write`` vs raw ``sqlite3`` WAL inserts, same run.
 
     .venv/bin/python bench/local_log.py [--quick] [--synchronous FULL|NORMAL]
+        [--switch-interval S]
 
 Events of realistic rows (18 float32 features in, 1 out, one model step) in batches of
 500 rows, each batch one ``write``, two in flight as the agent's pump writes them (one
@@ -10,7 +11,8 @@ on a fresh file with the same ``synchronous`` setting and batch size, plain ``sq
 the same rows already encoded (encode time not counted), one ``executemany`` of one row
 per line and one transaction per batch - the floor a per-row table costs. The log stores
 blocks of lines, so it also runs ``raw_blocks``: the same lines joined into the log's
-64 KiB blocks, inserted raw.
+64 KiB blocks, inserted raw. ``--switch-interval`` sets the GIL's (the agent runs with
+``edge_agent.agent.SWITCH_INTERVAL_S``, 1 ms; left out, Python's 5 ms).
 
 Prints one JSON object on its last line: ``log_rows_per_s``, ``raw_rows_per_s``,
 ``ratio`` = log / raw (target >= 0.7), ``raw_blocks_rows_per_s``, batch size, setting.
@@ -124,7 +126,10 @@ def main() -> int:
     parser.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL", "OFF"])
     parser.add_argument("--per-event", type=int, default=1, help="records per request")
     parser.add_argument("--inputs", choices=["arrays", "lists"], default="arrays")
+    parser.add_argument("--switch-interval", type=float, help="seconds (sys.setswitchinterval)")
     args = parser.parse_args()
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
     rows, rounds = (100_000, 3) if args.quick else (500_000, 5)
     batches = make_events(rows // BATCH_ROWS, args.per_event, args.inputs == "lists")
     lines: list[list[tuple[bytes]]] = []
@@ -158,6 +163,7 @@ def main() -> int:
         "records_per_event": args.per_event,
         "inputs": args.inputs,
         "synchronous": args.synchronous,
+        "switch_interval_s": sys.getswitchinterval(),
         "rows": rows,
         "row_bytes": round(line_bytes),
         "rounds": rounds,
