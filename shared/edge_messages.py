@@ -144,6 +144,30 @@ def connection_of(
     return "online" if (now - last_seen).total_seconds() <= offline_after_s else "offline"
 
 
+def own_report(record: EdgeRecord, seen: EdgeSeen | None) -> EdgeSeen | None:
+    """``seen`` if it is this edge's: a report from before the record was created belongs
+    to an earlier edge of that name (removed, then added again)."""
+    return None if seen is None or seen.at < record.created_at else seen
+
+
+def edge_connection(
+    record: EdgeRecord, seen: EdgeSeen | None, now: datetime, offline_after_s: float
+) -> ConnectionStatus:
+    """The record's connection (``seen`` already its own): a removed edge is never online
+    (its connections were closed, its connects are refused), ``offline`` since its last
+    report or ``never``."""
+    connection = connection_of(seen.at if seen else None, now, offline_after_s)
+    return "offline" if record.state == "revoked" and connection == "online" else connection
+
+
+def credential_end(record: EdgeRecord) -> datetime | None:
+    """When the credential ends: its expiry, or the removal if that came first."""
+    expires = record.credential_expires_at
+    if record.state == "revoked" and expires is not None and record.revoked_at is not None:
+        return min(expires, record.revoked_at)
+    return expires
+
+
 # --- SDK -> token service -------------------------------------------------------------------
 
 

@@ -6,9 +6,11 @@ Inputs are the records as they are in KV: ``EdgeRecord`` (``edge.<name>``) and
 every figure here is a function of those records and ``now``, so any replica, restarted
 at any time, shows the same.
 
-**Connection** uses the token service's rule (``shared.edge_messages.connection_of``):
+**Connection** uses the token service's rule (``shared.edge_messages.edge_connection``):
 ``online`` while the last heartbeat is at most ``offline_after_s`` old (the boundary
-itself is online), ``offline`` after, ``never`` without one.
+itself is online), ``offline`` after, ``never`` without one; a removed edge is never
+online, and a heartbeat from before the record was created (an earlier edge of that name)
+is not this edge's.
 
 **Sync** compares the publish the edge should run (``EdgeRecord.assignment``) with the
 one its last heartbeat says it runs:
@@ -61,8 +63,10 @@ from edgepub.shared.edge_messages import (
     CredentialState,
     EdgeRecord,
     EdgeSeen,
-    connection_of,
+    credential_end,
     credential_state,
+    edge_connection,
+    own_report,
 )
 from edgepub.shared.schemas import PublishRecord, PublishStatus
 
@@ -217,8 +221,9 @@ def edge_row(
 ) -> EdgeRow:
     """One edge's row at ``now``."""
     a = record.assignment
+    seen = own_report(record, seen)
     last_seen = seen.at if seen else None
-    connection = connection_of(last_seen, now, thresholds.offline_after_s)
+    connection = edge_connection(record, seen, now, thresholds.offline_after_s)
     sync, reason, since = _sync(record, seen, connection)
     traffic = seen.traffic if seen else None
     log = seen.log if seen else None
@@ -234,7 +239,7 @@ def edge_row(
         last_seen=last_seen,
         last_seen_age_s=_age(now, last_seen),
         credential_state=credential_state(record, now),
-        credential_expires_at=record.credential_expires_at,
+        credential_expires_at=credential_end(record),
         desired_publish_id=a.publish_id,
         desired_version=a.pipeline_version_name,
         assigned_at=record.assigned_at,

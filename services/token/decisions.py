@@ -19,8 +19,10 @@ from edgepub.shared.edge_messages import (
     EdgeInfo,
     EdgeRecord,
     EdgeSeen,
-    connection_of,
+    credential_end,
     credential_state,
+    edge_connection,
+    own_report,
 )
 
 from .jwt import AuthRequest
@@ -160,15 +162,10 @@ def edge_info(
     (removed, then added again): it is not this edge's. A removed edge is never online (its
     connections were closed, its connects are refused): ``offline`` since its last report,
     or ``never``; its credential ended when it was revoked."""
-    if seen is not None and seen.at < record.created_at:
-        seen = None
+    seen = own_report(record, seen)
     revoked = record.state == "revoked"
-    connection = connection_of(seen.at if seen else None, now, cfg.offline_after_s)
-    if revoked and connection == "online":
-        connection = "offline"
-    expires = record.credential_expires_at
-    if revoked and expires is not None and record.revoked_at is not None:
-        expires = min(expires, record.revoked_at)
+    connection = edge_connection(record, seen, now, cfg.offline_after_s)
+    expires = credential_end(record)
     a = record.assignment
     return EdgeInfo(
         id=record.id,

@@ -155,6 +155,23 @@ def test_threshold_is_the_given_one() -> None:
     assert edge_row(record("a"), seen(6.0), NOW, T).connection == "online"
 
 
+def test_a_removed_edge_is_never_online_and_its_credential_ends_at_removal() -> None:
+    removed_at = NOW - timedelta(seconds=2)
+    gone = msgspec.structs.replace(record("a"), state="revoked", revoked_at=removed_at)
+    row = edge_row(gone, seen(1.0), NOW, T)  # its last beat came a moment ago
+    assert (row.connection, row.credential_state) == ("offline", "revoked")
+    assert row.credential_expires_at == removed_at
+    assert edge_row(gone, None, NOW, T).connection == "never"
+    assert edge_row(record("a"), seen(1.0), NOW, T).connection == "online"  # the same, kept
+
+
+def test_a_name_added_again_does_not_show_the_earlier_edges_heartbeat() -> None:
+    again = msgspec.structs.replace(record("a"), created_at=NOW - timedelta(seconds=10))
+    row = edge_row(again, seen(20.0), NOW, T)  # beat before this record existed
+    assert (row.connection, row.last_seen, row.agent_version) == ("never", None, None)
+    assert edge_row(again, seen(5.0), NOW, T).connection == "online"
+
+
 def test_credential_state_with_time_applied() -> None:
     expired = msgspec.structs.replace(record("a"), credential_expires_at=NOW)
     assert edge_row(expired, seen(), NOW, T).credential_state == "expired"
