@@ -192,8 +192,16 @@ def test_more_idle_watermarks_than_the_server_lists_at_once_all_outlive_max_byte
                     json.dumps({"edge": edge, "last_seq": i + 1}).encode(),
                     headers={"Nats-Rollup": "sub", "Nats-TTL": "never"},
                 )
-            await log_pages.ship(busy, "shop-busy", 1, rows, size=50)
-            await wait_mark(nc, "shop-busy", rows)
+            # a quarter of the log's bound at a time, each followed by time for a sweep of
+            # all 1,100 (~1 s): the sweep's stated condition is that the log takes in less
+            # than half its bound between two sweeps, which a loaded CI machine running a
+            # sweep this size while the busy edge ships flat out did not always meet
+            step = rows // 8
+            for first in range(1, rows + 1, step):
+                last = min(rows, first + step - 1)
+                await log_pages.ship(busy, "shop-busy", first, last, size=50)
+                await wait_mark(nc, "shop-busy", last)
+                await asyncio.sleep(2.5)
             state = (await nc.jetstream().stream_info(subjects.LOGS_STREAM)).state
             assert state.first_seq > len(idle)  # where they were written is evicted
             for i, edge in enumerate(idle):
