@@ -176,6 +176,7 @@ def test_the_agents_report_says_failed_then_in_sync_for_a_replace(
             state="joined",
             join_token_expires_at=now,
             credential_expires_at=now + timedelta(days=1),
+            created_at=now - timedelta(seconds=1),  # added before it reported
         )
         return edge_row(record, seen_of(hb, now), now, Thresholds())
 
