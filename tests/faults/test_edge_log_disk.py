@@ -13,31 +13,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from edgepub import Client
 from support.edge import FEATURES, EdgeAgent, http, make_model, model_version, publish
 from support.fleet import Fleet
 from support.full_disk import FullDisk, sizes
-from support.servers import NatsServer, RegistryServer
+from support.servers import RegistryServer
 from support.waiting import wait_for
 
 # What the agent's own log (its stdout, a file in tests, under the same limit) may grow by
 # while the disk is full: far more than it writes then (a warning per failed write), far
 # less than the WAL's 4 MiB share of the 64 MiB bound, so the WAL reaches the limit.
 LOG_ROOM = 256 << 10
-
-
-@pytest.fixture
-def fleet(
-    client: Client, registry: RegistryServer, nats_server: NatsServer, tmp_path: Path
-) -> Iterator[Fleet]:
-    with Fleet(client, registry, nats_server, tmp_path) as f:
-        yield f
 
 
 def test_a_failed_disk_never_stops_inference_and_says_so(

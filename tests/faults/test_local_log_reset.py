@@ -14,29 +14,10 @@ twice, strictly increasing per edge, and no page left waiting (every later row a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
-from edgepub import Client
 from support.edge import http
 from support.fleet import Fleet
-from support.servers import NatsServer, RegistryServer
 from support.services import OpsServices
 from support.sqlite_damage import damage_leaf
-
-
-@pytest.fixture
-def fleet(
-    client: Client, registry: RegistryServer, nats_server: NatsServer, tmp_path: Path
-) -> Iterator[Fleet]:
-    f = Fleet(client, registry, nats_server, tmp_path)
-    try:
-        yield f
-    finally:
-        for agent in f.agents:
-            agent.kill()
 
 
 def log_view(url: str) -> dict[str, object]:

@@ -7,7 +7,6 @@ test_log_collector_retention.py."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from support import log_pages
 from support.fleet import Fleet
 from support.log_pages import join, owner
 from support.ops_log import ops_log
-from support.servers import NatsServer, RegistryServer
+from support.servers import NatsServer
 from support.services import OpsServices, ServiceProcess
 from support.waiting import async_wait_for, wait_for
 
@@ -53,18 +52,6 @@ def refusals(of: OpsServices | ServiceProcess) -> int:
         for p in procs
         if p.name.startswith("log_collector")
     )
-
-
-@pytest.fixture
-def fleet(
-    client: Client, registry: RegistryServer, nats_server: NatsServer, tmp_path: Path
-) -> Iterator[Fleet]:
-    f = Fleet(client, registry, nats_server, tmp_path)
-    try:
-        yield f
-    finally:
-        for agent in f.agents:
-            agent.kill()
 
 
 def test_collector_killed_between_append_and_ack_duplicates_nothing(

@@ -20,27 +20,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-
-from edgepub import Client
 from support.edge import EdgeAgent
 from support.fleet import Fleet
-from support.servers import NatsServer, RegistryServer
 from support.services import OpsServices
 from support.waiting import wait_for
-
-
-@pytest.fixture
-def fleet(
-    client: Client, registry: RegistryServer, nats_server: NatsServer, tmp_path: Path
-) -> Iterator[Fleet]:
-    with Fleet(client, registry, nats_server, tmp_path) as f:
-        yield f
-
 
 PAGE_ROWS = 5  # small pages: a replay of a backlog takes hundreds of them
 WINDOW_ROWS = 32 * PAGE_ROWS  # at most what the shipper has in flight (32 pages)

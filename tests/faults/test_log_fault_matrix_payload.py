@@ -34,14 +34,6 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
         server.kill()
 
 
-@pytest.fixture
-def fleet(
-    client: Client, registry: RegistryServer, nats_server: NatsServer, tmp_path: Path
-) -> Iterator[Fleet]:
-    with Fleet(client, registry, nats_server, tmp_path) as f:
-        yield f
-
-
 def test_pages_larger_than_max_payload_are_split(fleet: Fleet) -> None:
     agent = fleet.agent("wide", fleet.bundle("wide"), PLATEAU_PAGE_SIZE="5000")
     agent.wait_event("Node attestation was successful.", timeout=30)
